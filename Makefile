@@ -12,6 +12,7 @@ export WORLD_CACHE ?= /var/cache/actuated-world
 export ANSIBLE_COLLECTIONS_PATH := $(ROOT)/.cache/collections
 export ANSIBLE_FORCE_COLOR ?= 0
 export PY_COLORS ?= 0
+export PATH := $(BIN):$(PATH)
 SCENARIOS ?= default variants cert_rotation
 SCENARIO ?=
 ARCHES ?= amd64 arm64
