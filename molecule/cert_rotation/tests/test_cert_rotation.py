@@ -1,0 +1,143 @@
+"""Certificate rotation: served within 10 s without Ansible, one restart per rotation, never a mismatched pair."""
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+
+import pytest
+from conftest import MIRROR, recap, world
+
+CERTS = "/var/lib/actuated/certs"
+HANDLER = "RUNNING HANDLER [actuated.registry.registry_mirror : Restart registry]"
+
+
+def served_fingerprint(vm) -> str:
+    """SHA-256 fingerprint of the certificate the mirror presents to a VM (empty when it does not answer)."""
+    got = vm.sh(f"echo | timeout 5 openssl s_client -connect {MIRROR} 2>/dev/null | openssl x509 -noout -fingerprint -sha256",
+                check=False)
+    return got.stdout.strip().split("=")[-1]
+
+
+def issue(host, *flags: str) -> str:
+    """A renewed pair from the test CA, copied into the target's /tmp/renewed; returns its fingerprint."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fingerprint = subprocess.run(["python3", str(world.WORLD_DIR / "world.py"), "cert", "issue", tmp, *flags],
+                                     check=True, capture_output=True, text=True).stdout.strip().split()[-1]
+        name = host.backend.get_hostname()
+        host.run("rm -rf /tmp/renewed")
+        subprocess.run(["docker", "cp", tmp + "/.", f"{name}:/tmp/renewed"], check=True)
+    return fingerprint.split("=")[-1]
+
+
+def wait_for(vm, fingerprint: str, timeout: float = 10.0) -> float:
+    """Seconds until the mirror serves FINGERPRINT; fails after TIMEOUT."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if served_fingerprint(vm) == fingerprint:
+            return time.monotonic() - start
+        time.sleep(0.25)
+    raise AssertionError(f"mirror still serves {served_fingerprint(vm)}, not {fingerprint}, after {timeout} s")
+
+
+def starts(host, since: str) -> int:
+    """How many times the registry unit started since SINCE (a journalctl timestamp)."""
+    out = host.check_output(f"journalctl --no-pager -o cat -u registry --since '{since}' | grep -c '^Started registry.service' || true")
+    return int(out or 0)
+
+
+def now(host) -> str:
+    """The target's clock, in a form journalctl --since accepts."""
+    return host.check_output("date '+%Y-%m-%d %H:%M:%S'")
+
+
+def pulls(vm) -> bool:
+    """The VM can still pull through the mirror."""
+    return vm.pull(f"{MIRROR}/library/alpine:latest", "amd64", "/tmp/rot-alpine").returncode == 0
+
+
+@pytest.mark.parametrize("how", ["in-place write", "atomic rename"])
+def test_renewal_without_ansible_is_served_within_10s(host, vm, how):
+    fingerprint = issue(host)
+    since = now(host)
+    time.sleep(1)
+    if how == "in-place write":
+        host.check_output(f"cat /tmp/renewed/server.crt > {CERTS}/server.crt && cat /tmp/renewed/server.key > {CERTS}/server.key")
+    else:
+        host.check_output(f"cp /tmp/renewed/server.crt {CERTS}/.crt.new && cp /tmp/renewed/server.key {CERTS}/.key.new && "
+                          f"chmod 600 {CERTS}/.key.new && mv {CERTS}/.crt.new {CERTS}/server.crt && mv {CERTS}/.key.new {CERTS}/server.key")
+    took = wait_for(vm, fingerprint)
+    print(f"{how}: new certificate served after {took:.1f} s")
+    time.sleep(3)
+    assert starts(host, since) == 1
+    assert pulls(vm)
+
+
+def test_a_burst_of_writes_gives_one_restart_into_the_complete_pair(host, vm):
+    fingerprint = issue(host)
+    since = now(host)
+    time.sleep(1)
+    host.check_output(f"cat /tmp/renewed/server.crt > {CERTS}/server.crt; sleep 0.7; "
+                      f"cat /tmp/renewed/server.key > {CERTS}/server.key; sleep 0.3; touch {CERTS}/server.crt")
+    wait_for(vm, fingerprint)
+    time.sleep(4)
+    assert starts(host, since) == 1
+    assert "does not belong" not in host.check_output(f"journalctl --no-pager -o cat --since '{since}'")
+
+
+def test_playbook_after_a_renewal_restarts_exactly_once(host, vm, converge):
+    host.check_output("systemctl stop registry-cert.path")
+    try:
+        fingerprint = issue(host)
+        host.check_output(f"cp /tmp/renewed/server.crt {CERTS}/server.crt && cp /tmp/renewed/server.key {CERTS}/server.key")
+        before = host.check_output("systemctl show -p InvocationID --value registry")
+        result = converge("--diff")
+        assert result.returncode == 0, result.stdout[-3000:]
+        assert result.stdout.count(HANDLER) == 1
+        assert "fingerprint:" in result.stdout  # the module's diff: before/after fingerprints
+        assert host.check_output("systemctl show -p InvocationID --value registry") != before
+        assert served_fingerprint(vm) == fingerprint
+    finally:
+        host.check_output("systemctl start registry-cert.path")
+    again = converge()
+    assert recap(again.stdout)["changed"] == 0
+    assert HANDLER not in again.stdout
+
+
+def test_mismatched_key_keeps_the_previous_certificate(host, vm, converge):
+    previous = served_fingerprint(vm)
+    issue(host, "--mismatch")
+    since = now(host)
+    time.sleep(1)
+    host.check_output(f"cp {CERTS}/server.crt /tmp/good.crt && cp {CERTS}/server.key /tmp/good.key")
+    try:
+        host.check_output(f"cat /tmp/renewed/server.crt > {CERTS}/server.crt && cat /tmp/renewed/server.key > {CERTS}/server.key")
+        time.sleep(6)
+        journal = host.check_output(f"journalctl --no-pager -o cat --since '{since}'")
+        assert "does not belong to certificate" in journal, journal[-2000:]
+        assert starts(host, since) == 0
+        assert served_fingerprint(vm) == previous
+        result = converge()
+        assert result.returncode != 0
+        assert "does not" in result.stdout and "server.key" in result.stdout, result.stdout[-3000:]
+        assert served_fingerprint(vm) == previous
+        assert pulls(vm)
+    finally:
+        host.check_output(f"cat /tmp/good.crt > {CERTS}/server.crt && cat /tmp/good.key > {CERTS}/server.key")
+        time.sleep(4)
+
+
+def test_expiring_certificate_warns_and_optionally_fails(host, converge):
+    issue(host, "--days", "5")
+    host.check_output(f"cp {CERTS}/server.crt /tmp/good.crt && cp {CERTS}/server.key /tmp/good.key")
+    try:
+        host.check_output(f"cp /tmp/renewed/server.crt {CERTS}/server.crt && cp /tmp/renewed/server.key {CERTS}/server.key")
+        warned = converge()
+        assert warned.returncode == 0
+        assert "within registry_mirror_cert_min_valid_days" in warned.stdout
+        failed = converge("-e", "registry_mirror_cert_fail_when_expiring=true")
+        assert failed.returncode != 0
+        assert "within registry_mirror_cert_min_valid_days" in failed.stdout
+    finally:
+        host.check_output(f"cat /tmp/good.crt > {CERTS}/server.crt && cat /tmp/good.key > {CERTS}/server.key")
+    assert converge().returncode == 0
