@@ -62,7 +62,7 @@ sanity: venv
 	$(PY) tests/sanity/run.py
 
 unit: venv
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
+	PYTHONPATH=$(ANSIBLE_COLLECTIONS_PATH) $(BIN)/python -m pytest -q tests/unit
 
 ## One scenario: make molecule SCENARIO=default ARCHES=arm64
 molecule: venv
