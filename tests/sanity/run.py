@@ -18,6 +18,7 @@ ANSIBLE_TEST = os.path.join(ROOT, ".venv", "bin", "ansible-test")
 GET_PIP_VERSIONS = ("24.2",)
 
 GET_PIP = '''"""Offline stand-in for get-pip.py: installs the pip wheel bundled with this interpreter."""
+import glob
 import os
 import sys
 import ensurepip
