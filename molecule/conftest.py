@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import ssl
 import subprocess
 import sys
@@ -109,7 +110,8 @@ def converge():
     def _converge(*args: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         ephemeral = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
         playbook = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"]).parent / "shared" / "converge.yml"
-        env = {**os.environ, "ANSIBLE_CONFIG": str(ephemeral / "ansible.cfg"), **(extra_env or {})}
+        env = {**os.environ, "ANSIBLE_CONFIG": str(ephemeral / "ansible.cfg"), "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1",
+               **(extra_env or {})}
         return subprocess.run(["ansible-playbook", "-i", str(ephemeral / "inventory"), str(playbook), *args],
                               capture_output=True, text=True, env=env, timeout=1200, check=False)
 
@@ -123,7 +125,7 @@ def sha256(data: bytes) -> str:
 
 def recap(output: str) -> dict[str, int]:
     """The PLAY RECAP counters of an ansible-playbook run (one host)."""
-    for line in output.splitlines():
+    for line in re.sub(r"\x1b\[[0-9;]*m", "", output).splitlines():
         if " : ok=" in line:
             return {k: int(v) for k, v in (part.split("=") for part in line.split(":", 1)[1].split())}
     raise AssertionError("no PLAY RECAP in output:\n" + output[-3000:])
