@@ -1,0 +1,89 @@
+"""The main job end to end on the built-in local example (``make demo``).
+
+1. an actuated-like host: a systemd container at 192.168.128.1 on the test world's bridge, with actuated's certs;
+2. the real playbook (playbooks/site.yml) with the inventory and vaulted token in demo/;
+3. a VM on the bridge pulls library/alpine:latest (amd64 and arm64) through the mirror with skopeo;
+4. what was pulled, what the mirror now caches, and what the (fake) Docker Hub counted.
+The host stays up afterwards for exploring; ``python3 world/world.py target down demo-agent`` removes it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DEMO = Path(__file__).resolve().parent
+REPO = DEMO.parent
+sys.path.insert(0, str(REPO / "world"))
+import world  # noqa: E402  pylint: disable=wrong-import-position
+
+HOST = "demo-agent"
+ARCH = os.environ.get("DEMO_ARCH", "amd64")
+MIRROR = "192.168.128.1:5000"
+IMAGE = "library/alpine:latest"
+
+
+def step(title: str) -> None:
+    """Announce a step."""
+    print(f"\n=== {title}", flush=True)
+
+
+def sh(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    """Run CMD, failing loudly."""
+    return subprocess.run(cmd, check=True, text=True, **kwargs)  # type: ignore[call-overload]
+
+
+def vm(script: str) -> str:
+    """Run SCRIPT in the VM (world-vm) and return its output."""
+    return sh(["docker", "exec", world.VM_CONTAINER, "sh", "-c", script], capture_output=True).stdout
+
+
+def main() -> int:
+    """Run the demo."""
+    step(f"An actuated-like host ({ARCH}) at 192.168.128.1 on the VM bridge")
+    sh([sys.executable, str(REPO / "world" / "world.py"), "target", "up", HOST, "--arch", ARCH,
+        "--network", "actuated-br128", "--ip", "192.168.128.1"])
+
+    step("ansible-playbook playbooks/site.yml -l actuated_agents (token from Ansible Vault)")
+    env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(REPO / ".cache" / "collections")}
+    playbook = [str(REPO / ".venv" / "bin" / "ansible-playbook"), "-i", str(DEMO / "inventory.yml"),
+                "--vault-password-file", str(DEMO / "vault-password.txt"), str(REPO / "playbooks" / "site.yml"),
+                "-l", "actuated_agents"]
+    started = time.monotonic()
+    sh(playbook, env=env)
+    print(f"converged in {time.monotonic() - started:.1f} s")
+
+    step(f"A VM pulls {IMAGE} through https://{MIRROR} (skopeo, trusting actuated's CA)")
+    for arch in ("amd64", "arm64"):
+        started = time.monotonic()
+        vm(f"rm -rf /tmp/demo-{arch} && skopeo copy -q --override-arch {arch} docker://{MIRROR}/{IMAGE} oci:/tmp/demo-{arch}:latest")
+        took = time.monotonic() - started
+        index = json.loads(vm(f"cat /tmp/demo-{arch}/index.json"))
+        digest = index["manifests"][0]["digest"]
+        manifest = json.loads(vm(f"cat /tmp/demo-{arch}/blobs/sha256/{digest.split(':')[1]}"))
+        size = sum(layer["size"] for layer in manifest["layers"])
+        print(f"pulled {IMAGE} for linux/{arch} in {took:.2f} s: manifest {digest[:19]}..., "
+              f"{len(manifest['layers'])} layer(s), {size} bytes")
+
+    step("What the mirror now caches")
+    print("GET /v2/_catalog ->", vm(f"curl -sS https://{MIRROR}/v2/_catalog").strip())
+    cached = sh(["docker", "exec", HOST, "sh", "-c",
+                 "du -sh /var/lib/registry | cut -f1; find /var/lib/registry -path '*/blobs/*' -name data | wc -l"],
+                capture_output=True).stdout.split()
+    print(f"/var/lib/registry on {HOST}: {cached[0]} in {cached[1]} blobs")
+
+    step("What the (fake) Docker Hub counted, per identity (manifest GETs = Docker Hub pulls)")
+    stats = json.loads(sh(["curl", "-sS", "--cacert", str(world.CA_CERT), f"{world.HUB_LOCAL_URL}/_world/stats"],
+                          capture_output=True).stdout)
+    for name, counters in stats["identities"].items():
+        print(f"{name}: {counters['manifest_get']} pull(s), {counters['blob_get']} blob GET(s)")
+    print(f"\nThe mirror keeps running on {HOST}. Explore: docker exec -it {HOST} journalctl -u registry")
+    print(f"Remove it: python3 world/world.py target down {HOST}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
