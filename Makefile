@@ -18,7 +18,7 @@ SCENARIO ?=
 ARCHES ?= amd64 arm64
 TIMED := $(PY) $(ROOT)/tests/tools/timed.py
 
-.PHONY: test demo deps venv world world-down lint sanity unit molecule bench bench-smoke clean stop
+.PHONY: test demo deps venv world world-down lint sanity unit build molecule bench bench-smoke clean stop
 
 ## Every test, in order, with the time each stage took; stops what it started even when a stage fails.
 test:
@@ -27,6 +27,7 @@ test:
 	$(TIMED) lint -- $(MAKE) --no-print-directory lint && \
 	$(TIMED) sanity -- $(MAKE) --no-print-directory sanity && \
 	$(TIMED) unit -- $(MAKE) --no-print-directory unit && \
+	$(TIMED) build -- $(MAKE) --no-print-directory build && \
 	$(TIMED) world -- $(MAKE) --no-print-directory world && \
 	$(TIMED) molecule -- $(MAKE) --no-print-directory molecule && \
 	$(TIMED) --summary
@@ -63,6 +64,10 @@ sanity: venv
 
 unit: venv
 	PYTHONPATH=$(ANSIBLE_COLLECTIONS_PATH) $(BIN)/python -m pytest -q tests/unit
+
+## The Galaxy tarball: no dev-only files; installs; ansible-doc lists the module and renders the role.
+build: venv
+	$(BIN)/python tests/tools/check_build.py
 
 ## One scenario: make molecule SCENARIO=default ARCHES=arm64
 molecule: venv

@@ -57,6 +57,7 @@ def main() -> int:
     print(f"converged in {time.monotonic() - started:.1f} s")
 
     step(f"A VM pulls {IMAGE} through https://{MIRROR} (skopeo, trusting actuated's CA)")
+    sh(["curl", "-sS", "-o", "/dev/null", "--cacert", str(world.CA_CERT), "-X", "POST", f"{world.HUB_LOCAL_URL}/_world/reset"])
     for arch in ("amd64", "arm64"):
         started = time.monotonic()
         vm(f"rm -rf /tmp/demo-{arch} && skopeo copy -q --override-arch {arch} docker://{MIRROR}/{IMAGE} oci:/tmp/demo-{arch}:latest")
