@@ -18,7 +18,7 @@ SCENARIO ?=
 ARCHES ?= amd64 arm64
 TIMED := $(PY) $(ROOT)/tests/tools/timed.py
 
-.PHONY: test demo deps venv world world-down lint sanity unit build molecule bench bench-smoke clean stop
+.PHONY: test demo deps venv world world-down lint sanity unit build docs molecule bench bench-smoke clean stop
 
 ## Every test, in order, with the time each stage took; stops what it started even when a stage fails.
 test:
@@ -58,6 +58,10 @@ stop:
 lint: venv
 	$(BIN)/yamllint --strict .
 	$(BIN)/ansible-lint --profile production --strict
+	$(BIN)/python tests/tools/readme_vars.py --check
+
+docs: venv
+	$(BIN)/python tests/tools/readme_vars.py
 
 sanity: venv
 	$(PY) tests/sanity/run.py
@@ -70,7 +74,7 @@ build: venv
 	$(BIN)/python tests/tools/check_build.py
 
 ## One scenario: make molecule SCENARIO=default ARCHES=arm64
-molecule: venv
+molecule: venv world
 	@eval "$$($(PY) world/world.py env)"; \
 	for s in $(or $(SCENARIO),$(SCENARIOS)); do for a in $(ARCHES); do \
 	  $(TIMED) "molecule $$s $$a" -- env MOLECULE_ARCH=$$a $(BIN)/molecule test -s $$s || exit 1; \
