@@ -5,7 +5,7 @@ import json
 import struct
 
 import pytest
-from conftest import ADDRESS, ARCH, ELF_MACHINE, MIRROR, UNAME, recap, sha256, world
+from conftest import ADDRESS, ARCH, ELF_MACHINE, MIRROR, UNAME, amd64_only, recap, sha256, world
 
 TOKEN = world.HUB_TOKEN
 ALPINE = "library/alpine"
@@ -119,6 +119,7 @@ def test_token_absent_from_journal_and_world_readable_files(host):
     assert env_file.user == "root" and env_file.mode == 0o600
 
 
+@amd64_only
 def test_converged_check_diff_at_vvv_changes_nothing_and_never_shows_the_token(converge):
     result = converge("--check", "--diff", "-vvv")
     assert result.returncode == 0, result.stdout[-3000:]
