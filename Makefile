@@ -33,6 +33,7 @@ test:
 	$(TIMED) build -- $(MAKE) --no-print-directory build && \
 	$(TIMED) world -- $(MAKE) --no-print-directory world && \
 	$(TIMED) molecule -- $(MAKE) --no-print-directory molecule && \
+	$(TIMED) bench-smoke -- $(MAKE) --no-print-directory bench-smoke && \
 	$(TIMED) --summary
 
 deps:
@@ -89,6 +90,10 @@ demo: deps venv world
 
 bench: deps venv world
 	$(PY) bench/run.py
+
+## The benchmark's quick mode (keeps it working; never fails on a figure): bench/results/smoke/, git-ignored.
+bench-smoke: venv world
+	$(PY) bench/run.py --smoke
 
 clean: stop
 	rm -rf $(VENV) .cache tests/output
