@@ -114,6 +114,7 @@ HUB_SANS = (f"DNS:{HUB_NAME}", "IP:192.168.128.100", "IP:192.168.129.100", "IP:1
 
 LABEL_RECIPE = "org.actuated.world.recipe"
 LABEL_CONFIG = "org.actuated.world.config"
+LABEL_TARGET = "org.actuated.world.target"  # on containers made by `world.py target up` (value: the architecture)
 
 APT_PACKAGES = (
     "docker.io", "skopeo", "umoci", "debootstrap", "qemu-user-static", "binfmt-support", "openssl",
@@ -976,25 +977,35 @@ def cmd_certs() -> None:
         write_text(stamp, recipe + "\n")
 
 
-def cmd_cert_issue(outdir: Path, *, mismatch: bool, days: int, expired: bool) -> None:
-    """A new key and certificate from the test CA, as actuated's renewal would write them."""
+def issue_server_certs(outdir: Path, *, sans: Sequence[str] = SERVER_SANS, mismatch: bool = False, days: int = 90,
+                       expired: bool = False) -> str:
+    """Write server.key, server.crt (from the test CA, for SANS) and ca.crt into OUTDIR; return the fingerprint."""
     if not CA_CERT.exists() or not CA_KEY.exists():
         raise WorldError(f"no test CA in {CERTS}: run `world.py certs` first")
     if days < 1:
         raise WorldError("--days must be at least 1")
+    bad = [san for san in sans if not re.fullmatch(r"(IP:[0-9a-fA-F.:]+|DNS:[A-Za-z0-9*.-]+)", san)]
+    if bad or not sans:
+        raise WorldError(f"SANs must look like IP:192.168.130.1 or DNS:name (got {', '.join(bad) or 'none'})")
     outdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         key = Path(tmp) / "server.key"
         new_key(key)
-        issue_cert(key, outdir / "server.crt", "actuated", SERVER_SANS, days=days, expired=expired)
+        issue_cert(key, outdir / "server.crt", "actuated", sans, days=days, expired=expired)
         if mismatch:
             new_key(key)  # a different key: it does not belong to the certificate
         write_bytes(outdir / "server.key", key.read_bytes(), 0o600)
     write_bytes(outdir / "ca.crt", CA_CERT.read_bytes(), 0o644)
     enddate = out(["openssl", "x509", "-noout", "-enddate", "-in", str(outdir / "server.crt")]).split("=", 1)[1]
     what = "expired " if expired else ""
-    log(f"issued {what}{outdir / 'server.crt'} (until {enddate}){' with a MISMATCHED server.key' if mismatch else ''}")
-    print(fingerprint(outdir / "server.crt"))
+    log(f"issued {what}{outdir / 'server.crt'} (until {enddate}; {', '.join(sans)})"
+        f"{' with a MISMATCHED server.key' if mismatch else ''}")
+    return fingerprint(outdir / "server.crt")
+
+
+def cmd_cert_issue(outdir: Path, *, mismatch: bool, days: int, expired: bool, sans: Sequence[str] = ()) -> None:
+    """A new key and certificate from the test CA, as actuated's renewal would write them."""
+    print(issue_server_certs(outdir, sans=tuple(sans) or SERVER_SANS, mismatch=mismatch, days=days, expired=expired))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -1265,6 +1276,101 @@ def cmd_env() -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# target: a server under test, made the way Molecule makes it and prepared like molecule/shared/prepare.yml
+# --------------------------------------------------------------------------------------------------------------------
+
+TARGET_CA_PATH = "/usr/local/share/ca-certificates/actuated-world-ca.crt"  # the name molecule/shared/prepare.yml uses
+ACTUATED_CERTS_DIR = "/var/lib/actuated/certs"
+
+
+def target_tar(certs: Path) -> bytes:
+    """A tar stream (for `docker cp -`) with actuated's certificate directory and the test CA for the trust store."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path, mode in (("var/lib/actuated", 0o755), (ACTUATED_CERTS_DIR.lstrip("/"), 0o700)):
+            info = tarfile.TarInfo(path)
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, mode, int(time.time())
+            tar.addfile(info)
+        files = [(f"{ACTUATED_CERTS_DIR.lstrip('/')}/{name}", certs / name, mode)
+                 for name, mode in (("ca.crt", 0o644), ("server.crt", 0o644), ("server.key", 0o600))]
+        files.append((TARGET_CA_PATH.lstrip("/"), CA_CERT, 0o644))
+        for path, source, mode in files:
+            if not source.is_file():
+                raise WorldError(f"{source} is missing (`world.py certs`, or `world.py cert issue DIR`)")
+            data = source.read_bytes()
+            info = tarfile.TarInfo(path)
+            info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def wait_system_running(name: str, timeout: float) -> str:
+    """Wait until systemd in a container has booted; return `running` or `degraded`."""
+    start = time.monotonic()
+    state = ""
+    while time.monotonic() - start < timeout:
+        proc = run(["docker", "exec", name, "timeout", str(max(1, int(timeout - (time.monotonic() - start)))),
+                    "systemctl", "is-system-running", "--wait"], check=False, capture=True)
+        state = proc.stdout.decode(errors="replace").strip()
+        if state in ("running", "degraded"):
+            return state
+        info = inspect("container", name)
+        if info is None or not info["State"].get("Running"):
+            raise WorldError(f"target {name} stopped while booting (docker logs {name})")
+        time.sleep(0.5)
+    raise WorldError(f"target {name}: systemd is {state or 'not answering'!r} after {timeout:.0f}s")
+
+
+def target_up(name: str, arch: str, network: str, ip: str, *, certs: Path = CERTS, timeout: float = 300) -> str:
+    """Create (or replace) a systemd target container exactly as Molecule does and prepare it as an actuated host.
+
+    Image actuated-world/target:ARCH, `--platform linux/ARCH`, `--pull never`, command /sbin/init, tmpfs /run and
+    /run/lock, /sys/fs/cgroup read-only, never privileged; on NETWORK with address IP. Waits until systemd says
+    running/degraded, then copies ca.crt, server.crt and server.key (0600) from CERTS to /var/lib/actuated/certs
+    (0700) and installs the test CA in the system trust store, as molecule/shared/prepare.yml does.
+    Returns systemd's state. Replaces only a container that `target up` made (label org.actuated.world.target).
+    """
+    if arch not in ARCHES:
+        raise WorldError(f"--arch must be one of {', '.join(ARCHES)} (got {arch})")
+    image = TARGET_IMAGE.format(arch=arch)
+    if image_label(image, LABEL_RECIPE) is None:
+        raise WorldError(f"image {image} is missing: run `python3 world/world.py up` (or `images`) first")
+    if inspect("network", network) is None:
+        raise WorldError(f"network {network} does not exist")
+    payload = target_tar(certs)
+    start = time.monotonic()
+    target_down(name, quiet=True)
+    run(["docker", "run", "-d", "--name", name, "--hostname", name, "--label", f"{LABEL_TARGET}={arch}",
+         "--pull", "never", "--platform", f"linux/{arch}", "--network", network, "--ip", ip,
+         "--tmpfs", "/run", "--tmpfs", "/run/lock", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:ro", image, "/sbin/init"], quiet=True)
+    try:
+        state = wait_system_running(name, timeout)
+        run(["docker", "cp", "-", f"{name}:/"], stdin=payload, quiet=True)
+        run(["docker", "exec", name, "update-ca-certificates"], quiet=True)
+    except WorldError:
+        failed = out(["docker", "exec", name, "systemctl", "--failed", "--no-legend", "--plain"], check=False)
+        if failed:
+            warn(f"target {name}: failed units: {failed}")
+        raise
+    log(f"target {name} ({arch}) up at {ip} on {network}: systemd {state}, certificates from {certs} "
+        f"in {time.monotonic() - start:.1f}s")
+    return state
+
+
+def target_down(name: str, *, quiet: bool = False) -> bool:
+    """Remove a target container made by target_up (absent: nothing to do). Returns whether one was removed."""
+    info = inspect("container", name)
+    if info is None:
+        return False
+    if LABEL_TARGET not in (info["Config"].get("Labels") or {}):
+        raise WorldError(f"container {name} was not made by `world.py target up`: not touching it")
+    run(["docker", "rm", "-f", "-v", name], quiet=True)
+    if not quiet:
+        log(f"target {name} removed")
+    return True
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # selftest: the checks that prove the world works
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -1365,6 +1471,22 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("--mismatch", action="store_true", help="server.key does not belong to server.crt")
     issue.add_argument("--days", type=int, default=90, help="validity in days (default 90)")
     issue.add_argument("--expired", action="store_true", help="a certificate that expired yesterday")
+    issue.add_argument("--san", action="append", default=[], metavar="SAN",
+                       help="subjectAltName (IP:A.B.C.D or DNS:name), repeatable; replaces the default "
+                            f"{','.join(SERVER_SANS)}")
+    tgt = sub.add_parser("target", help="create/remove a server under test as Molecule does",
+                         description="create/remove a server under test as Molecule does")
+    tgt_sub = tgt.add_subparsers(dest="target_command", required=True, metavar="ACTION")
+    tgt_up = tgt_sub.add_parser("up", help="create (or replace) a target and prepare it as an actuated host")
+    tgt_up.add_argument("name")
+    tgt_up.add_argument("--arch", choices=ARCHES, default="amd64")
+    tgt_up.add_argument("--network", required=True, help="an existing docker network (e.g. actuated-br128)")
+    tgt_up.add_argument("--ip", required=True, help="the target's address on it (e.g. 192.168.128.1)")
+    tgt_up.add_argument("--certs", type=Path, default=CERTS,
+                        help="directory with ca.crt, server.crt, server.key for /var/lib/actuated/certs (default: the world's)")
+    tgt_up.add_argument("--timeout", type=float, default=300, help="seconds to wait for systemd (default 300)")
+    tgt_down = tgt_sub.add_parser("down", help="remove a target made by `target up`")
+    tgt_down.add_argument("name")
     return parser
 
 
@@ -1383,7 +1505,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             cmd_status()
         elif args.command == "cert":
             with world_lock():
-                cmd_cert_issue(args.outdir, mismatch=args.mismatch, days=args.days, expired=args.expired)
+                cmd_cert_issue(args.outdir, mismatch=args.mismatch, days=args.days, expired=args.expired, sans=args.san)
+        elif args.command == "target":
+            # No world lock: targets are independent of each other and of `up`, and callers create several at once.
+            if os.geteuid() != 0:
+                raise WorldError("run as root")
+            if args.target_command == "up":
+                target_up(args.name, args.arch, args.network, args.ip, certs=args.certs, timeout=args.timeout)
+            else:
+                target_down(args.name)
         else:
             if os.geteuid() != 0:
                 raise WorldError("run as root")

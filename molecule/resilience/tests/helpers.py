@@ -36,7 +36,8 @@ SUMMARY: dict[str, Any] = {
     "load": [],
     "security": [],
     "lost": {"cached_blobs_lost_or_altered": None, "pulls_that_should_have_worked_but_failed": 0, "details": []},
-    "bad_input": "21 cases in molecule/variants (each fails early, naming the problem, and changes nothing)",
+    "bad_input": "21 cases, covered by molecule/variants (fail early, change nothing)",
+    "details": {},
 }
 
 
@@ -180,6 +181,7 @@ def worker(n):
                 job = queue.pop()
         pull(job[0], job[1], f"{cfg['dir']}/{n}-{i}")
         i += 1
+        time.sleep(cfg.get("pause", 0))
 t0 = time.time()
 queue = [tuple(j) for j in cfg["jobs"]] * cfg.get("repeat", 1)
 shutil.rmtree(cfg["dir"], ignore_errors=True)
@@ -210,9 +212,10 @@ def pull(ref: str, arch: str = "amd64", retries: int = 0) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def pull_loop(jobs: list[tuple[str, str]], *, workers: int, retries: int, max_seconds: float) -> Iterator[list[dict[str, Any]]]:
-    """VM clients pulling JOBS in a loop (WORKERS in parallel) for as long as the block runs; the list fills at exit."""
+    """VM clients pulling JOBS in a loop (WORKERS in parallel, 0.2 s between a client's pulls) for as long as the
+    block runs; the list fills at exit."""
     stop = f"/tmp/resilience-stop-{uuid.uuid4().hex[:8]}"
-    cfg = {"jobs": jobs, "workers": workers, "retries": retries, "mirror": MIRROR, "stop_file": stop,
+    cfg = {"jobs": jobs, "workers": workers, "retries": retries, "mirror": MIRROR, "stop_file": stop, "pause": 0.2,
            "max_seconds": max_seconds, "dir": f"/tmp/resilience-{uuid.uuid4().hex[:8]}"}
     proc = subprocess.Popen(["docker", "exec", world.VM_CONTAINER, "python3", "-c", PULLS_SCRIPT, json.dumps(cfg)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -375,14 +378,26 @@ def world_cmd(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[s
     return run(["python3", str(world.WORLD_DIR / "world.py"), *args], timeout=timeout)
 
 
+HOSTS_PIN = f"192.168.129.100 {world.HUB_NAME}  # resilience: pinned while the hub is stopped"
+
+
 @contextlib.contextmanager
-def hub_down() -> Iterator[float]:
-    """The fake Docker Hub stopped for the duration of the block (always started again); yields when it stopped."""
+def hub_down(target: Target) -> Iterator[float]:
+    """The fake Docker Hub stopped for the duration of the block (always started again); yields when it stopped.
+
+    The target pins the hub's name in /etc/hosts meanwhile: with the hub's container stopped, Docker's DNS forwards
+    the name to the machine's own resolver (traffic off the machine, and 10 s lookups), whereas Docker Hub's name
+    still resolves while it is down. So the upstream is what an outage usually is: a known address that does not
+    answer (here: no route to host)."""
+    target.sh(f"grep -qF '{HOSTS_PIN}' /etc/hosts || echo '{HOSTS_PIN}' >> /etc/hosts")
     try:
         world_cmd("hub-stop")
         yield time.time()
     finally:
-        world_cmd("hub-start", timeout=300)
+        try:
+            world_cmd("hub-start", timeout=300)
+        finally:
+            target.sh(f"grep -vF '{HOSTS_PIN}' /etc/hosts > /tmp/hosts && cat /tmp/hosts > /etc/hosts && rm -f /tmp/hosts")
 
 
 def hub_counts(hub: Hub, before: dict[str, Any], after: dict[str, Any], repo_tag: str, digests: list[str]) -> dict[str, Any]:
@@ -414,27 +429,27 @@ def release_checksum() -> str:
 
 
 def summary_table() -> str:
-    """The summary as a text table."""
-    rows = []
+    """The summary as text that stays readable in Molecule's 80-column output: one line per case, its figures below."""
+    def short(value: Any) -> str:
+        text = json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value)
+        return text if len(text) <= 66 else text[:63] + "..."
+
+    lines = []
     for section in ("faults", "load", "security"):
         for row in SUMMARY[section]:
-            figures = "; ".join(f"{k}={v}" for k, v in row.items() if k not in {"case", "ok"})
-            rows.append((section, row["case"], "yes" if row["ok"] else "NO", figures))
-    width = max((len(r[1]) for r in rows), default=10)
-    lines = [f"{'what':8} {'case':{width}} {'ok':3} figures", "-" * (width + 60)]
-    lines += [f"{s:8} {c:{width}} {o:3} {f}" for s, c, o, f in rows]
-    faults = SUMMARY["faults"]
-    loads = SUMMARY["load"]
-    lost = SUMMARY["lost"]
-    lines += ["-" * (width + 60),
-              f"cases tried: {len(faults) + len(loads) + len(SUMMARY['security'])} "
-              f"(faults {len(faults)}, load {len(loads)}, security {len(SUMMARY['security'])}); bad input: {SUMMARY['bad_input']}",
-              f"faults survived: {sum(r['ok'] for r in faults)}/{len(faults)}",
-              f"load held: {sum(r['ok'] for r in loads)}/{len(loads)}",
-              f"security checks passed: {sum(r['ok'] for r in SUMMARY['security'])}/{len(SUMMARY['security'])}",
-              f"lost: {lost['cached_blobs_lost_or_altered']} cached blobs lost or altered, "
-              f"{lost['pulls_that_should_have_worked_but_failed']} pulls that should have worked failed"
-              + (f" ({'; '.join(lost['details'])})" if lost["details"] else "")]
+            lines.append(f"{'ok ' if row['ok'] else 'NO '} {section:8} {row['case']}")
+            lines += [f"        {key}: {short(value)}" for key, value in row.items() if key not in {"case", "ok"}]
+    faults, loads, checks, lost = SUMMARY["faults"], SUMMARY["load"], SUMMARY["security"], SUMMARY["lost"]
+    lines += ["-" * 76,
+              f"cases tried       {len(faults) + len(loads) + len(checks)} (faults {len(faults)}, load {len(loads)}, "
+              f"security {len(checks)})",
+              f"faults survived   {sum(r['ok'] for r in faults)}/{len(faults)}",
+              f"load held         {sum(r['ok'] for r in loads)}/{len(loads)}",
+              f"security checks   {sum(r['ok'] for r in checks)}/{len(checks)}",
+              f"lost              {lost['cached_blobs_lost_or_altered']} cached blobs lost or altered, "
+              f"{lost['pulls_that_should_have_worked_but_failed']} pulls failed that should have worked",
+              f"bad input         {SUMMARY['bad_input']}"]
+    lines += [f"                  lost: {detail[:58]}" for detail in lost["details"]]
     return "\n".join(lines)
 
 

@@ -6,10 +6,11 @@ import json
 import subprocess
 import time
 
-from conftest import ADDRESS, MIRROR, recap, run, world
+from conftest import ADDRESS, MIRROR, amd64_only, recap, run, world
 from helpers import ALPINE, cache, pull, record, target, warm  # noqa: F401  pylint: disable=unused-import
 
 TOKEN = world.HUB_TOKEN
+OTHER_TOKEN = "dckr_pat_RESILIENCE-rotated-token-0b7d31"
 DECOY = "192.168.129.2:8443"  # a listener in the VM: the address an attacker would like the mirror to fetch from
 
 DECOY_SCRIPT = r"""
@@ -77,14 +78,20 @@ def test_service_is_sandboxed_with_a_low_exposure_score(target):
     assert exposure <= 2.5, line
 
 
-def test_token_never_appears_in_a_check_diff_run_at_vvv(converge):
-    result = converge("--check", "--diff", "-vvv")
+@amd64_only
+def test_token_never_appears_at_vvv_with_diff_even_when_it_changes(converge):
+    # Check mode with another token: the credentials file would change, so --diff has something to show.
+    result = converge("--check", "--diff", "-vvv", "-e", f"registry_mirror_dockerhub_token={OTHER_TOKEN}")
     output = result.stdout + result.stderr
-    ok = result.returncode == 0 and TOKEN not in output
-    record("security", "token absent from -vvv --check --diff output", ok, output_bytes=len(output),
-           changed=recap(result.stdout).get("changed"))
+    credentials_task = output.split("TASK [actuated.registry.registry_mirror : Write the Docker Hub credentials", 1)[-1][:3000]
+    would_change = "changed: [" in credentials_task.split("TASK [", 1)[0]
+    ok = result.returncode == 0 and would_change and TOKEN not in output and OTHER_TOKEN not in output
+    record("security", "token absent from -vvv --check --diff output (token changed)", ok, output_bytes=len(output),
+           credentials_file_would_change=would_change)
     assert result.returncode == 0, result.stdout[-3000:]
+    assert would_change, credentials_task[:2000]
     assert TOKEN not in output
+    assert OTHER_TOKEN not in output
 
 
 def test_token_is_absent_from_the_journal_and_anything_an_unprivileged_user_can_read(target):

@@ -8,10 +8,10 @@ import time
 from typing import Any
 
 import pytest
-from conftest import ARCH, recap, run
+from conftest import ARCH, amd64_only, recap, run, world
 from helpers import (  # noqa: F401  pylint: disable=unused-import
     ALPINE, ALPINE_320, ARCHES, CERTS, SLOW, SMALL1, SMALL2, SMALL_FS, Poller, cache, compare, hub_down, leftovers, lost_pull,
-    median, pull, pull_loop, record, release_checksum, served_fingerprint, serves, target, wait_for, warm, world_cmd)
+    median, pull, pull_loop, record, release_checksum, served_fingerprint, SUMMARY, serves, target, wait_for, warm, world_cmd)
 
 
 def seconds(value: float) -> float:
@@ -30,13 +30,19 @@ def outage(target, warm, converge) -> dict[str, Any]:
     obs: dict[str, Any] = {"normal": [pull(ALPINE)["s"] for _ in range(3)]}
     obs["cache_before"] = cache(target)
     with Poller() as poller:
-        with hub_down() as down:
-            obs["cached_right_after"] = pull(ALPINE)
-            obs["uncached_pull_through_mode"] = pull(SMALL2)
-            wait_for("read-only mode", lambda: target.mode() == "read-only", 40 * SLOW)
-            obs["switched_at"] = time.time()
-            obs["switch_s"] = obs["switched_at"] - down
-            obs["cached_read_only"] = [pull(ALPINE, arch) for arch in ARCHES]
+        with hub_down(target) as down:
+            # A VM keeps asking for an image the mirror does not have: one such request is always in flight, waiting
+            # for the upstream, when the mirror switches to read-only mode.
+            with pull_loop([(SMALL2, "amd64")], workers=1, retries=0, max_seconds=120 * SLOW) as asking:
+                # Like the VMs' clients, cached pulls retry (skopeo --retry-times 3): the switch to read-only mode
+                # closes the listener for a few hundred ms, and this pull, stuck on the upstream, straddles it.
+                obs["cached_right_after"] = pull(ALPINE, retries=3)
+                wait_for("read-only mode", lambda: target.mode() == "read-only", 40 * SLOW)
+                obs["switched_at"] = time.time()
+                obs["switch_s"] = obs["switched_at"] - down
+                obs["cached_read_only"] = [pull(ALPINE, arch, retries=3) for arch in ARCHES]
+            obs["uncached_pull_through_mode"] = asking[0]
+            obs["uncached_loop"] = [{k: r[k] for k in ("ok", "s", "start", "err")} for r in asking]
             obs["uncached_read_only"] = pull(SMALL2)
             # A restart during the outage (a reboot, actuated renewing its certificate, an upgrade).
             since = target.now()
@@ -45,10 +51,11 @@ def outage(target, warm, converge) -> dict[str, Any]:
             wait_for("serving after the restart", serves, 30 * SLOW, interval=0.1)
             obs["restart_mode"] = target.mode()
             obs["restart_journal"] = target.journal(since)
-            obs["cached_after_restart"] = [pull(ALPINE, arch) for arch in ARCHES]
+            obs["cached_after_restart"] = [pull(ALPINE, arch, retries=3) for arch in ARCHES]
             # The release server of the test world lives in the same container as its Docker Hub: with the checksum
-            # pinned (registry_mirror_checksums), the run needs neither.
-            obs["converge"] = converge("--diff", "-e", json.dumps({"registry_mirror_checksums": {ARCH: release_checksum()}}))
+            # pinned (registry_mirror_checksums), the run needs neither. Ansible logic: amd64 only (arm64 is emulated).
+            obs["converge"] = converge("--diff", "-vvv", "-e", json.dumps({"registry_mirror_checksums": {ARCH: release_checksum()}})) \
+                if ARCH == "amd64" else None
             obs["restart_done_at"] = time.time()
         obs["up_at"] = time.time()
         obs["back_s"] = wait_for("pull-through mode again", lambda: target.mode() == "pull-through", 30 * SLOW)
@@ -61,6 +68,11 @@ def outage(target, warm, converge) -> dict[str, Any]:
     obs["gap_back"] = poller.gap(obs["restart_done_at"])
     obs["cache_after"] = cache(target)
     obs["lost"] = compare(obs["cache_before"], obs["cache_after"])
+    SUMMARY["details"]["outage"] = {
+        "supervisor": target.out(f"journalctl --no-pager -o short-precise -u registry --since '@{int(down) - 1}' "
+                                 "| grep -E 'registry-supervisor|Stopping|Started'").splitlines(),
+        "no_mirror_intervals_s": poller.gaps(), "converge_rc": obs["converge"] and obs["converge"].returncode,
+        "pulls": {k: v for k, v in obs.items() if k.startswith(("cached", "uncached"))}, "down_at": down}
     return obs
 
 
@@ -72,6 +84,7 @@ def test_cached_images_still_pull_while_the_upstream_is_down(outage):
     record("faults", "Docker Hub down while serving", ok,
            cached_pull_normal_s=median(outage["normal"]),
            cached_pull_right_after_outage_s=outage["cached_right_after"]["s"],
+           skopeo_retries_needed=sum(p["retries"] for p in pulls_),
            switch_to_read_only_after_s=seconds(outage["switch_s"]),
            cached_pull_read_only_s=median([p["s"] for p in outage["cached_read_only"]]),
            uncached_fails_after_s={"pull-through mode": outage["uncached_pull_through_mode"]["s"],
@@ -82,8 +95,11 @@ def test_cached_images_still_pull_while_the_upstream_is_down(outage):
 
 def test_an_uncached_image_fails_promptly_while_the_upstream_is_down(outage):
     first, later = outage["uncached_pull_through_mode"], outage["uncached_read_only"]
+    assert not any(r["ok"] for r in outage["uncached_loop"]), outage["uncached_loop"]
     assert not first["ok"] and not later["ok"]
-    assert first["s"] < 15 * SLOW, first
+    # Before the switch the registry waits for the unreachable upstream (its connect timeouts: 10-15 s here);
+    # after it, the answer is immediate.
+    assert first["s"] < 30, first
     assert later["s"] < 3 * SLOW, later
     assert "manifest unknown" in later["err"] or "not found" in later["err"].lower(), later["err"]
 
@@ -97,15 +113,16 @@ def test_after_two_failed_probes_the_mirror_serves_the_cache_read_only(outage):
 
 def test_a_restart_during_the_outage_serves_the_cache_read_only(outage):
     ok = (outage["restart_mode"] == "read-only" and all(p["ok"] for p in outage["cached_after_restart"])
-          and outage["gap_restart"] < 10 * SLOW)
+          and outage["gap_restart"] < 8 * SLOW)
     record("faults", "Docker Hub down at restart", ok, mode_after_restart=outage["restart_mode"],
            longest_no_mirror_s=outage["gap_restart"],
            cached_pull_s=median([p["s"] for p in outage["cached_after_restart"]]))
     assert outage["restart_mode"] == "read-only", outage["restart_journal"][-2000:]
     assert "unreachable" in outage["restart_journal"]
-    assert outage["gap_restart"] < 10 * SLOW
+    assert outage["gap_restart"] < 8 * SLOW
 
 
+@amd64_only
 def test_a_playbook_run_during_the_outage_succeeds_and_changes_nothing(outage):
     result = outage["converge"]
     ok = result.returncode == 0 and recap(result.stdout)["changed"] == 0
@@ -113,6 +130,14 @@ def test_a_playbook_run_during_the_outage_succeeds_and_changes_nothing(outage):
            changed=recap(result.stdout).get("changed") if " : ok=" in result.stdout else None)
     assert result.returncode == 0, result.stdout[-3000:]
     assert recap(result.stdout)["changed"] == 0
+
+
+@amd64_only
+def test_token_never_appears_in_the_output_of_that_run_at_vvv(outage):
+    output = outage["converge"].stdout + outage["converge"].stderr
+    record("security", "token absent from a real run's -vvv --diff output", world.HUB_TOKEN not in output,
+           output_bytes=len(output))
+    assert world.HUB_TOKEN not in output
 
 
 def test_pull_through_resumes_by_itself_when_the_upstream_returns(outage):
@@ -159,10 +184,13 @@ def test_a_killed_registry_serves_again_within_10s(target, warm, victim):
     if not after["ok"]:
         lost_pull(f"cached {ALPINE} after killing the {victim}")
     gap = poller.gap(killed_at - 1)
-    ok = took < 10 and gap < 10 and after["ok"]
-    record("faults", f"SIGKILL {victim}", ok, serving_again_after_s=seconds(took), longest_no_mirror_s=gap)
-    assert gap < 10, gap
-    assert took < 10, took
+    # 10 s on a native host; the emulated arm64 target starts Python, openssl and the registry several times slower.
+    limit = 10 * SLOW
+    ok = took < limit and gap < limit and after["ok"]
+    record("faults", f"SIGKILL {victim}", ok, serving_again_after_s=seconds(took), longest_no_mirror_s=gap,
+           limit_s=limit)
+    assert gap < limit, gap
+    assert took < limit, took
     assert after["ok"], after
 
 
@@ -253,6 +281,10 @@ def test_disk_full_recovers_when_space_returns(disk_full):
 # --------------------------------------------------------------------------------------------------------------------
 
 ROTATIONS = 3
+# skopeo --retry-times N waits 1, 2, 4, ... s between attempts: 3 retries span about 7 s, more than a restart takes on a
+# native host (about 1 s without a mirror). Under arm64 emulation a restart leaves VMs without a mirror for about 12 s:
+# 5 retries (about 31 s) there.
+RETRIES = 3 if ARCH == "amd64" else 5
 
 
 def issue(target, index: int) -> str:
@@ -268,7 +300,7 @@ def test_certificate_rotation_while_vms_pull_fails_no_pull(target, warm):
     fingerprints = [issue(target, i) for i in range(ROTATIONS)]
     served_after: list[float] = []
     jobs = [(ALPINE, "amd64"), (ALPINE, "arm64"), (SMALL1, "amd64")]
-    with Poller() as poller, pull_loop(jobs, workers=3, retries=3, max_seconds=180 * SLOW) as results:
+    with Poller() as poller, pull_loop(jobs, workers=3, retries=RETRIES, max_seconds=180 * SLOW) as results:
         time.sleep(1.5)
         for i, fingerprint in enumerate(fingerprints):
             start = time.monotonic()
@@ -281,7 +313,8 @@ def test_certificate_rotation_while_vms_pull_fails_no_pull(target, warm):
     for r in failed:
         lost_pull(f"{r['ref']} ({r['arch']}) during a certificate rotation: {r['err'][-200:]}")
     ok = not failed and len(served_after) == ROTATIONS and len(results) > ROTATIONS
-    record("faults", f"certificate rotated {ROTATIONS}x while 3 VM clients pull", ok, pulls=len(results), failed=len(failed),
+    record("faults", f"certificate rotated {ROTATIONS}x while 3 VM clients pull", ok, skopeo_retry_times=RETRIES,
+           pulls=len(results), failed=len(failed),
            pulls_that_needed_skopeo_retries=sum(1 for r in results if r["retries"]),
            new_certificate_served_after_s=served_after, longest_no_mirror_s=poller.gap(),
            pull_time_max_s=max((r["s"] for r in results), default=None))
