@@ -35,7 +35,7 @@ def main(argv: list[str]) -> int:
     """Rewrite or check README.md."""
     text = README.read_text(encoding="utf-8")
     head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
+    tail = rest.split(END, 1)[1]
     updated = f"{head}{BEGIN}\n{render()}\n{END}{tail}"
     if argv[:1] == ["--check"]:
         if updated != text:

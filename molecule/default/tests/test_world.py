@@ -54,7 +54,7 @@ def test_fake_hub_rate_limits_when_asked(vm, hub):
     hub.reset()
     hub.configure(rate_limit=2)
     try:
-        codes = [vm.sh(f"skopeo inspect --raw {ALPINE}", check=False) for _ in range(3)]
+        codes = [vm.sh(f"skopeo inspect --raw {ALPINE}", check=False) for _attempt in range(3)]
     finally:
         hub.configure(rate_limit=0)
     assert [c.returncode for c in codes[:2]] == [0, 0]

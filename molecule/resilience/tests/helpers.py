@@ -275,7 +275,7 @@ class Poller:
         run(["docker", "exec", world.VM_CONTAINER, "touch", self.stop])
         stdout = self.proc.communicate(timeout=60)[0]
         run(["docker", "exec", world.VM_CONTAINER, "rm", "-f", self.stop])
-        self.samples = [(when, ok) for when, ok in json.loads(stdout.strip().splitlines()[-1])]
+        self.samples = [tuple(sample) for sample in json.loads(stdout.strip().splitlines()[-1])]
 
     def gaps(self, start: float = 0.0, end: float = float("inf")) -> list[float]:
         """Every no-mirror interval that began in [START, END] (seconds), longest first."""

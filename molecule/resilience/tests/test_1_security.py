@@ -6,7 +6,7 @@ import json
 import subprocess
 import time
 
-from conftest import ADDRESS, MIRROR, amd64_only, recap, run, world
+from conftest import ADDRESS, MIRROR, amd64_only, run, world
 from helpers import ALPINE, cache, pull, record, target, warm  # noqa: F401  pylint: disable=unused-import
 
 TOKEN = world.HUB_TOKEN

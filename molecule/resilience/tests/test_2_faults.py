@@ -27,7 +27,7 @@ def seconds(value: float) -> float:
 @pytest.fixture(scope="module")
 def outage(target, warm, converge) -> dict[str, Any]:
     """One outage of the fake Docker Hub, with everything measured from the VM."""
-    obs: dict[str, Any] = {"normal": [pull(ALPINE)["s"] for _ in range(3)]}
+    obs: dict[str, Any] = {"normal": [pull(ALPINE)["s"] for _attempt in range(3)]}
     obs["cache_before"] = cache(target)
     with Poller() as poller:
         with hub_down(target) as down:
