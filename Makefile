@@ -16,7 +16,7 @@ export PATH := $(BIN):$(PATH)
 # Which scenario runs on which architecture in `make test`. arm64 runs under qemu-user emulation, several times
 # slower: it proves everything that depends on the architecture (install, service, TLS, pulls, certificate renewal);
 # the architecture-independent logic (bad input, upgrade paths, faults and load) runs on amd64. See README.
-MATRIX ?= default:amd64 default:arm64 cert_rotation:amd64 cert_rotation:arm64 variants:amd64 resilience:amd64
+MATRIX ?= default:amd64 cert_rotation:amd64 variants:amd64 resilience:amd64 default:arm64 cert_rotation:arm64
 SCENARIO ?=
 ARCHES ?= amd64 arm64
 TIMED := $(PY) $(ROOT)/tests/tools/timed.py

@@ -21,6 +21,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -375,9 +376,9 @@ class Bench:  # pylint: disable=too-many-instance-attributes
         except (BenchError, world.WorldError) as exc:
             self.results["errors"].append(str(exc))
             log(f"ERROR: {exc}")
-        except KeyboardInterrupt:
-            self.results["errors"].append("interrupted")
-            log("interrupted")
+        except KeyboardInterrupt as exc:
+            self.results["errors"].append(f"interrupted {exc}".strip())
+            log(f"interrupted {exc}".strip())
         finally:
             with contextlib.suppress(BenchError, world.WorldError, OSError):
                 self.results["versions"] = self.bw.versions()
@@ -523,6 +524,11 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(path, ignore_errors=True)
         return 0
     plan = SMOKE if args.smoke else FULL
+
+    def terminated(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, terminated)  # clean up and keep the partial results, as on Ctrl-C
     if args.runs:
         plan = dataclasses.replace(plan, runs=max(1, args.runs))
     with bench_lock():

@@ -36,7 +36,7 @@ def test_fake_hub_serves_alpine_for_both_architectures_with_the_configured_token
     index = json.loads(vm.raw_manifest(ALPINE, creds=CREDS))
     assert {m["platform"]["architecture"] for m in index["manifests"]} == {"amd64", "arm64"}
     for arch in ("amd64", "arm64"):
-        pulled = vm.sh(f"rm -rf /tmp/hub-{arch} && skopeo copy --creds {CREDS} --override-arch {arch} {ALPINE} oci:/tmp/hub-{arch}:x",
+        pulled = vm.sh(f"rm -rf /tmp/hub-{arch} && skopeo copy --src-creds {CREDS} --override-arch {arch} {ALPINE} oci:/tmp/hub-{arch}:x",
                        check=False)
         assert pulled.returncode == 0, pulled.stderr
 

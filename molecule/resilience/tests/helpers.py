@@ -82,8 +82,10 @@ for entry in os.listdir("/proc"):
         st = status(entry)
     except (OSError, IndexError, ValueError):
         continue
-    procs.append({"pid": int(entry), "ppid": int(stat[1]), "start": int(stat[19]),
-                  "cmd": [c.decode(errors="replace") for c in cmd if c],
+    cmd = [c.decode(errors="replace") for c in cmd if c]
+    if cmd and "binfmt" in cmd[0]:  # qemu-user emulation (binfmt_misc with the P flag): interpreter, path, argv
+        cmd = cmd[2:]
+    procs.append({"pid": int(entry), "ppid": int(stat[1]), "start": int(stat[19]), "cmd": cmd,
                   "uid": st.get("Uid", "").split(), "cap_eff": st.get("CapEff"), "no_new_privs": st.get("NoNewPrivs"),
                   "hwm_kb": int(st.get("VmHWM", "0 kB").split()[0]), "rss_kb": int(st.get("VmRSS", "0 kB").split()[0])})
 print(json.dumps({"main": main, "procs": procs}))

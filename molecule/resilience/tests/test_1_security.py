@@ -61,8 +61,8 @@ def test_service_runs_unprivileged_without_capabilities(target):
     ok = (len(procs) >= 2 and all(set(p["uid"]) == {uid} for p in procs)
           and all(int(p["cap_eff"], 16) == 0 for p in procs) and all(p["no_new_privs"] == "1" for p in procs))
     record("security", "runs as an unprivileged user, no capabilities", ok,
-           processes=[f"{p['cmd'][0].rsplit('/', 1)[-1]} uid={p['uid'][0]} CapEff={p['cap_eff']} NoNewPrivs={p['no_new_privs']}"
-                      for p in procs])
+           processes=[f"{'registry serve' if 'serve' in p['cmd'] else 'supervisor'}: uid {p['uid'][0]}, CapEff {p['cap_eff']}, "
+                      f"NoNewPrivs {p['no_new_privs']}" for p in procs])
     assert len(procs) >= 2, procs  # the supervisor and `registry serve`
     for proc in procs:
         assert set(proc["uid"]) == {uid}, proc
