@@ -119,7 +119,8 @@ def test_mismatched_key_keeps_the_previous_certificate(host, vm, converge):
         assert served_fingerprint(vm) == previous
         result = converge()
         assert result.returncode != 0
-        assert "does not" in result.stdout and "server.key" in result.stdout, result.stdout[-3000:]
+        output = result.stdout + result.stderr
+        assert "does not" in output and "server.key" in output, output[-3000:]
         assert served_fingerprint(vm) == previous
         assert pulls(vm)
     finally:
@@ -138,7 +139,7 @@ def test_expiring_certificate_warns_and_optionally_fails(host, converge):
         assert "within registry_mirror_cert_min_valid_days" in warned.stdout
         failed = converge("-e", "registry_mirror_cert_fail_when_expiring=true")
         assert failed.returncode != 0
-        assert "within registry_mirror_cert_min_valid_days" in failed.stdout
+        assert "within registry_mirror_cert_min_valid_days" in failed.stdout + failed.stderr
     finally:
         host.check_output(f"cat /tmp/good.crt > {CERTS}/server.crt && cat /tmp/good.key > {CERTS}/server.key")
     assert converge().returncode == 0

@@ -203,7 +203,10 @@ def pulls(jobs: list[tuple[str, str]], *, workers: int = 1, repeat: int = 1, ret
     Every pull goes to its own OCI layout; each result has ok, s (seconds, measured in the VM), retries and err."""
     cfg = {"jobs": jobs, "workers": workers, "repeat": repeat, "retries": retries, "keep": keep, "mirror": MIRROR,
            "dir": f"/tmp/resilience-{uuid.uuid4().hex[:8]}"}
-    proc = run(["docker", "exec", world.VM_CONTAINER, "python3", "-c", PULLS_SCRIPT, json.dumps(cfg)], timeout=timeout)
+    proc = run(["docker", "exec", world.VM_CONTAINER, "python3", "-c", PULLS_SCRIPT, json.dumps(cfg)], check=False,
+               timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"the pull runner failed in {world.VM_CONTAINER}: {proc.stderr[-2000:]}")
     return json.loads(proc.stdout)
 
 
