@@ -34,6 +34,7 @@ def test_upstream_refusal_is_reported_in_the_mirrors_errors(host, vm, hub):
     hub.configure(anonymous=False)
     try:
         host.check_output("systemctl restart registry")
+        vm.sh(f"for i in $(seq 150); do curl -sf -o /dev/null https://{MIRROR}/v2/ && exit 0; sleep 0.2; done; exit 1")
         pulled = vm.pull(f"{MIRROR}/library/small2:latest", "amd64", "/tmp/refused")
     finally:
         hub.configure(anonymous=True)
