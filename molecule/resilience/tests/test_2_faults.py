@@ -76,11 +76,19 @@ def outage(target, warm, converge) -> dict[str, Any]:
     return obs
 
 
+# Limits: the supervisor probes every 3 s (group_vars) and a probe that gets no answer gives up after 5 s; the
+# registry, stuck on the unreachable upstream before the switch, answers after its own connect timeouts (10-15 s).
+SWITCH_LIMIT = 2 * (3 + 5) + 2 * SLOW
+SWITCH_GAP_LIMIT = 1.5 * SLOW
+RESTART_GAP_LIMIT = 8 * SLOW
+
+
 def test_cached_images_still_pull_while_the_upstream_is_down(outage):
     pulls_ = [outage["cached_right_after"], *outage["cached_read_only"], *outage["cached_after_restart"]]
     for failed in (p for p in pulls_ if not p["ok"]):
         lost_pull(f"cached {failed['ref']} ({failed['arch']}) during the outage: {failed['err'][-200:]}")
-    ok = all(p["ok"] for p in pulls_)
+    ok = (all(p["ok"] for p in pulls_) and outage["switch_s"] < SWITCH_LIMIT and outage["gap_switch"] < SWITCH_GAP_LIMIT
+          and not outage["uncached_pull_through_mode"]["ok"] and not outage["uncached_read_only"]["ok"])
     record("faults", "Docker Hub down while serving", ok,
            cached_pull_normal_s=median(outage["normal"]),
            cached_pull_right_after_outage_s=outage["cached_right_after"]["s"],
@@ -90,7 +98,7 @@ def test_cached_images_still_pull_while_the_upstream_is_down(outage):
            uncached_fails_after_s={"pull-through mode": outage["uncached_pull_through_mode"]["s"],
                                    "read-only mode": outage["uncached_read_only"]["s"]},
            longest_no_mirror_s=outage["gap_switch"])
-    assert ok, pulls_
+    assert all(p["ok"] for p in pulls_), pulls_
 
 
 def test_an_uncached_image_fails_promptly_while_the_upstream_is_down(outage):
@@ -105,21 +113,25 @@ def test_an_uncached_image_fails_promptly_while_the_upstream_is_down(outage):
 
 
 def test_after_two_failed_probes_the_mirror_serves_the_cache_read_only(outage):
-    # probe interval 3 s (group_vars); a probe that cannot connect gives up within 5 s.
-    assert outage["switch_s"] < 2 * (3 + 5) + 2 * SLOW
+    assert outage["switch_s"] < SWITCH_LIMIT
     assert median([p["s"] for p in outage["cached_read_only"]]) < max(3 * median(outage["normal"]), 1.0 * SLOW)
-    assert outage["gap_switch"] < 1.5 * SLOW, outage["gap_switch"]
+
+
+def test_a_mode_switch_leaves_vms_without_a_mirror_for_under_1_5s(outage):
+    # (1.5 s native; times 3 on the emulated arm64 target)
+    assert outage["gap_switch"] < SWITCH_GAP_LIMIT, SUMMARY["details"]["outage"]["supervisor"]
+    assert outage["gap_back"] < SWITCH_GAP_LIMIT, SUMMARY["details"]["outage"]["supervisor"]
 
 
 def test_a_restart_during_the_outage_serves_the_cache_read_only(outage):
     ok = (outage["restart_mode"] == "read-only" and all(p["ok"] for p in outage["cached_after_restart"])
-          and outage["gap_restart"] < 8 * SLOW)
+          and outage["gap_restart"] < RESTART_GAP_LIMIT)
     record("faults", "Docker Hub down at restart", ok, mode_after_restart=outage["restart_mode"],
            longest_no_mirror_s=outage["gap_restart"],
            cached_pull_s=median([p["s"] for p in outage["cached_after_restart"]]))
     assert outage["restart_mode"] == "read-only", outage["restart_journal"][-2000:]
     assert "unreachable" in outage["restart_journal"]
-    assert outage["gap_restart"] < 8 * SLOW
+    assert outage["gap_restart"] < RESTART_GAP_LIMIT
 
 
 @amd64_only
@@ -144,13 +156,12 @@ def test_pull_through_resumes_by_itself_when_the_upstream_returns(outage):
     after = outage["uncached_after_return"]
     for failed in (p for p in after if not p["ok"]):
         lost_pull(f"uncached {failed['ref']} after Docker Hub returned: {failed['err'][-200:]}")
-    ok = all(p["ok"] for p in after) and not outage["lost"]
+    ok = all(p["ok"] for p in after) and not outage["lost"] and outage["gap_back"] < SWITCH_GAP_LIMIT
     record("faults", "Docker Hub back", ok, back_to_pull_through_after_s=seconds(outage["back_s"]),
            longest_no_mirror_s=outage["gap_back"], uncached_pulls_after=[p["s"] for p in after],
            cache_lost_or_altered=len(outage["lost"]))
     assert all(p["ok"] for p in after), after
     assert outage["back_s"] < 3 + 5 + 2 * SLOW
-    assert outage["gap_back"] < 1.5 * SLOW
 
 
 def test_the_outage_loses_no_cached_blob(outage):
