@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 import sys
 
-MODES = (("mirror_warm", "mirror, warm", "#2a9d8f"), ("mirror_warm_digest", "mirror, warm (by digest)", "#8ab17d"),
-         ("mirror_cold", "mirror, cold", "#e9c46a"), ("direct", "direct (emulated link)", "#e76f51"),
-         ("nginx", "nginx, static files (local limit)", "#264653"),
-         ("client_alone", "skopeo alone (local OCI copy, no network)", "#9aa5b1"))
+MODES = (("mirror_warm", "mirror,\nwarm", "#2a9d8f"), ("mirror_warm_digest", "mirror, warm\n(by digest)", "#8ab17d"),
+         ("mirror_cold", "mirror,\ncold", "#e9c46a"), ("direct", "direct\n(emulated link)", "#e76f51"),
+         ("nginx", "nginx, static\n(local limit)", "#264653"), ("client_alone", "skopeo alone\n(no network)", "#9aa5b1"))
 
 
 def main(argv: list[str]) -> int:
@@ -37,7 +36,7 @@ def main(argv: list[str]) -> int:
             stats = data["seconds"].get(key)
             if not stats:
                 continue
-            names.append(label.replace(" (", "\n("))
+            names.append(label)
             medians.append(stats["median"])
             low.append(stats["median"] - stats["min"])
             high.append(stats["max"] - stats["median"])

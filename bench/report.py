@@ -26,6 +26,20 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def peak_load(res: Any) -> float:
+    """The highest 1-minute load average recorded anywhere in the results."""
+    if isinstance(res, dict):
+        found = [peak_load(v) for k, v in res.items() if k not in ("loadavg", "loadavg_1m", "loadavg_start", "loadavg_end")]
+        for key in ("loadavg", "loadavg_start", "loadavg_end"):
+            if isinstance(res.get(key), list) and res[key]:
+                found.append(float(res[key][0]))
+        found += [float(x) for x in res.get("loadavg_1m", [])]
+        return max(found, default=0.0)
+    if isinstance(res, list):
+        return max((peak_load(v) for v in res), default=0.0)
+    return 0.0
+
+
 def section_machine(res: dict[str, Any]) -> str:
     """Where and how the figures were taken."""
     m, s, link = res["machine"], res["settings"], res.get("link", {})
@@ -36,7 +50,8 @@ def section_machine(res: dict[str, Any]) -> str:
     text += table(["machine", ""], [
         ["CPU", f"{m['cpu_model']}, {m['cores']} cores"], ["memory", m.get("memory", "")],
         ["OS / kernel", f"{m.get('os', '')} / {m['kernel']}"],
-        ["load average (1/5/15 min)", f"start {m['loadavg_start']}, end {m.get('loadavg_end', '-')}"],
+        ["load average (1/5/15 min)", f"start {m['loadavg_start']}, end {m.get('loadavg_end', '-')}; "
+                                      f"highest 1-min value seen during the run: {peak_load(res)}"],
         ["versions", ", ".join(f"{k} {v}" for k, v in versions.items() if v)],
         ["mirror", f"distribution {s['registry_version']} (Debian's build, the test world's release fixture), installed by the role"],
         ["emulated link", f"{s['rtt_ms']:g} ms RTT, {s['mbit']:g} Mbit/s per direction, shared by all connections (bench/shaper.py)"],

@@ -56,14 +56,15 @@ class Plan:  # pylint: disable=too-many-instance-attributes
     arm64: bool
     no_pipelining: bool
     tuning: tuple[str, ...]
+    tuning_runs: int
     upstream_total: int
     upstream_parallel: int
     out: Path
 
 
-FULL = Plan("full", 5, ("alpine", "big"), 5, True, (1, 4, 8), True, True, ("inmemory", "troubleshooting"), 100, 20,
+FULL = Plan("full", 5, ("alpine", "big"), 5, True, (1, 4, 8), True, True, ("inmemory", "troubleshooting"), 5, 100, 20,
             BENCH / "results")
-SMOKE = Plan("smoke", 3, ("alpine",), 1, False, (), False, False, ("inmemory",), 20, 5, BENCH / "results" / "smoke")
+SMOKE = Plan("smoke", 3, ("alpine",), 1, False, (), False, False, ("inmemory",), 1, 20, 5, BENCH / "results" / "smoke")
 
 
 class Bench:  # pylint: disable=too-many-instance-attributes
@@ -280,13 +281,14 @@ class Bench:  # pylint: disable=too-many-instance-attributes
         try:
             for image in self.plan.images:
                 times: dict[str, list[float]] = {name: [] for name in variants}
-                for i in range(self.plan.runs):
+                runs = self.plan.tuning_runs
+                for i in range(runs):
                     for name, config in variants.items():  # interleaved, so that a load change hits every variant
                         self.bw.mirror_variant(config)
                         # By digest: only the mirror's own work, without the jitter of the upstream tag check.
                         self.bw.pull(MIRROR, image, by_digest=True)  # fills the variant's in-memory state; not measured
                         times[name].append(self.bw.pull(MIRROR, image, by_digest=True))
-                    log(f"   {image} run {i + 1}/{self.plan.runs}: " + "  ".join(f"{n} {t[-1]:.3f}s" for n, t in times.items()))
+                    log(f"   {image} run {i + 1}/{runs}: " + "  ".join(f"{n} {t[-1]:.3f}s" for n, t in times.items()))
                 base_med = statistics.median(times["baseline"])
                 out["images"][image] = {name: {**summary(t), "vs_baseline": round(statistics.median(t) / base_med, 3)}
                                         for name, t in times.items()}
@@ -506,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     parser = argparse.ArgumentParser(prog="python3 bench/run.py", description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="quick mode for `make test`: small image, few runs (bench/results/smoke/)")
-    parser.add_argument("--runs", type=int, help="runs per pull measurement (full: 5, smoke: 3)")
+    parser.add_argument("--runs", type=int, help="runs per pull and tuning measurement (full: 5, smoke: 3 and 1)")
     parser.add_argument("--rtt-ms", type=float, default=40.0, help="emulated round-trip time to the upstream (default 40)")
     parser.add_argument("--mbit", type=float, default=100.0, help="emulated link bandwidth, Mbit/s per direction (default 100)")
     parser.add_argument("--no-arm64", action="store_true", help="skip the arm64 converge (full mode)")
@@ -530,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, terminated)  # clean up and keep the partial results, as on Ctrl-C
     if args.runs:
-        plan = dataclasses.replace(plan, runs=max(1, args.runs))
+        plan = dataclasses.replace(plan, runs=max(1, args.runs), tuning_runs=max(1, args.runs))
     with bench_lock():
         bench = Bench(plan, args)
         log(f"benchmark ({plan.mode}): results to {plan.out}, logs to {bench.logs}")
