@@ -80,6 +80,8 @@ build: venv
 
 ## The matrix, or one scenario: make molecule SCENARIO=default [ARCHES=arm64]
 molecule: venv world
+	@# Targets left by an interrupted run would hold the bridge addresses (192.168.128.1/129.1): remove them first.
+	@docker ps -aq --filter label=owner=molecule | xargs -r docker rm -f >/dev/null
 	@eval "$$($(PY) world/world.py env)"; \
 	runs="$(if $(SCENARIO),$(foreach a,$(ARCHES),$(SCENARIO):$(a)),$(MATRIX))"; \
 	for run in $$runs; do s=$${run%%:*}; a=$${run##*:}; \
