@@ -15,7 +15,6 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import datetime
-import fcntl
 import json
 import os
 import platform
@@ -491,17 +490,9 @@ def preflight_venv() -> None:
         link.symlink_to(REPO)
 
 
-@contextlib.contextmanager
-def bench_lock() -> Iterator[None]:
+def bench_lock() -> contextlib.AbstractContextManager[None]:
     """One benchmark at a time on this machine (they share names and addresses)."""
-    BENCH_CACHE.mkdir(parents=True, exist_ok=True)
-    with (BENCH_CACHE / ".lock").open("w", encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log("another benchmark is running: waiting for it")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
+    return world.file_lock(BENCH_CACHE / ".lock", "another benchmark")
 
 
 def main(argv: list[str] | None = None) -> int:
