@@ -5,9 +5,21 @@
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 ROOT := $(CURDIR)
-VENV := $(ROOT)/.venv
-BIN := $(VENV)/bin
 PY := python3
+# The toolchain venv. `make core-X.Y` re-enters make with VENV/REQUIREMENTS/VENV_PY of another ansible-core (CORES).
+VENV ?= $(ROOT)/.venv
+REQUIREMENTS ?= requirements-dev.txt
+VENV_PY ?= $(PY)
+BIN := $(VENV)/bin
+# ansible-core minors the collection is tested with (those still getting fixes), each as MINOR:PYTHON. The first is
+# the main toolchain (.venv, requirements-dev.txt, the system python3); each other one gets .venv-core-MINOR from
+# tests/requirements/core-MINOR.txt. `make test` runs sanity and unit tests with every one, and the default scenario
+# on amd64 with the newest as the controller. Python 3.12/3.13 are found on PATH or in pyenv's versions.
+CORES := 2.19:python3 2.20:python3.12 2.21:python3.13
+NEWEST_CORE := $(lastword $(foreach c,$(CORES),$(firstword $(subst :, ,$(c)))))
+find_python = $(shell for p in $$(command -v $(1)) $(wildcard $(HOME)/.pyenv/versions/*/bin/$(1)); do "$$p" -c '' 2>/dev/null && echo "$$p" && break; done)
+core_python = $(call find_python,$(lastword $(subst :, ,$(filter $(1):%,$(CORES)))))
+core_vars = VENV=$(ROOT)/.venv-core-$(1) REQUIREMENTS=tests/requirements/core-$(1).txt VENV_PY=$(call core_python,$(1))
 export WORLD_CACHE ?= /var/cache/actuated-world
 export ANSIBLE_COLLECTIONS_PATH := $(ROOT)/.cache/collections
 export ANSIBLE_FORCE_COLOR ?= 0
@@ -17,14 +29,18 @@ export PATH := $(BIN):$(PATH)
 # slower: it proves what depends on the architecture (install, service, sandbox, TLS, pulls, certificate renewal);
 # the architecture-independent logic (bad input, upgrade paths) and the fault/load suite run on amd64 (resilience
 # also passes on arm64: `make molecule SCENARIO=resilience ARCHES=arm64`, about 10 minutes).
+# .github/workflows/ci.yml runs the same list (tests/unit/test_repo_consistency.py fails when the two differ).
 MATRIX ?= default:amd64 default:arm64 cert_rotation:amd64 cert_rotation:arm64 variants:amd64 resilience:amd64
+# Scenarios whose target takes the cloud-hypervisor bridge address 192.168.129.1 (the others: 192.168.128.1). All share
+# one platform (.config/molecule/config.yml); `make molecule` passes the bridge to it as MOLECULE_BRIDGE.
+BRIDGE_129 := variants resilience
 # The resilience scenario's summary (JSON per architecture) is also written here.
 export RESILIENCE_SUMMARY_DIR ?= $(ROOT)/.cache/results
 SCENARIO ?=
 ARCHES ?= amd64 arm64
 TIMED := $(PY) $(ROOT)/tests/tools/timed.py
 
-.PHONY: test demo deps venv world world-down lint sanity unit build docs molecule bench bench-smoke clean stop
+.PHONY: molecule-newest-core test demo deps venv world world-down lint typecheck sanity unit build docs molecule bench bench-smoke clean stop
 
 ## Every test, in order, with the time each stage took; stops what it started even when a stage fails. (Building the
 ## test world while the static stages run was tried: both slowed down on 2 cores, and the run took as long.)
@@ -34,48 +50,76 @@ test:
 	$(TIMED) lint -- $(MAKE) --no-print-directory lint && \
 	$(TIMED) sanity -- $(MAKE) --no-print-directory sanity && \
 	$(TIMED) unit -- $(MAKE) --no-print-directory unit && \
+	for c in $(wordlist 2,99,$(CORES)); do m=$${c%%:*}; \
+	  $(TIMED) "sanity+unit ansible-core $$m" -- $(MAKE) --no-print-directory core-$$m || exit 1; done && \
 	$(TIMED) build -- $(MAKE) --no-print-directory build && \
 	$(TIMED) world -- $(MAKE) --no-print-directory world && \
 	$(TIMED) molecule -- $(MAKE) --no-print-directory molecule && \
+	$(TIMED) "molecule default amd64, ansible-core $(NEWEST_CORE)" -- $(MAKE) --no-print-directory molecule-newest-core && \
 	$(TIMED) bench-smoke -- $(MAKE) --no-print-directory bench-smoke && \
 	$(TIMED) --summary
 
+## The test world runs as a module from the repository root (`python3 -m world`, world/README.md); so do the demo and
+## the benchmark. Any other Python of the project venv finds them through the .pth file `make venv` writes.
 deps:
-	$(PY) world/world.py deps
+	$(PY) -m world deps
 
-$(BIN)/.stamp: requirements-dev.txt
-	$(PY) -m venv $(VENV)
+$(BIN)/.stamp: $(REQUIREMENTS)
+	@test -x "$(VENV_PY)" || command -v "$(VENV_PY)" >/dev/null || { echo "no Python interpreter '$(VENV_PY)' for $(VENV): install it (pyenv, or your distribution's package)" >&2; exit 1; }
+	$(VENV_PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip==25.3
-	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet -r $(REQUIREMENTS)
 	touch $@
 
 venv: $(BIN)/.stamp
 	@mkdir -p $(ROOT)/.cache/collections/ansible_collections/actuated
 	@ln -sfn $(ROOT) $(ROOT)/.cache/collections/ansible_collections/actuated/registry
+	@# The repository root on the venv's sys.path: `import world` from any directory (Molecule's testinfra verifier).
+	@echo "$(ROOT)" > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/actuated_registry_repo.pth"
 
 world: deps
-	$(PY) world/world.py up
+	$(PY) -m world up
 
 world-down:
-	$(PY) world/world.py down
+	$(PY) -m world down
 
 stop:
-	-$(PY) world/world.py down
-	-$(PY) world/world.py stop-deps
+	-$(PY) -m world down
+	-$(PY) -m world stop-deps
 
 lint: venv
 	$(BIN)/yamllint --strict .
 	$(BIN)/ansible-lint --profile production --strict
 	$(BIN)/python tests/tools/readme_vars.py --check
+	$(MAKE) --no-print-directory typecheck
+
+## The programs the role installs on hosts (standard library only, Python 3.8+ syntax) and their tests: ruff, then
+## mypy --strict.
+HOST_PROGRAMS := roles/registry_mirror/files/*.py tests/unit/files
+typecheck: venv
+	$(BIN)/ruff check --no-cache --target-version py38 --line-length 120 \
+	  --select E,F,W,B,UP,RUF,PL,C4,SIM,I --ignore PLR2004 $(HOST_PROGRAMS)
+	$(BIN)/mypy --strict --cache-dir $(ROOT)/.cache/mypy $(HOST_PROGRAMS)
 
 docs: venv
 	$(BIN)/python tests/tools/readme_vars.py
 
+## ansible-test keeps its cache and per-test venvs under HOME: give it one in the test world's cache.
 sanity: venv
-	$(PY) tests/sanity/run.py
+	mkdir -p $(WORLD_CACHE)/ansible-test-home
+	HOME=$(WORLD_CACHE)/ansible-test-home $(BIN)/python tests/sanity/run.py
 
 unit: venv
 	PYTHONPATH=$(ANSIBLE_COLLECTIONS_PATH) $(BIN)/python -m pytest -q tests/unit
+
+## Sanity and unit tests with another ansible-core of CORES: make core-2.21
+core-%:
+	@[ -n "$(filter $*:%,$(CORES))" ] || { echo "ansible-core $* is not in CORES ($(CORES))" >&2; exit 1; }
+	$(MAKE) --no-print-directory sanity unit $(call core_vars,$*)
+
+## The default scenario on amd64 with the newest ansible-core as the controller.
+molecule-newest-core:
+	$(MAKE) --no-print-directory molecule SCENARIO=default ARCHES=amd64 $(call core_vars,$(NEWEST_CORE))
 
 ## The Galaxy tarball: no dev-only files; installs; ansible-doc lists the module and renders the role.
 build: venv
@@ -86,22 +130,24 @@ build: venv
 molecule: venv world
 	@# Targets left by an interrupted run would hold the bridge addresses (192.168.128.1/129.1): remove them first.
 	@docker ps -aq --filter label=owner=molecule | xargs -r docker rm -f >/dev/null
-	@eval "$$($(PY) world/world.py env)"; \
+	@eval "$$($(PY) -m world env)"; \
 	runs="$(if $(SCENARIO),$(foreach a,$(ARCHES),$(SCENARIO):$(a)),$(MATRIX))"; \
-	for run in $$runs; do s=$${run%%:*}; a=$${run##*:}; seq=; \
+	for run in $$runs; do s=$${run%%:*}; a=$${run##*:}; seq=; bridge=128; \
 	  [ "$$a" = amd64 ] || seq="[destroy, create, prepare, converge, verify, destroy]"; \
-	  $(TIMED) "molecule $$s $$a" -- env MOLECULE_ARCH=$$a MOLECULE_SEQUENCE="$$seq" $(BIN)/molecule test -s $$s || exit 1; \
+	  case " $(BRIDGE_129) " in *" $$s "*) bridge=129;; esac; \
+	  $(TIMED) "molecule $$s $$a" -- env MOLECULE_ARCH=$$a MOLECULE_BRIDGE=$$bridge MOLECULE_SEQUENCE="$$seq" \
+	    $(BIN)/molecule test -s $$s || exit 1; \
 	done
 
 demo: deps venv world
-	$(PY) demo/run.py
+	$(PY) -m demo.run
 
 bench: deps venv world
-	$(PY) bench/run.py
+	$(PY) -m bench.run
 
 ## The benchmark's quick mode (keeps it working; never fails on a figure): bench/results/smoke/, git-ignored.
 bench-smoke: venv world
-	$(PY) bench/run.py --smoke
+	$(PY) -m bench.run --smoke
 
 clean: stop
-	rm -rf $(VENV) .cache tests/output
+	rm -rf $(VENV) .venv-core-* .cache tests/output

@@ -1,5 +1,5 @@
 # Copyright (c) actuated.registry contributors
-# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: MIT
 """The benchmark's own corner of the test world: a private network, hub, link emulator, client, nginx and targets.
 
 Everything here is created by the benchmark and removed by it: network ``actuated-bench`` (192.168.130.0/24,
@@ -24,10 +24,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Sequence
 
+import world
+
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-sys.path.insert(0, str(REPO / "world"))
-import world  # noqa: E402  pylint: disable=wrong-import-position
 
 NETWORK = "actuated-bench"
 SUBNET = "192.168.130.0/24"
@@ -140,19 +140,19 @@ class BenchWorld:  # pylint: disable=too-many-instance-attributes
             sh(["docker", "network", "rm", NETWORK])
 
     def preflight(self) -> None:
-        """What the benchmark needs from the test world (`make bench` / `world.py up` provide it)."""
+        """What the benchmark needs from the test world (`make bench` / `python3 -m world up` provide it)."""
         if os.geteuid() != 0:
-            raise BenchError("run as root (docker, like world.py)")
+            raise BenchError("run as root (docker, like the test world)")
         missing = [ref for ref in (world.TARGET_IMAGE.format(arch="amd64"), world.CLIENT_IMAGE)
                    if world.image_label(ref, world.LABEL_RECIPE) is None]
         if missing:
-            raise BenchError(f"images missing: {', '.join(missing)}: run `make world` (python3 world/world.py up) first")
+            raise BenchError(f"images missing: {', '.join(missing)}: run `make world` (python3 -m world up) first")
         for path in (world.CA_CERT, world.CA_KEY, world.CERTS / "hub.crt", world.HUB_STATE / "seeded",
                      world.RELEASES / f"v{world.REGISTRY_VERSION}" / world.release_name(world.REGISTRY_VERSION, "amd64")):
             if not path.exists():
-                raise BenchError(f"{path} is missing: run `make world` (python3 world/world.py up) first")
+                raise BenchError(f"{path} is missing: run `make world` (python3 -m world up) first")
         if not list(world.DEBS.glob("docker-registry_*_amd64.deb")):
-            raise BenchError(f"no docker-registry .deb in {world.DEBS}: run `python3 world/world.py up` first")
+            raise BenchError(f"no docker-registry .deb in {world.DEBS}: run `python3 -m world up` first")
 
     def nginx_root(self) -> Path:
         """Debian's nginx package, unpacked (downloaded once with `apt-get download`; never installed)."""

@@ -1,5 +1,5 @@
 # Copyright (c) actuated.registry contributors
-# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: MIT
 """pulls.png from results.json: pull times per image (median bar, min-max whisker) for the four ways to pull.
 
 Run with the project venv's python (matplotlib): ``.venv/bin/python bench/chart.py RESULTS.json OUT.png``.

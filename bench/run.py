@@ -1,11 +1,12 @@
 # Copyright (c) actuated.registry contributors
-# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Benchmark of actuated.registry (issue 6): pulls through the mirror against the alternatives, and the role itself.
+# SPDX-License-Identifier: MIT
+"""Benchmark of actuated.registry: pulls through the mirror against the alternatives, and the role itself.
 
-``make bench`` runs ``python3 bench/run.py`` (the full benchmark, about half an hour here) and writes
-bench/results/{results.json,report.md,pulls.png}. ``python3 bench/run.py --smoke`` is the quick check `make test`
+``make bench`` runs ``python3 -m bench.run`` (the full benchmark, about half an hour here) and writes
+bench/results/{results.json,report.md,pulls.png}. ``python3 -m bench.run --smoke`` is the quick check `make test`
 runs (small image, few runs, no fleet, no arm64; a few minutes at most) and writes bench/results/smoke/ (git-ignored).
-Needs the test world (``python3 world/world.py up``) and the project venv (``make venv``). See bench/README.md.
+Needs the test world (``python3 -m world up``) and the project venv (``make venv``); runs from the repository root.
+See bench/README.md.
 """
 
 from __future__ import annotations
@@ -30,10 +31,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from benchworld import (BENCH, BENCH_CACHE, MAX_TARGETS, NGINX_IP, REPO, BenchError, BenchWorld, loadavg, log, target_ip, target_name,
-                        world)
-import report
-import static_registry
+from bench import report, static_registry
+from bench.benchworld import (BENCH, BENCH_CACHE, MAX_TARGETS, NGINX_IP, REPO, BenchError, BenchWorld, loadavg, log, target_ip,
+                              target_name, world)
 
 VENV_BIN = REPO / ".venv" / "bin"
 COLLECTIONS = REPO / ".cache" / "collections"
@@ -160,7 +160,7 @@ class Bench:  # pylint: disable=too-many-instance-attributes
 
     def first_converge(self, hosts: dict[str, str], arch: str, label: str, *, pipelining: bool = True,
                        idempotent: bool = True) -> dict[str, Any]:
-        """Fresh targets (made by world.py's target_up), a fresh controller cache: first converge, then a re-run."""
+        """Fresh targets (made by world.target_up), a fresh controller cache: first converge, then a re-run."""
         start = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(hosts)) as pool:
             futures = [pool.submit(world.target_up, name, arch, "actuated-bench", ip, certs=self.bw.certs, timeout=600)
@@ -390,7 +390,7 @@ class Bench:  # pylint: disable=too-many-instance-attributes
                     self.results["errors"].append(f"cleanup: {exc}")
                 shutil.rmtree(self.work, ignore_errors=True)
             else:
-                log(f"--keep: containers, network and {self.work} left in place (python3 bench/run.py --cleanup removes them)")
+                log(f"--keep: containers, network and {self.work} left in place (python3 -m bench.run --cleanup removes them)")
         self.results["machine"]["loadavg_end"] = loadavg()
         self.results["durations_s"]["total"] = round(time.monotonic() - self.start, 1)
         self.results["logs"] = str(self.logs)
@@ -497,7 +497,7 @@ def bench_lock() -> contextlib.AbstractContextManager[None]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
-    parser = argparse.ArgumentParser(prog="python3 bench/run.py", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python3 -m bench.run", description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="quick mode for `make test`: small image, few runs (bench/results/smoke/)")
     parser.add_argument("--runs", type=int, help="runs per pull and tuning measurement (full: 5, smoke: 3 and 1)")
     parser.add_argument("--rtt-ms", type=float, default=40.0, help="emulated round-trip time to the upstream (default 40)")

@@ -1,5 +1,5 @@
 # Copyright (c) actuated.registry contributors
-# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: MIT
 """An emulated internet link in user space: a TCP proxy that adds latency and caps bandwidth.
 
 The kernel here has no netem, so the benchmark puts this proxy between the clients (and the mirror) and the fake

@@ -1,5 +1,5 @@
 # Copyright (c) actuated.registry contributors
-# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: MIT
 """The local limit: the mirror's own cached blobs as static files, laid out as a read-only registry API for nginx.
 
 ``/v2/`` answers 200; ``/v2/<name>/manifests/<tag or digest>`` and ``/v2/<name>/blobs/<digest>`` are plain files

@@ -1,10 +1,13 @@
+# Copyright (c) actuated.registry contributors
+# SPDX-License-Identifier: MIT
 """The main job end to end on the built-in local example (``make demo``).
 
 1. an actuated-like host: a systemd container at 192.168.128.1 on the test world's bridge, with actuated's certs;
 2. the real playbook (playbooks/site.yml) with the inventory and vaulted token in demo/;
 3. a VM on the bridge pulls library/alpine:latest (amd64 and arm64) through the mirror with skopeo;
 4. what was pulled, what the mirror now caches, and what the (fake) Docker Hub counted.
-The host stays up afterwards for exploring; ``python3 world/world.py target down demo-agent`` removes it.
+The host stays up afterwards for exploring; ``python3 -m world target down demo-agent`` removes it.
+Run it from the repository root: ``python3 -m demo.run``.
 """
 from __future__ import annotations
 
@@ -15,10 +18,10 @@ import sys
 import time
 from pathlib import Path
 
+import world
+
 DEMO = Path(__file__).resolve().parent
 REPO = DEMO.parent
-sys.path.insert(0, str(REPO / "world"))
-import world  # noqa: E402  pylint: disable=wrong-import-position
 
 HOST = "demo-agent"
 ARCH = os.environ.get("DEMO_ARCH", "amd64")
@@ -44,8 +47,7 @@ def vm(script: str) -> str:
 def main() -> int:
     """Run the demo."""
     step(f"An actuated-like host ({ARCH}) at 192.168.128.1 on the VM bridge")
-    sh([sys.executable, str(REPO / "world" / "world.py"), "target", "up", HOST, "--arch", ARCH,
-        "--network", "actuated-br128", "--ip", "192.168.128.1"])
+    sh(world.command("target", "up", HOST, "--arch", ARCH, "--network", "actuated-br128", "--ip", "192.168.128.1"))
 
     step("ansible-playbook playbooks/site.yml -l actuated_agents (token from Ansible Vault)")
     env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(REPO / ".cache" / "collections")}
@@ -82,7 +84,7 @@ def main() -> int:
     for name, counters in stats["identities"].items():
         print(f"{name}: {counters['manifest_get']} pull(s), {counters['blob_get']} blob GET(s)")
     print(f"\nThe mirror keeps running on {HOST}. Explore: docker exec -it {HOST} journalctl -u registry")
-    print(f"Remove it: python3 world/world.py target down {HOST}")
+    print(f"Remove it: python3 -m world target down {HOST}")
     return 0
 
 

@@ -1,4 +1,6 @@
-"""Fixtures shared by every Molecule scenario's testinfra tests: the test world (world/world.py), its VM client,
+# Copyright (c) actuated.registry contributors
+# SPDX-License-Identifier: MIT
+"""Fixtures shared by every Molecule scenario's testinfra tests: the test world (the `world` package), its VM client,
 its fake Docker Hub and a way to run the converge playbook again (check mode, -vvv)."""
 from __future__ import annotations
 
@@ -8,18 +10,20 @@ import os
 import re
 import ssl
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+
+import world
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "world"))
-import world  # noqa: E402  pylint: disable=wrong-import-position
 
 ARCH = os.environ.get("MOLECULE_ARCH", "amd64")
+# The distribution version users get: the role's default, which every scenario but the upgrade paths runs.
+DEFAULT_VERSION = str(yaml.safe_load((REPO / "roles/registry_mirror/defaults/main.yml").read_text())["registry_mirror_version"])
 BRIDGE = os.environ.get("MOLECULE_BRIDGE", "128")
 ADDRESS = f"192.168.{BRIDGE}.1"
 MIRROR = f"{ADDRESS}:5000"

@@ -1,7 +1,9 @@
 #!/bin/sh
+# Copyright (c) actuated.registry contributors
+# SPDX-License-Identifier: MIT
 # trust-ca.sh CRT: add CRT (already in /usr/local/share/ca-certificates/) to the system trust store, as
 # update-ca-certificates would for one new certificate, without re-linking the ~140 bundled ones, which takes 45 s
-# under arm64 emulation. Used on targets by molecule/shared/prepare.yml and world.py's `target up`. Idempotent.
+# under arm64 emulation. Used on targets by molecule/shared/prepare.yml and `python3 -m world target up`. Idempotent.
 set -eu
 crt=$1
 name=$(basename "$crt" .crt)

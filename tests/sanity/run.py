@@ -1,3 +1,5 @@
+# Copyright (c) actuated.registry contributors
+# SPDX-License-Identifier: MIT
 """Run ``ansible-test sanity`` offline.
 
 ansible-test wants the collection under ``.../ansible_collections/actuated/registry/`` and bootstraps pip in its
@@ -8,14 +10,15 @@ for its cache: it installs the interpreter's bundled pip wheel instead (see READ
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-ANSIBLE_TEST = os.path.join(ROOT, ".venv", "bin", "ansible-test")
-GET_PIP_VERSIONS = ("24.2",)
+# The ansible-test of the interpreter running this script: `make sanity` runs it with each tested ansible-core's venv.
+ANSIBLE_TEST = os.path.join(sys.prefix, "bin", "ansible-test")
 
 GET_PIP = '''"""Offline stand-in for get-pip.py: installs the pip wheel bundled with this interpreter."""
 import glob
@@ -32,13 +35,26 @@ sys.exit(main(["install", "--upgrade", "--force-reinstall", *args]))
 '''
 
 
+def get_pip_version() -> str:
+    """The pip version this ansible-test bootstraps its virtualenvs with (it names its get-pip cache file)."""
+    import ansible_test  # pylint: disable=import-outside-toplevel
+
+    source = os.path.join(os.path.dirname(ansible_test.__file__), "_internal", "python_requirements.py")
+    with open(source, encoding="utf-8") as handle:
+        found = re.search(r"\bpip='([0-9.]+)'", handle.read())
+    if not found:
+        raise SystemExit(f"cannot find the pip version ansible-test bootstraps in {source}")
+    return found.group(1)
+
+
 def install_get_pip() -> None:
-    """Write the offline get-pip stand-in into ansible-test's cache."""
+    """Write the offline get-pip stand-in into ansible-test's cache (under HOME: `make sanity` points HOME into the
+    test world's cache, so nothing lands in the user's home directory)."""
     cache = os.path.expanduser("~/.ansible/test/cache")
     os.makedirs(cache, exist_ok=True)
-    for version in GET_PIP_VERSIONS:
-        with open(os.path.join(cache, f"get_pip_{version.replace('.', '_')}.py"), "w", encoding="utf-8") as handle:
-            handle.write(GET_PIP)
+    version = get_pip_version()
+    with open(os.path.join(cache, f"get_pip_{version.replace('.', '_')}.py"), "w", encoding="utf-8") as handle:
+        handle.write(GET_PIP)
 
 
 def main(argv: list[str]) -> int:

@@ -1,3 +1,5 @@
+# Copyright (c) actuated.registry contributors
+# SPDX-License-Identifier: MIT
 """Build the collection tarball, check that dev-only files stay out of it, install it into an empty collections
 path and check that ansible-doc lists its module and renders the role's argument_specs."""
 from __future__ import annotations

@@ -1,3 +1,5 @@
+# Copyright (c) actuated.registry contributors
+# SPDX-License-Identifier: MIT
 """Render the role's variable table in README.md from meta/argument_specs.yml (the one source of truth).
 
 ``readme_vars.py`` rewrites the table between the markers; ``readme_vars.py --check`` fails when it is stale.

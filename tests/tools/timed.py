@@ -1,3 +1,5 @@
+# Copyright (c) actuated.registry contributors
+# SPDX-License-Identifier: MIT
 """Run a command and record how long it took: ``timed.py NAME -- CMD...``; ``timed.py --summary`` prints the table
 (and forgets it); ``timed.py --reset`` forgets without printing.
 

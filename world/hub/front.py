@@ -1,3 +1,5 @@
+# Copyright (c) actuated.registry contributors
+# SPDX-License-Identifier: MIT
 """Front of the fake Docker Hub (test world of actuated.registry).
 
 One process, two listeners:
@@ -44,6 +46,8 @@ RELEASE_PORT = int(os.environ.get('HUB_RELEASE_PORT', '8080'))
 BACKEND = ('127.0.0.1', 5001)
 BACKEND_URL = 'http://127.0.0.1:5001'
 BACKEND_REALM = 'https://hub.actuated.test/token'  # as written in the backend config by start.sh
+REGISTRY_NAME = 'hub.actuated.test'  # the registry's name (Docker Hub: registry-1.docker.io)
+AUTH_NAME = 'auth.actuated.test'  # the token service's (Docker Hub: auth.docker.io); same registrable domain
 ISSUER = 'auth.docker.io'
 SERVICE = 'registry.docker.io'
 TOKEN_TTL = 300
@@ -412,11 +416,21 @@ class FrontHandler(JsonHandler):
             self.done()
 
     def host(self) -> str:
-        """Host (and port) the client used to reach us, for realms and redirects."""
+        """Host (and port) the client used to reach us, for redirects."""
         host = (self.headers.get('Host') or '').strip()
         if not host or not re.match(r'^[A-Za-z0-9.:\[\]-]+$', host):
-            host = 'hub.actuated.test'
+            host = REGISTRY_NAME
         return host
+
+    def realm(self) -> str:
+        """The token realm, named the way Docker Hub names it: registry-1.docker.io sends clients to auth.docker.io,
+        another host of the same registrable domain (distribution 3.1 sends its upstream credentials only to such a
+        realm, or to the registry's own host:port). Clients that reached us by address get the same host:port."""
+        host = self.host()
+        name, sep, port = host.partition(':')
+        if name == REGISTRY_NAME:
+            host = AUTH_NAME + sep + port
+        return 'https://%s/token' % host
 
     # --- token service ---------------------------------------------------------------------------------
 
@@ -486,7 +500,7 @@ class FrontHandler(JsonHandler):
         if has_token and identity == ANONYMOUS and not WORLD.config['anonymous']:
             self.drain_body()
             name = manifest.group('name') if manifest else (blob.group('name') if blob else '')
-            challenge = 'Bearer realm="https://%s/token",service="%s"' % (self.host(), SERVICE)
+            challenge = 'Bearer realm="%s",service="%s"' % (self.realm(), SERVICE)
             if name:
                 challenge += ',scope="repository:%s:pull"' % name
             self.send_json(401, {'errors': [{'code': 'UNAUTHORIZED', 'message': 'authentication required', 'detail': None}]},
@@ -620,7 +634,7 @@ class FrontHandler(JsonHandler):
             if lower in HOP_BY_HOP:
                 continue
             if lower == 'www-authenticate':
-                value = value.replace(BACKEND_REALM, 'https://%s/token' % host)
+                value = value.replace(BACKEND_REALM, self.realm())
             elif lower == 'location' and value.startswith(BACKEND_URL):
                 value = 'https://%s%s' % (host, value[len(BACKEND_URL):])
             elif lower == 'content-length':

@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Copyright (c) actuated.registry contributors
+# SPDX-License-Identifier: MIT
 # Proof that a REAL distribution 2.8.2 pull-through mirror uses the fake hub like Docker Hub:
 # with proxy.username/password its pulls count against the account, without them against
 # `anonymous`. Runs two throwaway mirror containers and one client container next to the hub

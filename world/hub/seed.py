@@ -1,3 +1,5 @@
+# Copyright (c) actuated.registry contributors
+# SPDX-License-Identifier: MIT
 """Seed the fake Docker Hub with real OCI images (built with umoci, pushed with skopeo).
 
 ``python3 seed.py check`` exits 0 when the storage already holds this recipe's images.

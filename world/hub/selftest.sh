@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Copyright (c) actuated.registry contributors
+# SPDX-License-Identifier: MIT
 # Self-test of the fake Docker Hub, run on the host against its published port.
 #
 #   world/hub/selftest.sh [--url https://127.0.0.1:15443] [--releases http://127.0.0.1:18080]

@@ -1,4 +1,6 @@
 #!/bin/sh
+# Copyright (c) actuated.registry contributors
+# SPDX-License-Identifier: MIT
 # Fake Docker Hub of the test world: entry point of the `world-hub` container.
 #
 #   backend  distribution 2.8.2 (Debian's docker-registry) on 127.0.0.1:5001,

@@ -1,3 +1,5 @@
+# Copyright (c) actuated.registry contributors
+# SPDX-License-Identifier: MIT
 """Certificate rotation: served within 10 s without Ansible, one restart per rotation, never a mismatched pair."""
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ def served_fingerprint(vm) -> str:
 def issue(host, *flags: str) -> str:
     """A renewed pair from the test CA, copied into the target's /tmp/renewed; returns its fingerprint."""
     with tempfile.TemporaryDirectory() as tmp:
-        fingerprint = subprocess.run(["python3", str(world.WORLD_DIR / "world.py"), "cert", "issue", tmp, *flags],
+        fingerprint = subprocess.run(world.command("cert", "issue", tmp, *flags),
                                      check=True, capture_output=True, text=True).stdout.strip().split()[-1]
         name = host.backend.get_hostname()
         host.run("rm -rf /tmp/renewed")

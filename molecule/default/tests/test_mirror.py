@@ -1,3 +1,5 @@
+# Copyright (c) actuated.registry contributors
+# SPDX-License-Identifier: MIT
 """The default scenario's promises: a Docker Hub pull-through mirror on actuated's bridge, on amd64 and arm64."""
 from __future__ import annotations
 
@@ -5,7 +7,7 @@ import json
 import struct
 
 import pytest
-from conftest import ADDRESS, ARCH, ELF_MACHINE, MIRROR, UNAME, amd64_only, recap, sha256, world
+from conftest import ADDRESS, ARCH, DEFAULT_VERSION, ELF_MACHINE, MIRROR, UNAME, amd64_only, recap, sha256, world
 
 TOKEN = world.HUB_TOKEN
 ALPINE = "library/alpine"
@@ -20,9 +22,9 @@ def test_binary_is_host_architecture_and_requested_version(host):
     elf = host.file("/usr/local/bin/registry").content[:20]
     assert elf[:4] == b"\x7fELF"
     assert struct.unpack("<H", elf[18:20])[0] == ELF_MACHINE
-    assert host.check_output("/usr/local/bin/registry --version").split()[-1].split("+")[0] == "2.8.2"
+    assert host.check_output("/usr/local/bin/registry --version").split()[-1].lstrip("v") == DEFAULT_VERSION
     fact = json.loads(host.file("/etc/ansible/facts.d/registry_mirror.fact").content_string)
-    assert fact["version"] == "2.8.2"
+    assert fact["version"] == DEFAULT_VERSION
     assert fact["arch"] == ARCH
 
 

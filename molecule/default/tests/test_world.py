@@ -1,3 +1,5 @@
+# Copyright (c) actuated.registry contributors
+# SPDX-License-Identifier: MIT
 """The test world is what the other promises are proven on: prove it first (runs in the default scenario)."""
 from __future__ import annotations
 

@@ -1,3 +1,5 @@
+# Copyright (c) actuated.registry contributors
+# SPDX-License-Identifier: MIT
 """Helpers of the resilience scenario: the target seen through `docker exec` (fast enough to time things), a poller
 that measures how long VMs see no mirror, a pull runner inside the VM, cache integrity checks, the fake Docker Hub's
 counters and the summary every test adds to.
@@ -18,7 +20,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from conftest import ARCH, MIRROR, Hub, run, world
+from conftest import ARCH, DEFAULT_VERSION, MIRROR, Hub, run, world
 
 # Time limits are for a native target; the arm64 target runs under qemu user emulation (about 3x slower).
 SLOW = 3.0 if ARCH == "arm64" else 1.0
@@ -379,8 +381,8 @@ def leftovers(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
 
 
 def world_cmd(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """python3 world/world.py ARGS."""
-    return run(["python3", str(world.WORLD_DIR / "world.py"), *args], timeout=timeout)
+    """python3 -m world ARGS."""
+    return run(world.command(*args), timeout=timeout)
 
 
 HOSTS_PIN = f"192.168.129.100 {world.HUB_NAME}  # resilience: pinned while the hub is stopped"
@@ -428,8 +430,8 @@ def median(values: list[float]) -> float:
 
 
 def release_checksum() -> str:
-    """The SHA-256 of the release tarball the scenario installs (2.8.2 for this architecture), from the fixtures."""
-    path = Path(os.environ["WORLD_RELEASES_DIR"]) / "v2.8.2" / f"registry_2.8.2_linux_{ARCH}.tar.gz.sha256"
+    """The SHA-256 of the release tarball the scenario installs (the default version, this architecture)."""
+    path = Path(os.environ["WORLD_RELEASES_DIR"]) / f"v{DEFAULT_VERSION}" / f"registry_{DEFAULT_VERSION}_linux_{ARCH}.tar.gz.sha256"
     return path.read_text().split()[0]
 
 

@@ -1,3 +1,5 @@
+# Copyright (c) actuated.registry contributors
+# SPDX-License-Identifier: MIT
 """Faults, as a VM sees them: Docker Hub down (while serving, and across a restart), the registry process killed, the
 host rebooted, a full disk, a certificate rotated during pulls. Each measured; nothing cached may be lost."""
 from __future__ import annotations

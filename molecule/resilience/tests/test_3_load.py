@@ -1,3 +1,5 @@
+# Copyright (c) actuated.registry contributors
+# SPDX-License-Identifier: MIT
 """Load: 50 VMs pulling the same uncached image at once, and 500 pulls of a cached image from 20 parallel clients."""
 from __future__ import annotations
 

@@ -1,3 +1,5 @@
+# Copyright (c) actuated.registry contributors
+# SPDX-License-Identifier: MIT
 """The summary: what was tried, what held, and that nothing was lost. Printed, and written as JSON to
 $MOLECULE_EPHEMERAL_DIRECTORY/resilience-summary.json (which Molecule prunes at destroy) and, when
 RESILIENCE_SUMMARY_DIR is set, to resilience-summary-ARCH.json there."""

@@ -1,18 +1,22 @@
+# Copyright (c) actuated.registry contributors
+# SPDX-License-Identifier: MIT
 """Non-default paths: `auto` on a cloud-hypervisor bridge, host-side download, anonymous mode, upgrade/downgrade,
-and bad input (each case fails before the first change and leaves binary, config, service and cache untouched)."""
+and the bad input that needs a host (each case fails before the first change, naming the variable and the problem,
+and leaves the host's fingerprint as it was: files, directories, accounts, cache, the running service). The bad input
+that needs no host is in tests/unit (make unit); the rollback of a run that breaks the mirror in test_variants_rollback.py."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 
 import pytest
 from conftest import ADDRESS, MIRROR, recap, world
-
-STATE_FILES = "/usr/local/bin/registry /etc/registry/config.yml /etc/systemd/system/registry.service"
+from hostprint import fingerprint, invocation
 
 
 def test_auto_picked_the_cloud_hypervisor_bridge(host):
     assert ADDRESS == "192.168.129.1"
-    assert f"addr: {ADDRESS}:5000" in host.file("/etc/registry/config.yml").content_string
+    assert f'addr: "{ADDRESS}:5000"' in host.file("/etc/registry/config.yml").content_string
     assert host.check_output("ss -Hltn | awk '{print $4}' | grep -v '^127.0.0.11:'") == f"{ADDRESS}:5000"
 
 
@@ -46,11 +50,6 @@ def test_upstream_refusal_is_reported_in_the_mirrors_errors(host, vm, hub):
     assert "refuses anonymous pulls (HTTP 401)" in journal, journal[-2000:]
 
 
-def invocation(host) -> str:
-    """The registry unit's current invocation id: changes exactly when it (re)starts."""
-    return host.check_output("systemctl show -p InvocationID --value registry")
-
-
 def test_upgrade_then_downgrade_restart_once_each(host, converge):
     for version in ("2.8.3", "2.8.2"):
         before = invocation(host)
@@ -64,59 +63,125 @@ def test_upgrade_then_downgrade_restart_once_each(host, converge):
     assert recap(again.stdout)["changed"] == 0
 
 
+SECRET = "dckr_pat_V4R1ANTS3CRET"
+# case: (extra variables, what the message must name: the variable or the value, the problem). Each runs the converge
+# playbook against the working mirror. The first group needs the host; the second is the issue's list of values that
+# need no host (tests/unit proves those without a target), run here once against a real mirror.
 BAD_INPUT = {
-    "invalid bind address": (["registry_mirror_bind_address=192.168.129.300"], "registry_mirror_bind_address"),
-    "bind address the host lacks": (["registry_mirror_bind_address=192.168.128.1"], "is not an address of this host"),
-    "bind on every interface": (["registry_mirror_bind_address=0.0.0.0"], "would expose the mirror"),
-    "port out of range": (["registry_mirror_port=70000"], "registry_mirror_port"),
-    "port not a number": (["registry_mirror_port=http"], "registry_mirror_port"),
-    "version that does not exist": (["registry_mirror_version=9.9.7"], "HTTP Error 404"),
-    "version with a leading v": (["registry_mirror_version=v2.8.2"], "registry_mirror_version"),
-    "tampered tarball": (["registry_mirror_version=9.9.8"], "does not match"),
-    "archive without the binary": (["registry_mirror_version=9.9.9"], "has no 'registry'"),
-    "bad checksum format": (['{"registry_mirror_checksums": {"amd64": "xyz"}}'], "registry_mirror_checksums"),
-    "username without token": (["registry_mirror_dockerhub_username=someone"], "must be set together"),
-    "token without username": (["registry_mirror_dockerhub_token=dckr_pat_x"], "must be set together"),
-    "certificate missing": (["registry_mirror_tls_certificate=/nonexistent/server.crt"], "/nonexistent/server.crt"),
-    "key missing": (["registry_mirror_tls_key=/nonexistent/server.key"], "/nonexistent/server.key"),
-    "key of another certificate": (["registry_mirror_tls_key=/root/other.key"], "does not"),
-    "upstream not https": (["registry_mirror_upstream_url=http://hub.actuated.test"], "registry_mirror_upstream_allow_http"),
-    "upstream with a path": (["registry_mirror_upstream_url=https://hub.actuated.test/v2/"], "no path"),
-    "malformed ttl": (["registry_mirror_proxy_ttl=7 days"], "registry_mirror_proxy_ttl"),
-    "unknown log level": (["registry_mirror_log_level=verbose"], "registry_mirror_log_level"),
-    "boolean that is not one": (["registry_mirror_troubleshooting=perhaps"], "registry_mirror_troubleshooting"),
-    "metrics on the mirror's port": (['{"registry_mirror_metrics_enabled": true, "registry_mirror_metrics_port": 5000}'], "must be between"),
+    # --- the host: accounts and directories (made by bad_input_runs before the first fingerprint)
+    "storage dir of another account": (["registry_mirror_storage_dir=/srv/foreign"], "registry_mirror_storage_dir",
+                                       "belongs to nobody:nogroup"),
+    "config dir of another account": (["registry_mirror_config_dir=/srv/foreign-etc"], "registry_mirror_config_dir",
+                                      "not to root:registry"),
+    "storage dir is a symbolic link": (["registry_mirror_storage_dir=/srv/link-to-etc"], "registry_mirror_storage_dir",
+                                       "a symbolic link"),
+    "storage dir through a link to /": (["registry_mirror_storage_dir=/srv/rootlink/etc"], "registry_mirror_storage_dir",
+                                        "resolves to /etc"),
+    "storage dir under a file": (["registry_mirror_storage_dir=/srv/afile/registry"], "registry_mirror_storage_dir",
+                                 "/srv/afile is a regular"),
+    "user the role did not create": (["registry_mirror_user=nobody"], "registry_mirror_user", "did not create"),
+    "user with uid 0": (["registry_mirror_user=toor"], "registry_mirror_user", "uid 0"),
+    "group with gid 0": (["registry_mirror_group=wheel0"], "registry_mirror_group", "gid 0"),
+    "group other than the user's": (["registry_mirror_group=nogroup"], "registry_mirror_group", "primary group"),
+    "group the role did not create": (["registry_mirror_user=newsvc", "registry_mirror_group=users"], "registry_mirror_group",
+                                      "did not create"),
+    "bind address the host lacks": (["registry_mirror_bind_address=192.168.128.1"], "registry_mirror_bind_address",
+                                    "is not an address of this host"),
+    "certificate missing": (["registry_mirror_tls_certificate=/nonexistent/server.crt"], "registry_mirror_tls_certificate",
+                            "/nonexistent/server.crt"),
+    "key missing": (["registry_mirror_tls_key=/nonexistent/server.key"], "registry_mirror_tls_key", "/nonexistent/server.key"),
+    "key of another certificate": (["registry_mirror_tls_key=/root/other.key"], "/root/other.key", "does not"),
+    "version that does not exist": (["registry_mirror_version=9.9.7"], "9.9.7", "HTTP Error 404"),
+    "tampered tarball": (["registry_mirror_version=9.9.8"], "9.9.8", "does not match"),
+    "archive without the binary": (["registry_mirror_version=9.9.9"], "9.9.9", "has no 'registry'"),
+    # --- no host needed: the issue's twelve, and the earlier input cases
+    "storage dir is /": (["registry_mirror_storage_dir=/"], "registry_mirror_storage_dir", "the root directory"),
+    "storage dir is /etc": (["registry_mirror_storage_dir=/etc"], "registry_mirror_storage_dir", "a system directory"),
+    "config dir is /var/lib": (["registry_mirror_config_dir=/var/lib"], "registry_mirror_config_dir", "a system directory"),
+    "storage dir is /home": (["registry_mirror_storage_dir=/home"], "registry_mirror_storage_dir", "a system directory"),
+    "user root": (["registry_mirror_user=root"], "registry_mirror_user", "is root"),
+    "group root": (["registry_mirror_group=root"], "registry_mirror_group", "is root"),
+    "relative storage dir": (["registry_mirror_storage_dir=var/lib/registry"], "registry_mirror_storage_dir", "a relative path"),
+    "release over ftp": (["registry_mirror_release_base_url=ftp://releases.actuated.test/d"], "registry_mirror_release_base_url",
+                         "the scheme ftp://"),
+    "upstream port 99999": (["registry_mirror_upstream_url=https://hub.actuated.test:99999"], "registry_mirror_upstream_url",
+                            "between 1 and 65535"),
+    "misspelt variable": (["registry_mirror_bind_adress=192.168.129.1"], "registry_mirror_bind_adress",
+                          "is not a variable of this role; did you mean registry_mirror_bind_address?"),
+    "username without token": (["registry_mirror_dockerhub_username=someone"], "registry_mirror_dockerhub_token",
+                               "is empty while registry_mirror_dockerhub_username is set"),
+    "token with a newline": ([json.dumps({"registry_mirror_dockerhub_username": "someone",
+                                          "registry_mirror_dockerhub_token": SECRET + "\nX=1"})],
+                             "registry_mirror_dockerhub_token", "contains a newline"),
+    "token without username": ([f"registry_mirror_dockerhub_token={SECRET}"], "registry_mirror_dockerhub_username",
+                               "is empty while registry_mirror_dockerhub_token is set"),
+    "invalid bind address": (["registry_mirror_bind_address=192.168.129.300"], "registry_mirror_bind_address", "not an IPv4 address"),
+    "bind on every interface": (["registry_mirror_bind_address=0.0.0.0"], "registry_mirror_bind_address", "would expose the mirror"),
+    "port out of range": (["registry_mirror_port=70000"], "registry_mirror_port", "between 1024 and 65535"),
+    "port not a number": (["registry_mirror_port=http"], "registry_mirror_port", "unable to convert to int"),
+    "version with a leading v": (["registry_mirror_version=v2.8.2"], "registry_mirror_version", "leading v"),
+    "bad checksum format": (['{"registry_mirror_checksums": {"amd64": "xyz"}}'], "registry_mirror_checksums", "not a SHA-256 digest"),
+    "upstream not https": (["registry_mirror_upstream_url=http://hub.actuated.test"], "registry_mirror_upstream_url",
+                           "registry_mirror_upstream_allow_http"),
+    "upstream with a path": (["registry_mirror_upstream_url=https://hub.actuated.test/v2/"], "registry_mirror_upstream_url", "no path"),
+    "malformed ttl": (["registry_mirror_proxy_ttl=7 days"], "registry_mirror_proxy_ttl", "not a Go duration"),
+    "unknown log level": (["registry_mirror_log_level=verbose"], "registry_mirror_log_level", "one of"),
+    "boolean that is not one": (["registry_mirror_troubleshooting=perhaps"], "registry_mirror_troubleshooting", "bool"),
+    "metrics on the mirror's port": (['{"registry_mirror_metrics_enabled": true, "registry_mirror_metrics_port": 5000}'],
+                                     "registry_mirror_metrics_port", "a port of its own"),
 }
+# What bad_input_runs makes on the host before the first fingerprint, and removes after the last.
+HOST_SETUP = """
+set -e
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out /root/other.key 2>/dev/null
+install -d -o nobody -g nogroup -m 0750 /srv/foreign
+install -d -o root -g root -m 0755 /srv/foreign-etc
+ln -sfn /etc /srv/link-to-etc
+ln -sfn / /srv/rootlink
+: >/srv/afile
+getent passwd toor >/dev/null ||
+    useradd --non-unique --uid 0 --gid 0 --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin toor
+getent group wheel0 >/dev/null || groupadd --non-unique --gid 0 wheel0
+"""
+HOST_TEARDOWN = ("rm -rf /root/other.key /srv/foreign /srv/foreign-etc /srv/link-to-etc /srv/rootlink /srv/afile; "
+                 "userdel --force toor; groupdel --force wheel0")
 
 
 @pytest.fixture(scope="module")
 def bad_input_runs(host, converge):
     """Every BAD_INPUT case run once, three at a time (none may change anything, so they cannot disturb each other),
-    between two snapshots: checksums of the binary, config, unit and every cached blob, and the unit's invocation id."""
-    host.run("openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out /root/other.key")
-
-    def snapshot() -> str:
-        files = host.check_output(f"sha256sum $(readlink -f /usr/local/bin/registry) {STATE_FILES} && "
-                                  "find /var/lib/registry -type f | sort | xargs sha256sum")
-        return files + "\n" + invocation(host)
+    between two fingerprints of the host (hostprint.py) and the unit's invocation id."""
+    host.check_output(HOST_SETUP)
 
     def run(case: str) -> str:
-        extra, _expected = BAD_INPUT[case]
+        extra, _name, _problem = BAD_INPUT[case]
         # Release cases go through the controller-side download, which fails before the host is touched.
         local = ["-e", "registry_mirror_download_on_host=false", "-e", f"registry_mirror_release_base_url={world.RELEASES_LOCAL}"]
         result = converge(*local, *(arg for value in extra for arg in ("-e", value)))
         return f"rc={result.returncode}\n{result.stdout}{result.stderr}"
 
-    before = snapshot()
-    with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
-        outputs = dict(zip(sorted(BAD_INPUT), pool.map(run, sorted(BAD_INPUT))))
-    return outputs, before, snapshot()
+    try:
+        before = fingerprint(host), invocation(host)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+            outputs = dict(zip(sorted(BAD_INPUT), pool.map(run, sorted(BAD_INPUT))))
+        after = fingerprint(host), invocation(host)
+    finally:
+        host.run(HOST_TEARDOWN)
+    return outputs, before, after
+
+
+def test_every_host_rule_and_every_issue_case_is_here():
+    assert len(BAD_INPUT) >= 40
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUT))
 def test_bad_input_fails_early_naming_the_problem_and_changes_nothing(case, bad_input_runs):
     outputs, before, after = bad_input_runs
     output = outputs[case]
+    _extra, name, problem = BAD_INPUT[case]
     assert not output.startswith("rc=0\n"), output[-2000:]
-    assert BAD_INPUT[case][1] in output, output[-3000:]
-    assert after == before  # the binary, config, unit, cache and running service are those of before every case
+    flat = " ".join(output.split())  # messages wrap; compare without the line breaks
+    assert name in flat and problem in flat, output[-3000:]
+    assert SECRET not in output
+    assert after[0] == before[0]  # files, directories and their parents, accounts, cache: as before every case
+    assert after[1] == before[1]  # and the registry was not restarted

@@ -1,5 +1,4 @@
-# Copyright (c) 2026, actuated.registry maintainers
-# MIT License (see LICENSE)
+# Copyright (c) actuated.registry contributors
 # SPDX-License-Identifier: MIT
 
 """Test PKI for the cert_watch tests, generated with the openssl command line tool at test time."""

@@ -1,5 +1,4 @@
-# Copyright (c) 2026, actuated.registry maintainers
-# MIT License (see LICENSE)
+# Copyright (c) actuated.registry contributors
 # SPDX-License-Identifier: MIT
 
 from __future__ import annotations

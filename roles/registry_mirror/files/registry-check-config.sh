@@ -1,11 +1,17 @@
 #!/bin/sh
-{{ ansible_managed | comment }}
-# Usage: registry-check-config CONFIG BINARY
+# Copyright (c) actuated.registry contributors
+# SPDX-License-Identifier: MIT
+#
+# Usage: registry-check-config CONFIG BINARY CERT KEY
 # distribution has no config check command and silently ignores unknown keys. This runs BINARY with CONFIG the way
 # registry.service would, but on a loopback port, with throw-away storage, without the upstream (the proxy contacts it
-# at start) and with actuated's certificate and key, and passes once it is listening. It fails on what would break
-# start-up: YAML errors, invalid values, an unknown storage driver or log level, a TLS pair that does not load.
+# at start) and with actuated's certificate CERT and key KEY, and passes once it is listening. It fails on what would
+# break start-up: YAML errors, invalid values, an unknown storage driver or log level, a TLS pair that does not load.
 set -u
+if [ "$#" -ne 4 ]; then
+    echo "usage: registry-check-config CONFIG BINARY CERT KEY" >&2
+    exit 64
+fi
 config=$1
 binary=$2
 tmp=$(mktemp -d)
@@ -14,8 +20,8 @@ env -i PATH=/usr/bin:/bin OTEL_TRACES_EXPORTER=none \
     REGISTRY_LOG_LEVEL=info \
     REGISTRY_HTTP_ADDR=127.0.0.1:0 \
     REGISTRY_HTTP_DEBUG_ADDR= \
-    REGISTRY_HTTP_TLS_CERTIFICATE={{ registry_mirror_tls_certificate | quote }} \
-    REGISTRY_HTTP_TLS_KEY={{ registry_mirror_tls_key | quote }} \
+    REGISTRY_HTTP_TLS_CERTIFICATE="$3" \
+    REGISTRY_HTTP_TLS_KEY="$4" \
     REGISTRY_PROXY_REMOTEURL= \
     REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY="$tmp/storage" \
     "$binary" serve "$config" >"$tmp/log" 2>&1 &

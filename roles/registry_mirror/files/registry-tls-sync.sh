@@ -1,20 +1,23 @@
 #!/bin/sh
-{{ ansible_managed | comment }}
-# Copies actuated's certificate and key into {{ _registry_mirror_runtime_dir }} for the registry's user, and only when
-# they form a valid pair: a key that does not belong to the certificate, or an expired certificate, keeps the previous
-# copy (the mirror keeps serving) and says why. Run as root by registry.service (ExecStartPre=+) and by
-# registry-cert-reload.
-#   registry-tls-sync          sync; exit 0 when the runtime copy is usable afterwards. Touches .started, which the
-#                              role compares with its files to restart a registry that predates them.
-#   registry-tls-sync --renew  sync; exit 0 if a valid new pair was copied (the registry must restart to serve it), 2 if
-#                              nothing changed, 1 if the pair is invalid (the previous copy stays)
+# Copyright (c) actuated.registry contributors
+# SPDX-License-Identifier: MIT
+#
+# Usage: registry-tls-sync [--renew] CERT KEY DIR USER GROUP
+# Copies actuated's certificate CERT and key KEY into DIR for the registry's USER and GROUP, and only when they form a
+# valid pair: a key that does not belong to the certificate, or an expired certificate, keeps the previous copy (the
+# mirror keeps serving) and says why. Run as root by registry.service (ExecStartPre=+) and by registry-cert-reload.
+#   registry-tls-sync ...          sync; exit 0 when the runtime copy is usable afterwards. Touches DIR/.started, which
+#                                  the role compares with its files to restart a registry that predates them.
+#   registry-tls-sync --renew ...  sync; exit 0 if a valid new pair was copied (the registry must restart to serve it),
+#                                  2 if nothing changed, 1 if the pair is invalid (the previous copy stays)
 set -eu
-cert={{ registry_mirror_tls_certificate | quote }}
-key={{ registry_mirror_tls_key | quote }}
-dir={{ _registry_mirror_runtime_dir | quote }}
-owner={{ registry_mirror_user | quote }}:{{ registry_mirror_group | quote }}
 renew=false
-[ "${1:-}" = --renew ] && renew=true
+if [ "${1:-}" = --renew ]; then renew=true; shift; fi
+if [ "$#" -ne 5 ]; then
+    echo "usage: registry-tls-sync [--renew] CERT KEY DIR USER GROUP" >&2
+    exit 64
+fi
+cert=$1 key=$2 dir=$3 user=$4 group=$5
 
 say() { echo "registry-tls-sync: $*" >&2; }
 
@@ -47,8 +50,8 @@ key_pub=$(openssl pkey -in "$key" -pubout 2>/dev/null) || invalid "$key is not a
 [ "$expired" = 0 ] || invalid "certificate $cert has expired"
 
 mkdir -p "$dir"
-install -o "${owner%%:*}" -g "${owner#*:}" -m 0440 "$cert" "$dir/.server.crt.new"
-install -o "${owner%%:*}" -g "${owner#*:}" -m 0400 "$key" "$dir/.server.key.new"
+install -o "$user" -g "$group" -m 0440 "$cert" "$dir/.server.crt.new"
+install -o "$user" -g "$group" -m 0400 "$key" "$dir/.server.key.new"
 mv -f "$dir/.server.crt.new" "$dir/server.crt"
 mv -f "$dir/.server.key.new" "$dir/server.key"
 [ "$renew" = true ] || touch "$dir/.started"

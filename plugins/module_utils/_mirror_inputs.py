@@ -1,0 +1,707 @@
+# Copyright (c) actuated.registry contributors
+# SPDX-License-Identifier: MIT
+
+# This module util is PRIVATE to the actuated.registry collection: its interface can change at any time.
+# It runs on the controller only (the validate_inputs action plugin), with the Python standard library alone.
+
+"""The input rules of the ``registry_mirror`` role, as pure functions.
+
+Nothing here touches a host, reads a file or prints a value of a secret: the functions get the role's variables
+(already templated) and, for the host rules, the text that the role's inspection command printed on the host, and
+return problems as sentences that start with the name of the variable they are about. ``validate`` runs every rule
+that needs only the input, ``check_host`` every rule that needs what the host has (accounts, directories).
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import posixpath
+import re
+import typing as t
+
+PREFIX = "registry_mirror_"
+# Never shown in a message, whatever is wrong with them: a token pasted into the user name is as secret as the token.
+SECRET_VARIABLES = frozenset(("registry_mirror_dockerhub_username", "registry_mirror_dockerhub_token"))
+# The release architectures distribution publishes (the values of the role's _registry_mirror_arch_map).
+RELEASE_ARCHITECTURES = ("amd64", "arm64", "armv6", "armv7", "ppc64le", "s390x", "riscv64")
+ARCHITECTURE_ALIASES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armv7", "armv6l": "armv6"}
+# The comment of the service user the role creates: how a later run knows that it created that account.
+ACCOUNT_COMMENT = "distribution registry mirror"
+LOWEST_UNPRIVILEGED_PORT = 1024
+
+# Directories that must never be the storage, configuration or download directory, nor a parent of one. A path that
+# matches _SYSTEM_PATTERN (/lib, /lib64, /usr/lib32, ...) counts too.
+SYSTEM_DIRECTORIES = frozenset((
+    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/media", "/mnt", "/opt", "/proc", "/root", "/run", "/sbin",
+    "/snap", "/srv", "/sys", "/tmp", "/usr", "/usr/bin", "/usr/include", "/usr/libexec", "/usr/local",
+    "/usr/local/bin", "/usr/local/etc", "/usr/local/include", "/usr/local/lib", "/usr/local/sbin", "/usr/local/share",
+    "/usr/local/src", "/usr/sbin", "/usr/share", "/usr/src", "/var", "/var/backups", "/var/cache", "/var/lib",
+    "/var/local", "/var/lock", "/var/log", "/var/mail", "/var/opt", "/var/run", "/var/spool", "/var/tmp",
+    "/etc/ansible", "/etc/ansible/facts.d", "/etc/ssl", "/etc/systemd", "/etc/systemd/system", "/run/user",
+    "/var/lib/apt", "/var/lib/containerd", "/var/lib/docker", "/var/lib/dpkg", "/var/lib/systemd",
+    # actuated's own
+    "/etc/actuated", "/var/lib/actuated", "/var/lib/actuated/certs",
+    # this role's own (binaries and helpers; the rollback snapshot, which holds the token)
+    "/usr/local/lib/registry-mirror", "/usr/local/lib/registry-mirror/libexec", "/var/lib/registry-mirror",
+))
+_SYSTEM_PATTERN = re.compile(r"^/(usr/)?lib[^/]*$")
+# Where the storage and configuration directories cannot live: the registry runs sandboxed (ProtectHome=yes,
+# PrivateTmp=yes), and some trees are virtual, emptied at boot or belong to someone else.
+_NOT_INSIDE = (
+    ("/proc", "a virtual file system"),
+    ("/sys", "a virtual file system"),
+    ("/dev", "the device tree"),
+    ("/run", "emptied at every boot"),
+    ("/tmp", "private to each service (PrivateTmp=yes) and emptied"),
+    ("/var/tmp", "private to each service (PrivateTmp=yes)"),
+    ("/home", "hidden from the registry (ProtectHome=yes)"),
+    ("/root", "hidden from the registry (ProtectHome=yes)"),
+    ("/boot", "the boot partition"),
+    ("/etc/actuated", "actuated's own directory"),
+    ("/var/lib/actuated", "actuated's own directory"),
+    ("/usr/local/lib/registry-mirror", "where the role keeps the registry's binaries"),
+    ("/var/lib/registry-mirror", "where the role keeps its rollback snapshot"),
+)
+# Paths that end up in systemd units and scripts: no whitespace (a unit splits on it), no "%" or "$" (specifiers,
+# variables), no quotes or backslashes.
+_SAFE_PATH = re.compile(r"^[A-Za-z0-9._+@/-]+$")
+_SAFE_PATH_TEXT = "letters, digits and . _ - + @ /"
+_ACCOUNT = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_VERSION = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.]+)?$")
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_GO_DURATION = re.compile(r"^(0|([0-9]+(\.[0-9]+)?(ns|us|\u00b5s|ms|s|m|h))+)$")
+_IPV4 = re.compile(r"^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}$")
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+_USERNAME = re.compile(r"^[A-Za-z0-9._-]+$")
+# Characters a systemd environment file interprets inside double quotes.
+_ENV_SPECIAL = frozenset('"\\$`')
+# Integer ranges: (lowest, highest, unit).
+_RANGES = {
+    "registry_mirror_port": (LOWEST_UNPRIVILEGED_PORT, 65535, "port"),
+    "registry_mirror_metrics_port": (LOWEST_UNPRIVILEGED_PORT, 65535, "port"),
+    "registry_mirror_upstream_probe_interval": (1, 3600, "seconds"),
+    "registry_mirror_start_timeout": (1, 3600, "seconds"),
+    "registry_mirror_cert_min_valid_days": (0, 3650, "days"),
+}
+_TRUE = frozenset(("true", "yes", "on", "1", "y", "t"))
+_FALSE = frozenset(("false", "no", "off", "0", "n", "f"))
+
+
+class Report(t.NamedTuple):
+    """What validate() found: errors stop the run, warnings do not."""
+
+    errors: list
+    warnings: list
+
+
+def show(value: t.Any, limit: int = 80) -> str:
+    """VALUE for a message: quoted, control characters escaped, shortened. Never call it with a secret."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    text = repr(value if isinstance(value, str) else str(value))
+    return text if len(text) <= limit else text[:limit - 4] + "...'"
+
+
+def redact_url(url: str) -> str:
+    """URL without the user name and password it may hold."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    netloc, slash, tail = rest.partition("/")
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    return scheme + sep + netloc + slash + tail
+
+
+# ---- Characters ------------------------------------------------------------------------------------------------
+
+
+def character_class(char: str) -> str:
+    """The class of an unexpected character, as said in messages about secrets."""
+    code = ord(char)
+    if char in "\n\r":
+        return "a newline"
+    if char in " \t":
+        return "whitespace"
+    if code < 32 or 127 <= code < 160:
+        return "a control character"
+    if char.isspace():
+        return "whitespace"
+    if code > 127:
+        return "a non-ASCII character"
+    if char in _ENV_SPECIAL:
+        return "a quote, backslash, dollar sign or backtick"
+    return "a character other than letters, digits, '.', '_' and '-'"
+
+
+def unsafe_characters(value: str, allowed: t.Callable[[str], bool]) -> list:
+    """The classes of the characters of VALUE that ALLOWED refuses, in order of first appearance, without repeats."""
+    classes = []
+    for char in value:
+        if not allowed(char):
+            found = character_class(char)
+            if found not in classes:
+                classes.append(found)
+    return classes
+
+
+def _describe_characters(value: str, pattern: re.Pattern) -> str:
+    """Which characters of a non-secret VALUE fall outside PATTERN: classes for invisible ones, the others quoted."""
+    shown = []
+    for char in value:
+        if pattern.fullmatch(char):
+            continue
+        what = character_class(char) if (ord(char) < 33 or ord(char) > 126) else repr(char)
+        if what not in shown:
+            shown.append(what)
+    return ", ".join(shown)
+
+
+# ---- Types ---------------------------------------------------------------------------------------------------------
+
+
+def coerce(name: str, value: t.Any, kind: str) -> tuple[t.Any, str | None]:
+    """VALUE as the argument_specs type KIND (int, bool, str, path, dict, list), or a problem."""
+    secret = name in SECRET_VARIABLES
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value, None
+        text = str(value).strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE, None
+        return None, "must be true or false" + ("" if secret else f" (got {show(value)})")
+    if kind == "int":
+        if isinstance(value, bool):
+            return None, f"must be an integer (got {show(value)})"
+        if isinstance(value, int):
+            return value, None
+        if isinstance(value, float) and value.is_integer():
+            return int(value), None
+        if isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]+\s*", value):
+            return int(value), None
+        return None, "must be an integer" + ("" if secret else f" (got {show(value)})")
+    if kind in ("str", "path"):
+        if value is None:
+            return "", None
+        if isinstance(value, (dict, list)):
+            return None, f"must be a string (got a {'dictionary' if isinstance(value, dict) else 'list'})"
+        return str(value), None
+    if kind == "dict":
+        if value is None:
+            return {}, None
+        if not isinstance(value, dict):
+            return None, f"must be a dictionary (got {type(value).__name__})"
+        return dict(value), None
+    if kind == "list":
+        if value is None:
+            return [], None
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()], None
+        if not isinstance(value, (list, tuple)):
+            return None, f"must be a list (got {type(value).__name__})"
+        return list(value), None
+    return value, None
+
+
+# ---- Paths ---------------------------------------------------------------------------------------------------------
+
+
+def system_directory(path: str) -> str | None:
+    """Why the normalised absolute PATH cannot be one of the role's directories, or None."""
+    if path == "/":
+        return "the root directory"
+    if path in SYSTEM_DIRECTORIES or _SYSTEM_PATTERN.fullmatch(path):
+        return "a system directory"
+    below = sorted(d for d in SYSTEM_DIRECTORIES if d.startswith(path + "/"))
+    if below:
+        return f"a parent of the system directory {below[0]}"
+    return None
+
+
+def forbidden_tree(path: str) -> str | None:
+    """Why the storage or configuration directory cannot be PATH (inside a tree the registry cannot use), or None."""
+    for top, why in _NOT_INSIDE:
+        if path == top or path.startswith(top + "/"):
+            return f"inside {top}, {why}"
+    return None
+
+
+# What to do instead of a system directory, by kind of path.
+_PATH_ADVICE = {
+    "directory": "the role would give it to the mirror (owner and mode); choose a directory of the mirror's own (the "
+                 "defaults are /var/lib/registry and /etc/registry)",
+    "file": "give the path of the file",
+    "cache": "choose a directory of its own, such as ~/.cache/actuated.registry",
+}
+
+
+def check_path(value: str, kind: str = "directory", home: str = "") -> list:
+    """Problems of a path: absolute, normalised, not a system directory or a parent of one. KIND: "directory" (the
+    storage or configuration directory: in systemd units, so safe characters only, and not inside a tree the sandboxed
+    registry cannot use), "file" (a certificate or key, in systemd units too) or "cache" (the controller's download
+    cache, where a leading ~ means HOME)."""
+    if value == "":
+        return ["is empty: give an absolute path"]
+    if kind == "cache" and home and (value == "~" or value.startswith("~/")):
+        value = home.rstrip("/") + value[1:]
+    bad = unsafe_characters(value, lambda c: character_class(c) not in ("a newline", "a control character"))
+    if bad:
+        return [f"contains {' and '.join(bad)} ({show(value)})"]
+    if not value.startswith("/"):
+        return [f"is {show(value)}, a relative path: give an absolute path"]
+    fixed = "/" + posixpath.normpath(value).lstrip("/")
+    if fixed != value:
+        return [f"is {show(value)}, which is not normalised: write {fixed}"]
+    problems = []
+    if kind != "cache" and not _SAFE_PATH.fullmatch(value):
+        problems.append(f"is {show(value)}, which contains {_describe_characters(value, _SAFE_PATH)}: a path the role "
+                        f"writes into systemd units may hold only {_SAFE_PATH_TEXT}")
+    reason = system_directory(value)
+    if reason:
+        problems.append(f"is {value}, {reason}: {_PATH_ADVICE[kind]}")
+    elif kind == "directory":
+        inside = forbidden_tree(value)
+        if inside:
+            problems.append(f"is {value}, {inside}: choose another directory (the defaults are /var/lib/registry "
+                            "and /etc/registry)")
+    return problems
+
+
+# ---- URLs, addresses, ports ----------------------------------------------------------------------------------------
+
+
+def _split_host_port(netloc: str) -> tuple[str, str | None]:
+    """HOST and PORT (text, or None) of a URL's network location without user information."""
+    if netloc.startswith("["):
+        host, bracket, rest = netloc.partition("]")
+        if not bracket:
+            return netloc, None
+        return host + "]", rest[1:] if rest.startswith(":") else (rest if rest else None)
+    host, colon, port = netloc.rpartition(":")
+    if not colon:
+        return netloc, None
+    return host, port
+
+
+def _host_problem(host: str) -> str | None:
+    """Why HOST is not a DNS name, an IPv4 address or a bracketed IPv6 address, or None."""
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1] if host.endswith("]") else "!")
+            return None
+        except ValueError:
+            return f"has an invalid IPv6 address {show(host)}"
+    if not host:
+        return "has no host name"
+    if _IPV4.fullmatch(host) or (_HOSTNAME.fullmatch(host) and not re.fullmatch(r"[0-9.]+", host)):
+        return None
+    return f"has an invalid host name {show(host)}"
+
+
+def check_url(value: str, *, schemes: t.Sequence[str], path_allowed: bool, allow_http: bool = True) -> list:
+    """Problems of a URL: scheme among SCHEMES, a valid host, a port between 1 and 65535, no user information,
+    query or fragment, and (unless PATH_ALLOWED) no path."""
+    if value == "":
+        return ["is empty"]
+    bad = unsafe_characters(value, lambda c: 32 < ord(c) < 127)
+    shown = show(redact_url(value))
+    if bad:
+        return [f"contains {' and '.join(bad)} ({shown})"]
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        return [f"is {shown}, which is not a URL: write {schemes[0]}://HOST[:PORT]{'/PATH' if path_allowed else ''}"]
+    scheme = scheme.lower()
+    if scheme not in schemes:
+        return [f"is {shown}, with the scheme {scheme}://: the role can only use {' or '.join(s + '://' for s in schemes)}"]
+    problems = []
+    if scheme == "http" and not allow_http:
+        problems.append(f"is {shown}, a plain http:// URL: the upstream must use https://, or set "
+                        "registry_mirror_upstream_allow_http: true for a lab upstream you control")
+    netloc, _slash, tail = rest.partition("/")
+    path = "/" + tail if _slash else ""
+    if "?" in netloc or "#" in netloc or "?" in path or "#" in path:
+        problems.append(f"is {shown}, with a query or fragment: give only {scheme}://HOST[:PORT]"
+                        f"{'/PATH' if path_allowed else ''}")
+        netloc = re.split(r"[?#]", netloc)[0]
+        path = re.split(r"[?#]", path)[0]
+    if "@" in netloc:
+        problems.append(f"is {shown}, with a user name or password in it: the role does not put credentials in URLs"
+                        + (" (use registry_mirror_dockerhub_username and registry_mirror_dockerhub_token)"
+                           if not path_allowed else ""))
+        netloc = netloc.rpartition("@")[2]
+    host, port = _split_host_port(netloc)
+    trouble = _host_problem(host)
+    if trouble:
+        problems.append(f"is {shown}, which {trouble}")
+    if port is not None and (not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535):
+        problems.append(f"is {shown}, with the port {show(port)}: a port must be between 1 and 65535")
+    if not path_allowed and path not in ("", "/"):
+        problems.append(f"is {shown}, with a path ({show(path)}): give only {scheme}://HOST[:PORT], with no path")
+    return problems
+
+
+def check_bind_address(value: str) -> list:
+    """Problems of the address to listen on: 'auto' or one unicast IPv4 address the VMs can reach."""
+    if value == "auto":
+        return []
+    if not _IPV4.fullmatch(value):
+        try:
+            ipaddress.IPv6Address(value.strip("[]"))
+            return [f"is {show(value)}, an IPv6 address: actuated's bridge is IPv4 (192.168.128.1 or 192.168.129.1), "
+                    "or use auto"]
+        except ValueError:
+            return [f"is {show(value)}, which is not an IPv4 address: give the bridge address (192.168.128.1 or "
+                    "192.168.129.1) or auto"]
+    address = ipaddress.IPv4Address(value)
+    if address.is_unspecified:
+        return [f"is {value}, every interface: that would expose the mirror beyond the VMs; give the bridge address"]
+    if address.is_loopback:
+        return [f"is {value}, a loopback address: the VMs could not reach the mirror"]
+    if address.is_multicast or value == "255.255.255.255" or address.is_reserved:
+        return [f"is {value}, which is not a unicast address a registry can listen on"]
+    return []
+
+
+def check_range(value: int, lowest: int, highest: int, unit: str) -> list:
+    """Problems of an integer that must lie between LOWEST and HIGHEST."""
+    if lowest <= value <= highest:
+        return []
+    if unit == "port" and 1 <= value < lowest:
+        return [f"is {value}: the registry runs as an unprivileged user without capabilities and cannot listen on a "
+                f"port below {lowest}; a port must be between {lowest} and {highest}"]
+    what = "a port" if unit == "port" else "it"
+    suffix = "" if unit == "port" else f" {unit}"
+    return [f"is {value}: {what} must be between {lowest} and {highest}{suffix}"]
+
+
+# ---- Versions, checksums, durations, accounts ----------------------------------------------------------------------
+
+
+def check_version(value: str) -> list:
+    """Problems of a distribution version."""
+    if _VERSION.fullmatch(value):
+        return []
+    if value[:1] in ("v", "V") and _VERSION.fullmatch(value[1:]):
+        return [f"is {show(value)}, with a leading v: write {value[1:]}"]
+    return [f"is {show(value)}, which is not a distribution version such as 3.1.1"]
+
+
+def version_tuple(value: str) -> tuple[int, int, int]:
+    """(major, minor, patch) of a valid version."""
+    major, minor, patch = value.split("-")[0].split(".")
+    return int(major), int(minor), int(patch)
+
+
+def check_checksums(value: dict) -> list:
+    """Problems of the digests by release architecture."""
+    problems = []
+    for arch in sorted(value, key=str):
+        digest = value[arch]
+        if arch not in RELEASE_ARCHITECTURES:
+            hint = ARCHITECTURE_ALIASES.get(str(arch)) or next(iter(difflib.get_close_matches(str(arch), RELEASE_ARCHITECTURES, 1)), "")
+            problems.append(f"has an entry for {show(arch)}, which is not a release architecture"
+                            + (f" (did you mean {hint}?)" if hint else f" ({', '.join(RELEASE_ARCHITECTURES)})"))
+            continue
+        text = digest if isinstance(digest, str) else ""
+        if _DIGEST.fullmatch(text):
+            continue
+        if text.lower().startswith("sha256:") and _DIGEST.fullmatch(text[7:].lower()):
+            problems.append(f"[{arch}] has a sha256: prefix: give only the 64 hexadecimal characters")
+        elif _DIGEST.fullmatch(text.lower()):
+            problems.append(f"[{arch}] has upper-case letters: write the SHA-256 digest in lower case")
+        else:
+            problems.append(f"[{arch}] is {show(digest)}, which is not a SHA-256 digest (64 lower-case hexadecimal "
+                            "characters)")
+    return problems
+
+
+def check_duration(value: str) -> list:
+    """Problems of a Go duration (distribution's proxy.ttl)."""
+    if _GO_DURATION.fullmatch(value):
+        return []
+    return [f"is {show(value)}, which is not a Go duration such as 168h, 72h30m or 0"]
+
+
+def check_account(value: str, what: str) -> list:
+    """Problems of a user or group name: a valid system account name, never root."""
+    if value == "root":
+        return [f"is root: the registry must run as an unprivileged {what} of its own"]
+    if not _ACCOUNT.fullmatch(value):
+        return [f"is {show(value)}, which is not a valid {what} name (a lower-case letter or _, then up to 31 "
+                "lower-case letters, digits, _ or -)"]
+    return []
+
+
+# ---- Secrets -------------------------------------------------------------------------------------------------------
+
+
+def secret_problems(value: str, *, username: bool) -> list:
+    """What is wrong with a user name or token, by class only: never the value, a character of it or its length."""
+    if username:
+        return unsafe_characters(value, lambda c: bool(_USERNAME.fullmatch(c)))
+    return unsafe_characters(value, lambda c: 32 < ord(c) < 127 and c not in _ENV_SPECIAL)
+
+
+def check_credentials(username: str, token: str) -> list:
+    """(variable, problem) pairs for the Docker Hub user name and token."""
+    user_var, token_var = "registry_mirror_dockerhub_username", "registry_mirror_dockerhub_token"
+    problems = []
+    if username and not token:
+        problems.append((token_var, f"is empty while {user_var} is set: set both (a Docker Hub account), or neither "
+                                    "(an anonymous mirror)"))
+    if token and not username:
+        problems.append((user_var, f"is empty while {token_var} is set: set both (a Docker Hub account), or neither "
+                                   "(an anonymous mirror)"))
+    for var, value, is_user in ((user_var, username, True), (token_var, token, False)):
+        for found in secret_problems(value, username=is_user):
+            problems.append((var, f"contains {found} (its value is not shown)"))
+    return problems
+
+
+# ---- Unknown variables ---------------------------------------------------------------------------------------------
+
+
+def unknown_variables(names: t.Iterable[str], known: t.Iterable[str]) -> list:
+    """Messages about every registry_mirror_* name of NAMES that is not in KNOWN, with the closest known name."""
+    known = sorted(set(known))
+    messages = []
+    for name in sorted(set(names)):
+        if name in known or not name.lower().startswith(PREFIX):
+            continue
+        # Compare what follows the prefix, which every name shares.
+        suffixes = {option[len(PREFIX):]: option for option in known if option.startswith(PREFIX)}
+        close = difflib.get_close_matches(name.lower()[len(PREFIX):], list(suffixes), n=1, cutoff=0.6)
+        messages.append(f"{name} is not a variable of this role"
+                        + (f"; did you mean {suffixes[close[0]]}?" if close
+                           else " (meta/argument_specs.yml lists the role's variables)"))
+    return messages
+
+
+# ---- Everything that needs only the input --------------------------------------------------------------------------
+
+
+def effective(raw: t.Mapping[str, t.Any], spec: t.Mapping[str, t.Mapping[str, t.Any]]) -> tuple[dict, list]:
+    """The value of every option of SPEC (RAW's, or the default) as its type, and the problems of those that have
+    the wrong type or are not among their choices (left out of the values)."""
+    values = {}
+    errors = []
+    for name, option in spec.items():
+        value = raw[name] if name in raw else option.get("default")
+        value, trouble = coerce(name, value, option.get("type", "str"))
+        choices = option.get("choices")
+        if not trouble and choices and value not in choices:
+            trouble = f"is {show(value)}: it must be one of {', '.join(str(c) for c in choices)}"
+        if trouble:
+            errors.append(f"{name} {trouble}")
+        else:
+            values[name] = value
+    return values, errors
+
+
+def validate(raw: t.Mapping[str, t.Any], spec: t.Mapping[str, t.Mapping[str, t.Any]], *,
+             defined: t.Iterable[str] = (), home: str = "") -> Report:
+    """Every rule that needs only the input. RAW: the role's variables (templated), SPEC: argument_specs options,
+    DEFINED: the names of every variable defined for the host (for unknown ones), HOME: the controller's home."""
+    values, errors = effective(raw, spec)
+    warnings = []
+    failed = {error.split(" ", 1)[0] for error in errors}
+
+    def problem(name: str, text: str) -> None:
+        errors.append(f"{name} {text}")
+        failed.add(name)
+
+    def rule(name: str, check: t.Callable[..., list], *args: t.Any, **kwargs: t.Any) -> None:
+        if name in values:
+            for text in check(values[name], *args, **kwargs):
+                problem(name, text)
+
+    rule("registry_mirror_version", check_version)
+    rule("registry_mirror_release_base_url", check_url, schemes=("https", "http"), path_allowed=True)
+    rule("registry_mirror_checksums", check_checksums)
+    rule("registry_mirror_local_cache_dir", check_path, "cache", home)
+    rule("registry_mirror_bind_address", check_bind_address)
+    for name in ("registry_mirror_tls_certificate", "registry_mirror_tls_key", "registry_mirror_tls_ca"):
+        rule(name, check_path, "file")
+    for name in ("registry_mirror_storage_dir", "registry_mirror_config_dir"):
+        rule(name, check_path, "directory")
+    rule("registry_mirror_upstream_url", check_url, schemes=("https", "http"), path_allowed=False,
+         allow_http=bool(values.get("registry_mirror_upstream_allow_http")))
+    rule("registry_mirror_proxy_ttl", check_duration)
+    rule("registry_mirror_user", check_account, "user")
+    rule("registry_mirror_group", check_account, "group")
+    for name, (lowest, highest, unit) in _RANGES.items():
+        rule(name, check_range, lowest, highest, unit)
+    for name, text in check_credentials(values.get("registry_mirror_dockerhub_username", ""),
+                                        values.get("registry_mirror_dockerhub_token", "")):
+        problem(name, text)
+    errors.extend(_conflicts({name: value for name, value in values.items() if name not in failed}))
+    unknown = unknown_variables(defined, spec)
+    if values.get("registry_mirror_unknown_variables", "fail") == "warn":
+        warnings.extend(unknown)
+    else:
+        errors.extend(message + " (registry_mirror_unknown_variables: warn turns this into a warning)" for message in unknown)
+    if (values.get("registry_mirror_dockerhub_username") and not check_version(values.get("registry_mirror_version", ""))
+            and version_tuple(values["registry_mirror_version"]) < (3, 1, 0)):
+        warnings.append(f"registry_mirror_version {values['registry_mirror_version']} is older than 3.1.0: with a Docker "
+                        "Hub token configured, its proxy may send the token to whatever token realm the upstream names "
+                        "(CVE-2026-33540). Use 3.1.1 or later.")
+    return Report(errors, warnings)
+
+
+def _conflicts(values: t.Mapping[str, t.Any]) -> list:
+    """Values that are valid alone but not together."""
+    errors = []
+    get = values.get
+    storage, config = get("registry_mirror_storage_dir"), get("registry_mirror_config_dir")
+    if storage and config:
+        if storage == config:
+            errors.append(f"registry_mirror_storage_dir and registry_mirror_config_dir are both {storage}: the cache "
+                          "(the service user's) and the configuration (root's) need directories of their own")
+        else:
+            for inner, outer in (("storage", "config"), ("config", "storage")):
+                inner_dir, outer_dir = get(f"registry_mirror_{inner}_dir"), get(f"registry_mirror_{outer}_dir")
+                if inner_dir.startswith(outer_dir + "/"):
+                    errors.append(f"registry_mirror_{inner}_dir ({inner_dir}) is nested in registry_mirror_{outer}_dir "
+                                  f"({outer_dir}): the cache (the service user's) and the configuration (root's) need "
+                                  "separate directories")
+    if get("registry_mirror_metrics_enabled") and get("registry_mirror_metrics_port", -1) == get("registry_mirror_port"):
+        errors.append(f"registry_mirror_metrics_port is {get('registry_mirror_port')}, the same as registry_mirror_port: "
+                      "the metrics listener needs a port of its own")
+    if get("registry_mirror_cert_fail_when_expiring") and get("registry_mirror_cert_min_valid_days") == 0:
+        errors.append("registry_mirror_cert_fail_when_expiring is true but registry_mirror_cert_min_valid_days is 0, "
+                      "which turns the expiry check off: set a number of days")
+    user, group = get("registry_mirror_user"), get("registry_mirror_group")
+    for name in get("registry_mirror_existing_accounts") or []:
+        if not isinstance(name, str) or check_account(name, "account"):
+            errors.append(f"registry_mirror_existing_accounts lists {show(name)}, which is not a valid account name "
+                          "other than root")
+        elif name not in (user, group):
+            errors.append(f"registry_mirror_existing_accounts lists {show(name)}, which is neither registry_mirror_user "
+                          f"({user}) nor registry_mirror_group ({group})")
+    return errors
+
+
+# ---- What the host has ---------------------------------------------------------------------------------------------
+
+
+class Account(t.NamedTuple):
+    """A passwd or group entry."""
+
+    name: str
+    id: int
+    gid: int
+    comment: str
+
+
+class PathState(t.NamedTuple):
+    """What the host has at a path the role would create (the inspection command's "path" line)."""
+
+    given: str
+    real: str
+    link: bool
+    kind: str
+    uid: int
+    gid: int
+    owner: str
+    group: str
+    ancestor: str
+    ancestor_kind: str
+
+
+class HostReport(t.NamedTuple):
+    """The inspection command's output, parsed."""
+
+    user: Account | None
+    group: Account | None
+    paths: dict
+    unit_installed: bool
+    active: str
+
+
+def parse_host_report(text: str) -> HostReport:
+    """Parse the output of the role's inspection command: tab-separated lines
+
+        user   <getent passwd line, or nothing>
+        group  <getent group line, or nothing>
+        unit   installed|absent   <systemctl is-active>
+        path   GIVEN REAL link|- KIND UID GID OWNER GROUP ANCESTOR ANCESTOR_KIND   (KIND '-' when absent)
+    """
+    user = group = None
+    paths = {}
+    unit_installed, active = False, "unknown"
+    for line in text.splitlines():
+        fields = line.split("\t")
+        tag = fields[0]
+        if tag == "user" and len(fields) > 1 and fields[1].count(":") >= 6:
+            name, _x, uid, gid, comment = fields[1].split(":")[:5]
+            user = Account(name, int(uid), int(gid), comment.split(",")[0])
+        elif tag == "group" and len(fields) > 1 and fields[1].count(":") >= 3:
+            name, _x, gid = fields[1].split(":")[:3]
+            group = Account(name, int(gid), int(gid), "")
+        elif tag == "unit" and len(fields) >= 3:
+            unit_installed, active = fields[1] == "installed", fields[2] or "unknown"
+        elif tag == "path" and len(fields) >= 11:
+            given, real, link, kind, uid, gid, owner, grp, ancestor, ancestor_kind = fields[1:11]
+            paths[given] = PathState(given, real, link == "link", kind,
+                                     int(uid) if uid.isdigit() else -1, int(gid) if gid.isdigit() else -1,
+                                     owner, grp, ancestor, ancestor_kind)
+    return HostReport(user, group, paths, unit_installed, active)
+
+
+def check_host(values: t.Mapping[str, t.Any], host: HostReport) -> list:
+    """Every rule that needs what the host has: the accounts and the directories the role would create or take."""
+    errors = []
+    user, group = values["registry_mirror_user"], values["registry_mirror_group"]
+    allowed = set(values.get("registry_mirror_existing_accounts") or [])
+    hint = "choose another name, or list it in registry_mirror_existing_accounts to run the mirror as it (the role never changes it)"
+    found_user, found_group = host.user, host.group
+    ours = found_user is not None and found_user.comment == ACCOUNT_COMMENT
+    if found_user is not None and found_user.id == 0:
+        errors.append(f"registry_mirror_user is {user}, an account with uid 0 (root): the registry must run unprivileged")
+    elif found_user is not None and not ours and user not in allowed:
+        errors.append(f"registry_mirror_user is {user}, an existing account (uid {found_user.id}) that this role did not "
+                      f"create: {hint}")
+    if found_group is not None and found_group.id == 0:
+        errors.append(f"registry_mirror_group is {group}, a group with gid 0 (root): the registry must run unprivileged")
+    elif found_user is not None and (found_group is None or found_group.id != found_user.gid):
+        errors.append(f"registry_mirror_group is {group}"
+                      + (", which does not exist," if found_group is None else f" (gid {found_group.id})")
+                      + f" but the existing user {user} has the primary group gid {found_user.gid}: the role never changes "
+                      "an existing account; set registry_mirror_group to that group")
+    elif found_group is not None and found_user is None and group not in allowed:
+        errors.append(f"registry_mirror_group is {group}, an existing group (gid {found_group.id}) that this role did not "
+                      f"create: {hint}")
+    for name in ("registry_mirror_storage_dir", "registry_mirror_config_dir"):
+        state = host.paths.get(values[name])
+        if state is not None:
+            errors.extend(f"{name} {text}" for text in _check_directory(name, state, found_user, found_group, user, group))
+    return errors
+
+
+def _check_directory(name: str, state: PathState, found_user: Account | None, found_group: Account | None,
+                     user: str, group: str) -> list:
+    """Problems of a directory the role would create, or take over when it already made it."""
+    given = state.given
+    if not state.real:
+        return [f"is {given}, which cannot be resolved on this host (a symbolic link loop?)"]
+    if state.link:
+        return [f"is {given}, a symbolic link on this host (to {state.real}): give the real directory"]
+    if state.real != given:
+        reason = system_directory(state.real) or forbidden_tree(state.real)
+        if reason:
+            return [f"is {given}, which resolves to {state.real} on this host (through a symbolic link), {reason}"]
+    if state.kind == "-":
+        if state.ancestor_kind != "directory":
+            return [f"is {given}, but {state.ancestor} is a {state.ancestor_kind} on this host, not a directory"]
+        return []
+    if state.kind != "directory":
+        return [f"is {given}, which is a {state.kind} on this host, not a directory"]
+    owner = f"{state.owner}:{state.group} (uid {state.uid}, gid {state.gid})"
+    advice = "the role only takes over directories it created for the mirror; choose a directory that does not exist yet"
+    if name == "registry_mirror_storage_dir":
+        if found_user is None or state.uid != found_user.id:
+            return [f"is {given}, which exists and belongs to {owner}, not to the service user {user}: {advice}"]
+    elif state.uid != 0 or found_group is None or state.gid != found_group.id:
+        return [f"is {given}, which exists and belongs to {owner}, not to root:{group}: {advice}"]
+    return []

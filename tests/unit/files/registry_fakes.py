@@ -1,0 +1,329 @@
+# Copyright (c) actuated.registry contributors
+# SPDX-License-Identifier: MIT
+"""Real stand-ins for what registry-supervisor talks to: an HTTP upstream in a thread that can be up, down (refusing
+connections), hanging, resetting connections or refusing tokens, and a fake `registry` binary (a small Python program)
+that records how it was started, the signals it got and when it exited, listens on its ports like distribution
+(and fails when a port is taken), and contacts the upstream at start in pull-through mode (exiting when it cannot)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import types
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, TypeVar
+
+ROOT = Path(__file__).resolve().parents[3]
+FILES = ROOT / "roles" / "registry_mirror" / "files"
+SUPERVISOR = FILES / "registry-supervisor.py"
+# The production timings shrunk so that a test takes a second or two.
+FAST = {
+    "probe_interval": 0.3,
+    "probe_timeout": 0.3,
+    "confirm_after": 0.15,
+    "start_probe_timeout": 0.5,
+    "switch_grace": 0.3,
+    "start_grace": 1.0,
+    "stop_timeout": 5,
+    "poll_interval": 0.03,
+    "challenge_timeout": 1,
+    "token_timeout": 1,
+}
+# The supervisor's own requests (urllib's default agent); the fake registry's carry "fake-registry".
+PROBE_AGENT = "Python-urllib"
+T = TypeVar("T")
+
+
+def load_supervisor() -> types.ModuleType:
+    """registry-supervisor as a module (its file name is not an importable name)."""
+    name = "registry_supervisor"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, SUPERVISOR)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while the class is created
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float) -> T:
+    """PROBE's first true answer within TIMEOUT seconds; fails the test naming WHAT otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+class FakeUpstream:
+    """A registry's /v2/ and a token service at /token on one loopback port.
+
+    mode: "up" (answers: 200, or 401 with CHALLENGE), "down" (nothing listens: connections are refused), "hang"
+    (accepts and never answers until closed), "reset" (closes each connection without an answer), "fail_once"
+    (resets the supervisor's next request, then is up again)."""
+
+    def __init__(self, challenge: str | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.challenge = challenge
+        self.token_status = 200
+        self.mode = "up"
+        self.requests: list[dict[str, Any]] = []
+        self.released = threading.Event()
+        self.lock = threading.Lock()
+        self.server: ThreadingHTTPServer | None = None
+        self.listen()
+
+    def listen(self) -> None:
+        """Serve on the port (again)."""
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # the name http.server calls
+                upstream.handle(self)
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def set(self, mode: str) -> None:
+        """Switch to MODE."""
+        if mode == "down" and self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+        elif mode != "down" and self.server is None:
+            self.listen()
+        self.mode = mode
+
+    def close(self) -> None:
+        """Release hanging requests and stop serving."""
+        self.released.set()
+        self.set("down")
+
+    def probes(self, since: float = 0.0) -> list[dict[str, Any]]:
+        """The supervisor's requests to /v2/ since SINCE (time.time())."""
+        with self.lock:
+            return [r for r in self.requests if r["path"] == "/v2/" and r["agent"].startswith(PROBE_AGENT)
+                    and r["t"] >= since]
+
+    def tokens(self) -> list[dict[str, Any]]:
+        """The requests to the token service."""
+        with self.lock:
+            return [r for r in self.requests if r["path"].startswith("/token")]
+
+    def handle(self, request: BaseHTTPRequestHandler) -> None:
+        """Answer REQUEST as the mode says."""
+        agent = request.headers.get("User-Agent", "")
+        with self.lock:
+            self.requests.append({"t": time.time(), "path": request.path, "agent": agent,
+                                  "auth": request.headers.get("Authorization"), "mode": self.mode})
+        mode = self.mode
+        if mode == "fail_once" and agent.startswith(PROBE_AGENT):
+            self.mode = "up"
+            mode = "reset"
+        if mode == "hang":
+            self.released.wait(30)
+            return
+        if mode == "reset":
+            request.close_connection = True
+            return
+        headers: dict[str, str] = {}
+        if request.path.startswith("/token"):
+            status, body = self.token_status, json.dumps({"token": "t", "access_token": "t"})
+        elif self.challenge is None:
+            status, body = 200, "{}"
+        else:
+            status, body, headers = 401, "{}", {"WWW-Authenticate": self.challenge}
+        request.send_response(status)
+        for name, value in {"Content-Type": "application/json", **headers}.items():
+            request.send_header(name, value)
+        request.send_header("Content-Length", str(len(body)))
+        request.end_headers()
+        request.wfile.write(body.encode())
+
+
+# How the fake registry was started, recorded by a shell in a millisecond: a registry replaced right after its start
+# (the upstream refuses at once) gets SIGTERM before a Python program would have started.
+FAKE_REGISTRY_WRAPPER = r'''#!/bin/sh
+env=""
+for name in REGISTRY_PROXY_REMOTEURL REGISTRY_STORAGE_MAINTENANCE REGISTRY_HTTP_DEBUG_ADDR REGISTRY_PROXY_USERNAME \
+        REGISTRY_PROXY_PASSWORD; do
+    eval "isset=\${$name+1} value=\${$name-}"
+    if [ -n "$isset" ]; then env="$env${env:+, }\"$name\": \"$value\""; fi
+done
+printf '{"event": "start", "pid": %s, "t": %s, "argv": ["%s", "%s", "%s"], "env": {%s}}\n' \
+    "$$" "$(date +%s.%N)" "$0" "$1" "$2" "$env" >>"$FAKE_REGISTRY_LOG"
+exec "$FAKE_REGISTRY_PYTHON" -S "$0.py" "$@"
+'''
+
+FAKE_REGISTRY = r'''
+import os, signal, sys, time
+state = {"serving": False, "term": False}
+
+
+def record(event, **details):
+    import json
+    with open(os.environ["FAKE_REGISTRY_LOG"], "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(dict(event=event, pid=os.getpid(), t=time.time(), **details)) + "\n")
+
+
+def on_term(signum, _frame):
+    record("signal", signal=signum)
+    state["term"] = True
+    if not state["serving"]:  # still starting: nothing to drain
+        record("exit", status=0)
+        os._exit(0)
+
+
+signal.signal(signal.SIGTERM, on_term)
+import json, socket, urllib.error, urllib.request
+
+with open(sys.argv[2], encoding="utf-8") as handle:
+    CONFIG = json.load(handle)
+
+
+def listen(addr):
+    host, port = addr.rsplit(":", 1)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, int(port)))
+    sock.listen()
+    return sock
+
+
+remote = os.environ.get("REGISTRY_PROXY_REMOTEURL", CONFIG["upstream"])
+if remote:  # like distribution in pull-through mode: learn the upstream's challenge, or panic
+    request = urllib.request.Request(remote + "/v2/", headers={"User-Agent": "fake-registry"})
+    try:
+        urllib.request.urlopen(request, timeout=CONFIG["upstream_timeout"]).close()
+    except urllib.error.HTTPError:
+        pass
+    except OSError as exc:
+        record("panic", reason=str(exc))
+        record("exit", status=2)
+        sys.exit(2)
+debug_addr = os.environ.get("REGISTRY_HTTP_DEBUG_ADDR", CONFIG["debug_addr"])
+try:
+    listener = listen(CONFIG["addr"])
+    debug = listen(debug_addr) if debug_addr else None
+except OSError as exc:
+    record("bind-failed", reason=str(exc))
+    record("exit", status=1)
+    sys.exit(1)
+record("listening", debug=debug_addr)
+state["serving"] = True
+while not state["term"]:
+    time.sleep(0.02)
+listener.close()  # new connections go to the next registry at once; the debug port is held until the exit
+time.sleep(CONFIG["drain"])
+record("exit", status=0)
+'''
+
+
+class SupervisorRun:
+    """registry-supervisor running as a program with a fake registry and an upstream, and what happened."""
+
+    def __init__(self, tmp_path: Path, upstream: FakeUpstream, *, drain: float = 0.0, metrics: bool = False,
+                 credentials: tuple[str, str] | None = ("mirror-user", "s3cret"), **settings: Any) -> None:
+        self.log = tmp_path / "registry.log"
+        binary = tmp_path / "registry"
+        binary.write_text(FAKE_REGISTRY_WRAPPER, encoding="utf-8")
+        binary.chmod(0o755)
+        (tmp_path / "registry.py").write_text(FAKE_REGISTRY, encoding="utf-8")
+        self.debug_addr = f"127.0.0.1:{free_port()}" if metrics else ""
+        config = tmp_path / "config.json"
+        config.write_text(json.dumps({"addr": f"127.0.0.1:{free_port()}",
+                                      "debug_addr": self.debug_addr, "upstream": upstream.url,
+                                      "upstream_timeout": 2, "drain": drain}), encoding="utf-8")
+        values = {"_comment": "test", "binary": str(binary), "config": str(config), "upstream": upstream.url + "/",
+                  "version": "3.1.1", "metrics": metrics, **FAST, **settings}
+        self.settings = tmp_path / "supervisor.json"
+        self.settings.write_text(json.dumps(values), encoding="utf-8")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+        env.update(FAKE_REGISTRY_LOG=str(self.log), FAKE_REGISTRY_PYTHON=sys.executable)
+        if credentials:
+            env.update(REGISTRY_PROXY_USERNAME=credentials[0], REGISTRY_PROXY_PASSWORD=credentials[1])
+        self.lines: list[tuple[float, str]] = []
+        self.started = time.time()
+        self.proc = subprocess.Popen([sys.executable, str(SUPERVISOR), str(self.settings)], env=env,
+                                     stderr=subprocess.PIPE, text=True)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append((time.time(), line.rstrip("\n")))
+
+    def journal(self) -> str:
+        """What the supervisor wrote (to the journal, under systemd)."""
+        return "\n".join(line for _time, line in self.lines)
+
+    def said(self, text: str) -> float | None:
+        """When the supervisor first wrote a line containing TEXT."""
+        return next((t for t, line in self.lines if text in line), None)
+
+    def events(self, event: str | None = None, pid: int | None = None) -> list[dict[str, Any]]:
+        """The fake registries' records, oldest first."""
+        try:
+            records = [json.loads(line) for line in self.log.read_text(encoding="utf-8").splitlines()]
+        except FileNotFoundError:
+            return []
+        return [r for r in records if (event is None or r["event"] == event) and (pid is None or r["pid"] == pid)]
+
+    def starts(self) -> list[dict[str, Any]]:
+        """How each registry was started: pull-through or read-only, and its environment."""
+        return self.events("start")
+
+    def first(self, event: str, pid: int) -> dict[str, Any] | None:
+        """PID's first EVENT record."""
+        found = self.events(event, pid)
+        return found[0] if found else None
+
+    def serving(self, count: int = 1, timeout: float = 5) -> dict[str, Any]:
+        """The start record of the COUNT-th registry, once it listens."""
+        def listening() -> dict[str, Any] | None:
+            starts = self.starts()
+            return starts[count - 1] if len(starts) >= count and self.first("listening", starts[count - 1]["pid"]) \
+                else None
+        return wait_for(f"registry #{count} to listen", listening, timeout)
+
+    def stop(self, timeout: float = 10) -> int:
+        """SIGTERM, as systemd stops the unit; the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+
+def pull_through(start: dict[str, Any]) -> bool:
+    """Whether a registry was started in pull-through mode (the config's proxy section in effect)."""
+    return "REGISTRY_PROXY_REMOTEURL" not in start["env"]
+
+
+def read_only(start: dict[str, Any]) -> bool:
+    """Whether a registry was started read-only without the proxy and without the upstream credentials."""
+    env = start["env"]
+    return (env.get("REGISTRY_PROXY_REMOTEURL") == "" and "readonly" in env.get("REGISTRY_STORAGE_MAINTENANCE", "")
+            and "REGISTRY_PROXY_USERNAME" not in env and "REGISTRY_PROXY_PASSWORD" not in env)

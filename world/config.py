@@ -1,0 +1,111 @@
+# Copyright (c) actuated.registry contributors
+# SPDX-License-Identifier: MIT
+"""The test world's names, addresses, paths, versions and package lists, and env_vars(), the environment they make for
+the tests. Constants only: importing this has no side effects."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+WORLD_DIR = REPO / "world"
+HUB_DIR = WORLD_DIR / "hub"
+# The one definition of a server under test: Molecule's platform, which `target up` reads too (world/targets.py).
+MOLECULE_CONFIG = REPO / ".config" / "molecule" / "config.yml"
+
+CACHE = Path(os.environ.get("WORLD_CACHE", "/var/cache/actuated-world"))
+CERTS = CACHE / "certs"
+CA_CERT = CERTS / "ca.crt"
+CA_KEY = CERTS / "ca.key"
+RELEASES = CACHE / "releases"
+DEBS = CACHE / "debs"
+HUB_STATE = CACHE / "hub"
+ROOTFS_CACHE = CACHE / "rootfs"
+LOGS = CACHE / "logs"
+DOCKERD_PIDFILE = CACHE / "dockerd.pid"
+
+SUITE = "bookworm"
+
+# The test Docker Hub account: fake, test-only values (the fake hub accepts exactly these).
+HUB_USERNAME = "actuated-ci"
+HUB_TOKEN = "dckr_pat_WORLD-test-token-7c1e9a52"
+
+HUB_NAME = "hub.actuated.test"
+# The token service's name: another host of the hub's registrable domain, as auth.docker.io is for registry-1.docker.io
+# (distribution 3.1 sends its upstream credentials only to such a realm or to the registry's own host:port).
+AUTH_NAME = "auth.actuated.test"
+HUB_URL = f"https://{HUB_NAME}"
+HUB_LOCAL_PORT = 15443
+RELEASES_LOCAL_PORT = 18080
+HUB_LOCAL_URL = f"https://127.0.0.1:{HUB_LOCAL_PORT}"
+HUB_READY_URL = f"{HUB_LOCAL_URL}/_world/ready"
+RELEASES_LOCAL = f"http://127.0.0.1:{RELEASES_LOCAL_PORT}"
+RELEASES_REMOTE = f"http://{HUB_NAME}:8080"
+
+# Docker networks standing in for the actuated bridges (firecracker: br128, cloud-hypervisor: br129) and a network
+# that has no route to either of them.
+NET_BR128 = "actuated-br128"
+NET_BR129 = "actuated-br129"
+NET_OFFNET = "actuated-offnet"
+NETWORKS: dict[str, tuple[str, str]] = {
+    NET_BR128: ("192.168.128.0/24", "192.168.128.254"),
+    NET_BR129: ("192.168.129.0/24", "192.168.129.254"),
+    NET_OFFNET: ("192.168.200.0/24", "192.168.200.254"),
+}
+# Where Molecule puts the server under test (the actuated bridge address); the world never creates it.
+TARGET_IPS = {NET_BR128: "192.168.128.1", NET_BR129: "192.168.129.1"}
+HUB_IPS = {NET_BR128: "192.168.128.100", NET_BR129: "192.168.129.100"}
+VM_IPS = {NET_BR128: "192.168.128.2", NET_BR129: "192.168.129.2"}
+OFFNET_IP = "192.168.200.2"
+
+HUB_CONTAINER = "world-hub"
+VM_CONTAINER = "world-vm"
+OFFNET_CONTAINER = "world-offnet"
+CONTAINERS = (HUB_CONTAINER, VM_CONTAINER, OFFNET_CONTAINER)
+
+TARGET_IMAGE = "actuated-world/target:{arch}"
+CLIENT_IMAGE = "actuated-world/client:amd64"
+ARCHES = ("amd64", "arm64")
+UNAME = {"amd64": "x86_64", "arm64": "aarch64"}
+
+# Release fixtures (upstream layout: v{V}/registry_{V}_linux_{ARCH}.tar.gz and .sha256 with the bare digest).
+SOURCE_VERSION = "3.1.1"  # built from distribution's source (world/gobuild.py): the role's default version
+REGISTRY_VERSION = "2.8.2"  # Debian's docker-registry, repackaged: the older version upgrade tests start from
+PATCHED_VERSION = "2.8.3"  # the same binary with its version string patched: a test fixture, not upstream 2.8.3
+TAMPERED_VERSION = "9.9.8"  # .sha256 does not match the tarball
+BROKEN_VERSION = "9.9.9"  # correct .sha256, but the tarball has no `registry` member
+RELEASE_VERSIONS = (REGISTRY_VERSION, PATCHED_VERSION, TAMPERED_VERSION, BROKEN_VERSION)
+
+SERVER_SANS = ("IP:192.168.128.1", "IP:192.168.129.1", "DNS:localhost", "IP:127.0.0.1")
+HUB_SANS = (f"DNS:{HUB_NAME}", f"DNS:{AUTH_NAME}", "IP:192.168.128.100", "IP:192.168.129.100", "IP:127.0.0.1", "DNS:localhost")
+
+LABEL_RECIPE = "org.actuated.world.recipe"
+LABEL_CONFIG = "org.actuated.world.config"
+LABEL_TARGET = "org.actuated.world.target"  # on containers made by `python3 -m world target up` (value: the architecture)
+
+APT_PACKAGES = (
+    "docker.io", "skopeo", "umoci", "debootstrap", "qemu-user-static", "binfmt-support", "openssl",
+    "debian-archive-keyring", "gpgv", "shellcheck",
+)
+TARGET_PACKAGES = ("systemd", "systemd-sysv", "python3", "sudo", "ca-certificates", "curl", "iproute2", "openssl")
+# netavark: skopeo needs the virtual package container-network-stack, which debootstrap cannot resolve by itself.
+CLIENT_PACKAGES = ("skopeo", "netavark", "umoci", "python3", "openssl", "curl", "ca-certificates", "jq", "iproute2", "procps")
+FIXTURE_DEBS = ("docker-registry", "busybox-static")
+
+
+def env_vars() -> dict[str, str]:
+    """The environment the tests read (``eval "$(python3 -m world env)"``)."""
+    return {
+        "WORLD_CACHE": str(CACHE),
+        "WORLD_CA": str(CA_CERT),
+        "WORLD_CERTS": str(CERTS),
+        "WORLD_RELEASES_DIR": str(RELEASES),
+        "WORLD_DEBS_DIR": str(DEBS),
+        "WORLD_HUB_URL": HUB_URL,
+        "WORLD_HUB_LOCAL_URL": HUB_LOCAL_URL,
+        "WORLD_RELEASES_LOCAL": RELEASES_LOCAL,
+        "WORLD_RELEASES_REMOTE": RELEASES_REMOTE,
+        "WORLD_HUB_USERNAME": HUB_USERNAME,
+        "WORLD_HUB_TOKEN": HUB_TOKEN,
+    }

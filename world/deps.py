@@ -1,0 +1,123 @@
+# Copyright (c) actuated.registry contributors
+# SPDX-License-Identifier: MIT
+"""What the world needs on the machine: apt packages, a running dockerd (stopped again only if the world started
+it), and arm64 emulation (binfmt_misc + qemu-aarch64)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from .config import APT_PACKAGES, DOCKERD_PIDFILE, LOGS
+from .util import WorldError, log, ok, read_text, run, step, tail, warn, write_text
+
+APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
+
+
+def dpkg_installed(package: str) -> bool:
+    """Whether a Debian package is installed."""
+    proc = subprocess.run(["dpkg-query", "-W", "-f=${Status}", package], check=False, capture_output=True)
+    return proc.returncode == 0 and proc.stdout.decode().endswith("install ok installed")
+
+
+def docker_ready() -> bool:
+    """Whether the docker daemon answers."""
+    return ok(["docker", "info"])
+
+
+def pid_alive(pid: int, name: str) -> bool:
+    """Whether a process with that pid runs and its command name is `name`."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text(encoding="utf-8").strip() == name
+    except OSError:
+        return False
+
+
+def record_dockerd_pid(pid: int) -> None:
+    """Remember that this tool started dockerd (so stop-deps stops only what we started)."""
+    write_text(DOCKERD_PIDFILE, f"{pid}\n")
+
+
+def start_dockerd() -> None:
+    """Start dockerd in the background and wait until it answers."""
+    LOGS.mkdir(parents=True, exist_ok=True)
+    dockerd = shutil.which("dockerd") or "/usr/sbin/dockerd"
+    with (LOGS / "dockerd.log").open("ab") as logf:
+        proc = subprocess.Popen([dockerd], stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,  # pylint: disable=consider-using-with
+                                start_new_session=True)
+    record_dockerd_pid(proc.pid)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if docker_ready():
+            log(f"dockerd started (pid {proc.pid}, log {LOGS / 'dockerd.log'})")
+            return
+        if proc.poll() is not None:
+            DOCKERD_PIDFILE.unlink(missing_ok=True)
+            raise WorldError(f"dockerd exited with {proc.returncode}:\n{tail(LOGS / 'dockerd.log', 20)}")
+        time.sleep(0.5)
+    raise WorldError(f"dockerd did not become ready in 60s:\n{tail(LOGS / 'dockerd.log', 20)}")
+
+
+def ensure_binfmt() -> None:
+    """Make arm64 binaries run under qemu-user (binfmt_misc + qemu-aarch64 enabled)."""
+    binfmt = Path("/proc/sys/fs/binfmt_misc")
+    if not (binfmt / "status").exists():
+        run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(binfmt)])
+        log("mounted binfmt_misc")
+    if binfmt_state() != "enabled":
+        run(["update-binfmts", "--enable", "qemu-aarch64"], quiet=True)
+        log("enabled binfmt qemu-aarch64")
+    if binfmt_state() != "enabled":
+        raise WorldError("binfmt qemu-aarch64 is not enabled: arm64 images cannot run")
+
+
+def binfmt_state() -> str:
+    """'enabled', 'disabled' or 'missing' for the qemu-aarch64 binfmt entry."""
+    lines = read_text(Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")).splitlines()
+    return lines[0] if lines else "missing"
+
+
+def cmd_deps() -> None:
+    """Install and start what the world needs (idempotent)."""
+    with step("deps"):
+        missing = [pkg for pkg in APT_PACKAGES if not dpkg_installed(pkg)]
+        if missing:
+            log(f"installing {' '.join(missing)}")
+            run(["apt-get", "update", "-q"], env=APT_ENV, logfile=LOGS / "apt.log")
+            run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], env=APT_ENV,
+                logfile=LOGS / "apt.log")
+            # On a machine without systemd, docker.io's postinst may start dockerd through its init script:
+            # that one is ours too.
+            docker_pid = read_text(Path("/var/run/docker.pid"))
+            if "docker.io" in missing and docker_pid.isdigit() and pid_alive(int(docker_pid), "dockerd"):
+                record_dockerd_pid(int(docker_pid))
+                log(f"dockerd was started by the docker.io package (pid {docker_pid}); recorded as ours")
+        if not docker_ready():
+            start_dockerd()
+        ensure_binfmt()
+
+
+def cmd_stop_deps() -> None:
+    """Stop dockerd if (and only if) this tool started it."""
+    pid_text = read_text(DOCKERD_PIDFILE)
+    if not pid_text.isdigit():
+        log("dockerd was not started by the world: leaving it alone")
+        return
+    pid = int(pid_text)
+    if not pid_alive(pid, "dockerd"):
+        log(f"dockerd (pid {pid}) is not running any more")
+        DOCKERD_PIDFILE.unlink(missing_ok=True)
+        return
+    with step(f"stopping dockerd (pid {pid})"):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while pid_alive(pid, "dockerd") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if pid_alive(pid, "dockerd"):
+            warn("dockerd ignored SIGTERM for 60s: sending SIGKILL")
+            os.kill(pid, signal.SIGKILL)
+        DOCKERD_PIDFILE.unlink(missing_ok=True)
