@@ -22,6 +22,8 @@ core_python = $(call find_python,$(lastword $(subst :, ,$(filter $(1):%,$(CORES)
 core_vars = VENV=$(ROOT)/.venv-core-$(1) REQUIREMENTS=tests/requirements/core-$(1).txt VENV_PY=$(call core_python,$(1))
 export WORLD_CACHE ?= /var/cache/actuated-world
 export ANSIBLE_COLLECTIONS_PATH := $(ROOT)/.cache/collections
+# Everything Ansible, ansible-lint and Molecule would write under ~/.ansible and ~/.cache stays in the repository.
+export ANSIBLE_HOME := $(ROOT)/.cache/ansible-home
 export ANSIBLE_FORCE_COLOR ?= 0
 export PY_COLORS ?= 0
 export PATH := $(BIN):$(PATH)
@@ -89,7 +91,7 @@ stop:
 
 lint: venv
 	$(BIN)/yamllint --strict .
-	$(BIN)/ansible-lint --profile production --strict
+	XDG_CACHE_HOME=$(ROOT)/.cache/xdg $(BIN)/ansible-lint --profile production --strict --offline
 	$(BIN)/python tests/tools/readme_vars.py --check
 	$(MAKE) --no-print-directory typecheck
 

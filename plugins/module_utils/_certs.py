@@ -1,5 +1,4 @@
-# Copyright (c) 2026, actuated.registry maintainers
-# MIT License (see LICENSE)
+# Copyright (c) actuated.registry contributors
 # SPDX-License-Identifier: MIT
 
 # This module util is PRIVATE to the actuated.registry collection: its interface can change at any time.

@@ -1,7 +1,6 @@
 #!/usr/bin/python
-# Copyright (c) 2026, actuated.registry maintainers
-# Dual-licensed: MIT (see LICENSE) or GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-# SPDX-License-Identifier: MIT OR GPL-3.0-or-later
+# Copyright (c) actuated.registry contributors
+# SPDX-License-Identifier: MIT
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ fingerprint (files, directories, accounts, cache) is as it was, and the run ends
 Runs after test_variants.py (file order): the mirror is installed and has served."""
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -53,11 +54,12 @@ def break_and_roll_back(host, converge, vm, hub, *extra: str) -> str:
     assert result.returncode != 0, output[-3000:]
     counters = recap(result.stdout)
     assert counters["failed"] == 1 and counters["rescued"] == 1, counters
-    last_error = result.stdout[result.stdout.rindex("fatal:"):]
+    last_error = output[output.rindex("fatal:"):]  # failures go to stderr
     assert "put back the files as they were" in " ".join(last_error.split()), last_error[-3000:]
     assert "it serves again on https://" in " ".join(last_error.split()), last_error[-3000:]
     assert "Last lines of `journalctl -u registry`" in last_error
-    assert fingerprint(host) == before
+    after = fingerprint(host)
+    assert after == before, "\n".join(difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0))
     assert invocation(host) != started and host.service("registry").is_running
     assert served_from_cache(vm, hub)
     return " ".join(last_error.split())
