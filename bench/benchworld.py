@@ -148,7 +148,7 @@ class BenchWorld:  # pylint: disable=too-many-instance-attributes
         if missing:
             raise BenchError(f"images missing: {', '.join(missing)}: run `make world` (python3 -m world up) first")
         for path in (world.CA_CERT, world.CA_KEY, world.CERTS / "hub.crt", world.HUB_STATE / "seeded",
-                     world.RELEASES / f"v{world.REGISTRY_VERSION}" / world.release_name(world.REGISTRY_VERSION, "amd64")):
+                     world.RELEASES / f"v{world.SOURCE_VERSION}" / world.release_name(world.SOURCE_VERSION, "amd64")):
             if not path.exists():
                 raise BenchError(f"{path} is missing: run `make world` (python3 -m world up) first")
         if not list(world.DEBS.glob("docker-registry_*_amd64.deb")):
@@ -293,7 +293,7 @@ class BenchWorld:  # pylint: disable=too-many-instance-attributes
         """What the emulated link really does: TLS request timings and the throughput of a 6 MB download."""
         fmt = "%{time_connect} %{time_appconnect} %{time_starttransfer} %{time_total} %{size_download} %{http_code}"
         small = dexec(CLIENT, 'curl -sS -o /dev/null -w "$1" https://hub.actuated.test/v2/', fmt).split()
-        release = f"v{world.REGISTRY_VERSION}/{world.release_name(world.REGISTRY_VERSION, 'amd64')}"
+        release = f"v{world.SOURCE_VERSION}/{world.release_name(world.SOURCE_VERSION, 'amd64')}"
         big = dexec(CLIENT, 'curl -sS -o /dev/null -w "$1" "$2"', fmt, f"http://hub.actuated.test:8080/{release}").split()
         return {
             "tls_handshake_s": round(float(small[1]), 4),

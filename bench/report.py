@@ -53,7 +53,9 @@ def section_machine(res: dict[str, Any]) -> str:
         ["load average (1/5/15 min)", f"start {m['loadavg_start']}, end {m.get('loadavg_end', '-')}; "
                                       f"highest 1-min value seen during the run: {peak_load(res)}"],
         ["versions", ", ".join(f"{k} {v}" for k, v in versions.items() if v)],
-        ["mirror", f"distribution {s['registry_version']} (Debian's build, the test world's release fixture), installed by the role"],
+        ["mirror", f"distribution {s['registry_version']} ("
+                   + ("built from its source by the test world" if s["registry_version"].startswith("3") else "Debian's build")
+                   + "), installed by the role"],
         ["emulated link", f"{s['rtt_ms']:g} ms RTT, {s['mbit']:g} Mbit/s per direction, shared by all connections (bench/shaper.py)"],
         ["link as measured", f"TLS handshake {link.get('tls_handshake_s', '-')} s, first request {link.get('first_request_s', '-')} s, "
                              f"{link.get('download_mbit_s', '-')} Mbit/s on a {mb(link.get('download_bytes', 0))} download"],

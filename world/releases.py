@@ -7,12 +7,9 @@ busybox-static for amd64 and arm64, ``releases`` repackages docker-registry as t
 
 from __future__ import annotations
 
-import gzip
-import io
 import os
 import re
 import shutil
-import tarfile
 import tempfile
 from pathlib import Path
 
@@ -20,7 +17,7 @@ from . import gobuild
 from .config import (ARCHES, BROKEN_VERSION, CACHE, DEBS, FIXTURE_DEBS, LABEL_RECIPE, LOGS, PATCHED_VERSION, REGISTRY_VERSION,
                      RELEASE_VERSIONS, RELEASES, SOURCE_VERSION, TAMPERED_VERSION, TARGET_IMAGE)
 from .deps import APT_ENV
-from .util import WorldError, image_label, log, out, read_text, recipe_hash, run, sha256_bytes, sha256_file, step, warn, write_bytes, write_text
+from .util import WorldError, image_label, log, out, read_text, recipe_hash, reproducible_tarball, run, sha256_bytes, sha256_file, step, warn, write_bytes, write_text
 
 
 def deb_path(package: str, arch: str) -> Path | None:
@@ -106,19 +103,8 @@ def patch_version(binary: bytes, version: str) -> bytes:
 
 
 def make_tarball(members: list[tuple[str, bytes, int]]) -> bytes:
-    """A reproducible .tar.gz: sorted members, fixed mtime and owner, gzip header without name or time."""
-    raw = io.BytesIO()
-    with (gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz,
-          tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar):
-        for name, data, mode in sorted(members):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = mode
-            info.mtime = FIXTURE_MTIME
-            info.uid = info.gid = 0
-            info.uname = info.gname = "root"
-            tar.addfile(info, io.BytesIO(data))
-    return raw.getvalue()
+    """A fixture tarball: reproducible, with the fixtures' fixed mtime."""
+    return reproducible_tarball(members, FIXTURE_MTIME, 9)
 
 
 def release_name(version: str, arch: str) -> str:

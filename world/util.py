@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gzip
 import hashlib
+import io
 import json
 import os
 import shlex
 import shutil
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -200,3 +203,20 @@ def inspect(kind: str, name: str) -> dict[str, Any] | None:
         return None
     data = json.loads(proc.stdout)
     return data[0] if data else None
+
+
+def reproducible_tarball(members: Sequence[tuple[str, bytes, int]], mtime: int, compresslevel: int) -> bytes:
+    """A .tar.gz of (name, data, mode) members that is the same bytes every time: sorted by name, one mtime,
+    root:root, a gzip header without file name or time."""
+    raw = io.BytesIO()
+    with (gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=compresslevel) as gz,
+          tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar):
+        for name, data, mode in sorted(members, key=lambda member: member[0]):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = mode
+            info.mtime = mtime
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            tar.addfile(info, io.BytesIO(data))
+    return raw.getvalue()

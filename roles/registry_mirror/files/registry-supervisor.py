@@ -19,6 +19,14 @@ At start, and whenever it returns to pull-through mode, the supervisor asks the 
 token the way the installed distribution version will, and says in the journal when that cannot work: the token
 service refuses the account, or distribution will not send the credentials to the realm the upstream names
 (public_suffix_list.dat.gz, next to this program, decides which hosts share a registrable domain).
+
+Free-space floor (min_free_mb > 0): at start and at every probe tick the supervisor reads the free space of the
+cache's filesystem (statvfs of REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY when the environment sets it, as
+distribution does, else of the storage setting). Below the floor it runs the registry read-only even while the
+upstream answers: distribution 3.1 in pull-through mode rewrites a tag's link at every lookup, and on a full disk that
+write fails every pull by tag, cached images included, while read-only it serves them. It returns to pull-through mode
+once more than the floor plus a margin (a tenth of the floor, at least 64 MiB) is free and the upstream answers: the
+margin keeps a mirror that frees a little space by itself from switching at every tick.
 """
 from __future__ import annotations
 
@@ -55,6 +63,12 @@ CREDENTIAL_ENV = ("REGISTRY_PROXY_USERNAME", "REGISTRY_PROXY_PASSWORD")
 RESTRICTED_REALMS = (3, 1)
 # The token scope asked for when checking the token service: any public repository does.
 CHECK_SCOPE = "repository:library/alpine:pull"
+# distribution's override of its storage directory, honoured by the free-space check too (systemd drop-ins set it).
+STORAGE_ENV = "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY"
+MIB = 1024 * 1024
+# Back to pull-through mode only above the floor plus max(MARGIN_MIN_MB, floor / MARGIN_DIVISOR) MiB.
+MARGIN_MIN_MB = 64
+MARGIN_DIVISOR = 10
 
 
 class SettingsError(Exception):
@@ -94,6 +108,10 @@ class Settings:
     poll_interval: float = 0.2
     challenge_timeout: float = 5.0
     token_timeout: float = 10.0
+    # The cache's directory (distribution's storage root; STORAGE_ENV in the environment takes precedence) and the free
+    # space on its filesystem below which the registry runs read-only (0: not checked).
+    storage: str = ""
+    min_free_mb: int = 0
 
     @classmethod
     def load(cls, path: str) -> Settings:
@@ -294,6 +312,15 @@ class Supervisor:
         self.local = False  # serving read-only from the cache, without the proxy
         self.failures = 0  # failed probes in a row
         self.next_probe = 0.0
+        self.storage = os.environ.get(STORAGE_ENV) or settings.storage
+        self.floor_mb = settings.min_free_mb if self.storage else 0  # 0: free space not checked
+        self.resume_mb = self.floor_mb + max(MARGIN_MIN_MB, self.floor_mb // MARGIN_DIVISOR)
+        self.low_space = False  # below the floor, and not yet above floor plus margin again
+        self.free_mb = 0  # at the last check that worked
+        self.space_error = ""  # the last check's error, said once
+        # Read-only, and the free space is what keeps it so: the upstream answered at the last probe (or was not
+        # probed since the switch for space).
+        self.held_for_space = False
 
     def tls(self) -> ssl.SSLContext:
         """The system trust store, loaded once: loading it costs most of a second on a slow (emulated) CPU."""
@@ -417,7 +444,7 @@ class Supervisor:
                     status = self.after_exit(self.child.returncode)
                     if status is not None:
                         return status
-                elif self.settings.offline_fallback and time.monotonic() >= self.next_probe:
+                elif (self.settings.offline_fallback or self.floor_mb) and time.monotonic() >= self.next_probe:
                     self.probe()
             return 0
         except Stopping:  # SIGTERM right at the end of an upstream request
@@ -427,9 +454,17 @@ class Supervisor:
 
     def begin(self) -> None:
         """Most starts find the upstream answering: start in pull-through mode at once and probe meanwhile, so that
-        VMs do not wait for the probe as well as for the registry's own start."""
-        self.child = self.start(local=False)
-        if self.settings.offline_fallback:
+        VMs do not wait for the probe as well as for the registry's own start. Below the free-space floor, start
+        read-only at once."""
+        if self.settings.min_free_mb and not self.floor_mb:
+            say(f"min_free_mb is {self.settings.min_free_mb} but no storage directory is set (storage, {STORAGE_ENV}): "
+                "free space is not checked")
+        if self.check_space():
+            self.local = self.held_for_space = True
+            self.child = self.start(local=True)
+        else:
+            self.child = self.start(local=False)
+        if self.settings.offline_fallback and not self.local:
             reachable, why = self.upstream_answers(self.settings.start_probe_timeout)
             if not reachable and not self.stopping:
                 say(f"upstream {self.upstream} unreachable ({why}): serving the cache read-only without the proxy")
@@ -456,27 +491,84 @@ class Supervisor:
         return status or 1
 
     def probe(self) -> None:
-        """Probe the upstream; switch to read-only after a confirmed failure, and back when it answers."""
+        """Check the free space and probe the upstream; switch to read-only below the free-space floor or after a
+        confirmed upstream failure, and back when there is space again and the upstream answers."""
         settings = self.settings
         self.next_probe = time.monotonic() + settings.probe_interval
-        reachable, why = self.upstream_answers()
+        was_low = self.low_space
+        if self.check_space() and not self.local:
+            self.held_for_space = True
+            self.switch()
+            return
+        reachable, why = self.upstream_answers() if settings.offline_fallback else (True, "")
         if self.stopping:
             return
         self.failures = 0 if reachable else self.failures + 1
         if self.failures and not self.local:
             self.next_probe = time.monotonic() + min(settings.confirm_after, settings.probe_interval)
-        if self.local and reachable:
-            say(f"upstream {self.upstream} answers again ({why}): back to pull-through mode")
+        if self.local:
+            if not self.may_leave_read_only(reachable, why, space_back=was_low and not self.low_space):
+                return
             self.check_token_service()
-        elif not self.local and self.failures >= settings.failures_before_fallback:
+        elif self.failures >= settings.failures_before_fallback:
             say(f"upstream {self.upstream} unreachable ({why}): serving the cache read-only without the proxy")
         else:
             return
+        self.switch()
+
+    def switch(self) -> None:
+        """Replace the registry with one in the other mode."""
         self.local = not self.local
         self.failures = 0
-        self.next_probe = time.monotonic() + settings.probe_interval
+        self.next_probe = time.monotonic() + self.settings.probe_interval
         if self.child is not None:
-            self.child = self.replace(self.child, self.local, settings.switch_grace)
+            self.child = self.replace(self.child, self.local, self.settings.switch_grace)
+
+    def check_space(self) -> bool:
+        """Whether the cache's filesystem is short of space: below the floor, or not yet above floor plus margin
+        after it was; says so when it becomes short. Keeps the last answer when statvfs fails."""
+        if not self.floor_mb:
+            return False
+        try:
+            stat = os.statvfs(self.storage)
+        except OSError as exc:
+            if str(exc) != self.space_error:
+                say(f"cannot check the free space on {self.storage} ({exc}): the mode stays as it is")
+            self.space_error = str(exc)
+            return self.low_space
+        self.space_error = ""
+        free = stat.f_bavail * stat.f_frsize  # what the unprivileged service user may still write
+        self.free_mb = free // MIB
+        if free < self.floor_mb * MIB and not self.low_space:
+            self.low_space = True
+            say(f"WARNING: {self.free_mb} MiB free on {self.storage}, below the floor of {self.floor_mb} MiB: serving "
+                f"the cache read-only and storing nothing new until more than {self.resume_mb} MiB are free")
+        elif free > self.resume_mb * MIB:
+            self.low_space = False
+        return self.low_space
+
+    def may_leave_read_only(self, reachable: bool, why: str, space_back: bool) -> bool:
+        """Whether to return to pull-through mode (said in the journal): the upstream answers and, with a floor,
+        there is space. SPACE_BACK: free space rose above floor plus margin at this tick."""
+        space = f"{self.free_mb} MiB free on {self.storage} again (floor {self.floor_mb} MiB)"
+        if self.low_space:
+            if reachable and not self.held_for_space:
+                say(f"upstream {self.upstream} answers again ({why}), but only {self.free_mb} MiB are free on "
+                    f"{self.storage} (more than {self.resume_mb} MiB needed): still serving the cache read-only")
+            self.held_for_space = reachable
+            return False
+        if not reachable:
+            if space_back:
+                say(f"{space}, but upstream {self.upstream} is unreachable ({why}): still serving the cache read-only")
+            self.held_for_space = False
+            return False
+        if self.held_for_space or space_back:
+            answers = f" and upstream {self.upstream} answers ({why})" if self.settings.offline_fallback else ""
+            say(f"{space}{answers}: back to pull-through mode")
+        else:
+            say(f"upstream {self.upstream} answers again ({why}): back to pull-through mode")
+        self.held_for_space = False
+        return True
 
     def stop_all(self) -> None:
         """Stop the registry and any process still draining; kill what has not exited after the stop timeout."""

@@ -3,7 +3,8 @@
 """Real stand-ins for what registry-supervisor talks to: an HTTP upstream in a thread that can be up, down (refusing
 connections), hanging, resetting connections or refusing tokens, and a fake `registry` binary (a small Python program)
 that records how it was started, the signals it got and when it exited, listens on its ports like distribution
-(and fails when a port is taken), and contacts the upstream at start in pull-through mode (exiting when it cannot)."""
+(and fails when a port is taken), and contacts the upstream at start in pull-through mode (exiting when it cannot);
+and a storage directory whose free space the test sets (FakeDisk)."""
 from __future__ import annotations
 
 import importlib.util
@@ -243,11 +244,67 @@ record("exit", status=0)
 '''
 
 
+class FakeDisk:
+    """A storage directory whose filesystem has as much free space as the test says: the supervisor runs under a
+    launcher that answers os.statvfs for this one directory from a file (every other path gets the real answer), and
+    records each such call."""
+
+    def __init__(self, tmp_path: Path, free_mb: float) -> None:
+        self.path = tmp_path / "storage"
+        self.path.mkdir()
+        self.control = tmp_path / "storage.free"
+        self.log = tmp_path / "storage.statvfs"
+        self.set(free_mb)
+
+    def set(self, free_mb: float) -> None:
+        """From now on, FREE_MB MiB are free."""
+        staged = self.control.with_suffix(".new")
+        staged.write_text(str(int(free_mb * 1024 * 1024)), encoding="utf-8")
+        staged.replace(self.control)  # the supervisor never reads half a number
+
+    def checks(self) -> int:
+        """How many times the supervisor asked for this directory's free space."""
+        try:
+            return len(self.log.read_text(encoding="utf-8").splitlines())
+        except FileNotFoundError:
+            return 0
+
+    def env(self) -> dict[str, str]:
+        """What the launcher needs to know."""
+        return {"FAKE_DISK_DIR": str(self.path), "FAKE_DISK_FREE": str(self.control), "FAKE_DISK_LOG": str(self.log)}
+
+
+# Runs registry-supervisor (argv[1], its settings argv[2]) as __main__ with os.statvfs answering from FAKE_DISK_FREE
+# (bytes) for FAKE_DISK_DIR only. Fragments (f_frsize) are 4 KiB and blocks (f_bsize) 1 MiB: only f_bavail * f_frsize
+# is the space an unprivileged user may still write.
+DISK_LAUNCHER = r'''
+import os, runpy, sys
+real_statvfs = os.statvfs
+disk = os.path.realpath(os.environ["FAKE_DISK_DIR"])
+
+
+def statvfs(path):
+    if isinstance(path, int) or os.path.realpath(path) != disk:
+        return real_statvfs(path)
+    with open(os.environ["FAKE_DISK_LOG"], "a", encoding="utf-8") as log:
+        log.write("statvfs\n")
+    with open(os.environ["FAKE_DISK_FREE"], encoding="utf-8") as handle:
+        fragments = int(handle.read()) // 4096
+    return os.statvfs_result((1 << 20, 4096, 1 << 30, fragments + 1280, fragments, 1 << 20, 1 << 19, 1 << 19, 0, 255))
+
+
+os.statvfs = statvfs
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+'''
+
+
 class SupervisorRun:
     """registry-supervisor running as a program with a fake registry and an upstream, and what happened."""
 
     def __init__(self, tmp_path: Path, upstream: FakeUpstream, *, drain: float = 0.0, metrics: bool = False,
-                 credentials: tuple[str, str] | None = ("mirror-user", "s3cret"), **settings: Any) -> None:
+                 credentials: tuple[str, str] | None = ("mirror-user", "s3cret"), disk: FakeDisk | None = None,
+                 extra_env: dict[str, str] | None = None, **settings: Any) -> None:
         self.log = tmp_path / "registry.log"
         binary = tmp_path / "registry"
         binary.write_text(FAKE_REGISTRY_WRAPPER, encoding="utf-8")
@@ -266,9 +323,14 @@ class SupervisorRun:
         env.update(FAKE_REGISTRY_LOG=str(self.log), FAKE_REGISTRY_PYTHON=sys.executable)
         if credentials:
             env.update(REGISTRY_PROXY_USERNAME=credentials[0], REGISTRY_PROXY_PASSWORD=credentials[1])
+        env.update(extra_env or {})
+        launcher: list[str] = []
+        if disk is not None:
+            env.update(disk.env())
+            launcher = ["-c", DISK_LAUNCHER]
         self.lines: list[tuple[float, str]] = []
         self.started = time.time()
-        self.proc = subprocess.Popen([sys.executable, str(SUPERVISOR), str(self.settings)], env=env,
+        self.proc = subprocess.Popen([sys.executable, *launcher, str(SUPERVISOR), str(self.settings)], env=env,
                                      stderr=subprocess.PIPE, text=True)
         threading.Thread(target=self._read, daemon=True).start()
 

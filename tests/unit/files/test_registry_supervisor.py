@@ -12,11 +12,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from registry_fakes import FAST, FakeUpstream, SupervisorRun, load_supervisor, pull_through, read_only, wait_for
+from registry_fakes import (FAST, FakeDisk, FakeUpstream, SupervisorRun, load_supervisor, pull_through, read_only,
+                            wait_for)
 
 UNREACHABLE = "unreachable"
 READ_ONLY_SWITCH = "serving the cache read-only without the proxy"
 NO_METRICS = "no metrics listener until the next switch or restart"
+PROG = "registry-supervisor: "
+FLOOR_MB = 1024
+RESUME_MB = 1126  # back to pull-through above the floor plus a tenth of it (more than the 64 MiB minimum)
 
 
 @pytest.fixture(name="upstream")
@@ -206,12 +210,155 @@ def test_without_offline_fallback_the_registry_runs_alone(tmp_path: Path, upstre
     assert len(supervisor.starts()) == 1 and not upstream.probes()
 
 
+# --- The free-space floor ---------------------------------------------------------------------------------------------
+
+def low_space(free_mb: int, storage: Path) -> str:
+    """The journal line of a switch to read-only for want of space."""
+    return (f"{PROG}WARNING: {free_mb} MiB free on {storage}, below the floor of {FLOOR_MB} MiB: serving the cache "
+            f"read-only and storing nothing new until more than {RESUME_MB} MiB are free")
+
+
+def space_back(free_mb: int, storage: Path, upstream: FakeUpstream | None = None) -> str:
+    """The journal line of the return to pull-through mode once there is space again (and the upstream answers)."""
+    answers = f" and upstream {upstream.url} answers (200)" if upstream else ""
+    return f"{PROG}{free_mb} MiB free on {storage} again (floor {FLOOR_MB} MiB){answers}: back to pull-through mode"
+
+
+def lines(supervisor: SupervisorRun) -> list[str]:
+    return supervisor.journal().splitlines()
+
+
+def still(supervisor: SupervisorRun, count: int, disk: FakeDisk | None = None) -> None:
+    """After several more probe ticks (that checked the disk), still COUNT registries started."""
+    checks = disk.checks() if disk else 0
+    time.sleep(4 * FAST["probe_interval"])
+    assert len(supervisor.starts()) == count, (supervisor.starts(), supervisor.journal())
+    if disk:
+        assert disk.checks() >= checks + 2, "the free space was not checked at the probe ticks"
+
+
+@pytest.mark.parametrize("phase", ["at start", "while serving"])
+def test_below_the_floor_the_cache_is_served_read_only_although_the_upstream_answers(
+        tmp_path: Path, upstream: FakeUpstream, run: list[SupervisorRun], phase: str) -> None:
+    disk = FakeDisk(tmp_path, free_mb=100 if phase == "at start" else 2000)
+    supervisor = start(run, tmp_path, upstream, disk=disk, storage=str(disk.path), min_free_mb=FLOOR_MB)
+    count = 1
+    if phase == "while serving":
+        assert pull_through(supervisor.serving())
+        disk.set(100)
+        count = 2
+    registry = supervisor.serving(count=count)
+    assert read_only(registry), registry  # REGISTRY_PROXY_REMOTEURL="", storage read-only, no credentials
+    assert all(read_only(r) for r in supervisor.starts()[1:]), supervisor.starts()  # at start: never pull-through
+    assert low_space(100, disk.path) in lines(supervisor), supervisor.journal()
+    still(supervisor, count, disk)  # the upstream answers all along
+    assert supervisor.journal().count("WARNING") == 1 and UNREACHABLE not in supervisor.journal()
+
+
+def test_back_to_pull_through_only_above_the_floor_plus_the_margin(tmp_path: Path, upstream: FakeUpstream,
+                                                                   run: list[SupervisorRun]) -> None:
+    disk = FakeDisk(tmp_path, free_mb=100)
+    supervisor = start(run, tmp_path, upstream, disk=disk, storage=str(disk.path), min_free_mb=FLOOR_MB)
+    assert read_only(supervisor.serving())
+    disk.set(FLOOR_MB + 76)  # above the floor, not above the margin: stays read-only
+    still(supervisor, 1, disk)
+    disk.set(RESUME_MB + 1)
+    back = supervisor.serving(count=2)
+    assert pull_through(back) and back["env"]["REGISTRY_PROXY_PASSWORD"] == "s3cret"
+    assert space_back(RESUME_MB + 1, disk.path, upstream) in lines(supervisor), supervisor.journal()
+    disk.set(FLOOR_MB + 76)  # the other side of the margin: above the floor, pull-through stays
+    still(supervisor, 2, disk)
+    disk.set(FLOOR_MB - 1)
+    assert read_only(supervisor.serving(count=3))
+    assert low_space(FLOOR_MB - 1, disk.path) in lines(supervisor)
+
+
+def test_space_and_the_upstream_must_both_be_back(tmp_path: Path, upstream: FakeUpstream,
+                                                   run: list[SupervisorRun]) -> None:
+    disk = FakeDisk(tmp_path, free_mb=100)
+    upstream.set("down")
+    supervisor = start(run, tmp_path, upstream, disk=disk, storage=str(disk.path), min_free_mb=FLOOR_MB)
+    assert read_only(supervisor.serving())
+    still(supervisor, 1, disk)
+    # The upstream returns, the disk is still full: said once, read-only stays.
+    upstream.set("up")
+    wait_for("the upstream's return", lambda: supervisor.said(
+        f"upstream {upstream.url} answers again (200), but only 100 MiB are free on {disk.path} (more than "
+        f"{RESUME_MB} MiB needed): still serving the cache read-only"), 3)
+    still(supervisor, 1, disk)
+    assert supervisor.journal().count("answers again") == 1
+    # The upstream goes away, then space is back: read-only stays, waiting for the upstream.
+    upstream.set("down")
+    disk.set(5000)  # the first tick that sees the space probes the upstream after this
+    wait_for("the space's return", lambda: supervisor.said(
+        f"5000 MiB free on {disk.path} again (floor {FLOOR_MB} MiB), but upstream {upstream.url} is unreachable ("), 3)
+    still(supervisor, 1, disk)
+    upstream.set("up")
+    assert pull_through(supervisor.serving(count=2))
+    assert f"{PROG}upstream {upstream.url} answers again (200): back to pull-through mode" in lines(supervisor)
+
+
+def test_without_offline_fallback_the_floor_still_applies_without_probes(
+        tmp_path: Path, upstream: FakeUpstream, run: list[SupervisorRun]) -> None:
+    disk = FakeDisk(tmp_path, free_mb=2000)
+    supervisor = start(run, tmp_path, upstream, disk=disk, storage=str(disk.path), min_free_mb=FLOOR_MB,
+                       offline_fallback=False)
+    assert pull_through(supervisor.serving())
+    disk.set(0)
+    assert read_only(supervisor.serving(count=2))
+    assert low_space(0, disk.path) in lines(supervisor)
+    disk.set(2000)
+    assert pull_through(supervisor.serving(count=3))
+    assert space_back(2000, disk.path) in lines(supervisor), supervisor.journal()
+    assert not upstream.probes()
+
+
+def test_floor_0_never_checks(tmp_path: Path, upstream: FakeUpstream, run: list[SupervisorRun]) -> None:
+    disk = FakeDisk(tmp_path, free_mb=0)
+    supervisor = start(run, tmp_path, upstream, disk=disk, storage=str(disk.path), min_free_mb=0)
+    assert pull_through(supervisor.serving())
+    still(supervisor, 1)
+    assert disk.checks() == 0
+    assert supervisor.journal() == "", supervisor.journal()
+
+
+def test_the_environment_s_storage_directory_is_the_one_checked(tmp_path: Path, upstream: FakeUpstream,
+                                                               run: list[SupervisorRun]) -> None:
+    """A systemd drop-in moves the storage with REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY: distribution stores there,
+    so that is the filesystem that fills up."""
+    disk = FakeDisk(tmp_path, free_mb=100)
+    supervisor = start(run, tmp_path, upstream, disk=disk, storage=str(tmp_path / "configured"),
+                       min_free_mb=FLOOR_MB, extra_env={"REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(disk.path)})
+    assert read_only(supervisor.serving())
+    assert low_space(100, disk.path) in lines(supervisor), supervisor.journal()
+
+
+@pytest.mark.parametrize("storage", ["missing", "not set"])
+def test_an_unknown_free_space_is_said_once_and_changes_nothing(
+        tmp_path: Path, upstream: FakeUpstream, run: list[SupervisorRun], storage: str) -> None:
+    settings = {"storage": str(tmp_path / "missing")} if storage == "missing" else {}
+    supervisor = start(run, tmp_path, upstream, min_free_mb=FLOOR_MB, **settings)
+    assert pull_through(supervisor.serving())
+    still(supervisor, 1)
+    if storage == "missing":
+        expected = f"{PROG}cannot check the free space on {tmp_path / 'missing'} ([Errno 2] No such file or directory: "
+    else:
+        expected = (f"{PROG}min_free_mb is {FLOOR_MB} but no storage directory is set (storage, "
+                    "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY): free space is not checked")
+    assert [line for line in lines(supervisor) if line.startswith(expected)] == lines(supervisor), supervisor.journal()
+    assert len(lines(supervisor)) == 1
+
+
 @pytest.mark.parametrize(("content", "error"), [
     ({"binary": "/r", "config": "/c", "upstream": "https://u"}, "missing version"),
     ({"binary": "/r", "config": "/c", "upstream": "https://u", "version": "3.1.1", "probe_intervall": 3},
      "unknown setting 'probe_intervall'"),
     ({"binary": "/r", "config": "/c", "upstream": "https://u", "version": "3.1.1", "metrics": "yes"},
      "metrics must be true or false"),
+    ({"binary": "/r", "config": "/c", "upstream": "https://u", "version": "3.1.1", "min_free_mb": -1},
+     "min_free_mb must be a whole number >= 0"),
+    ({"binary": "/r", "config": "/c", "upstream": "https://u", "version": "3.1.1", "storage": ""},
+     "storage must be a non-empty string"),
     ({"binary": "/r", "config": "/c", "upstream": "https://u", "version": "latest"}, "not a distribution version"),
 ])
 def test_invalid_settings_are_refused_naming_the_problem(tmp_path: Path, content: dict[str, object],
@@ -229,8 +376,10 @@ def test_settings_as_the_role_writes_them(tmp_path: Path) -> None:
     path.write_text(json.dumps({"_comment": "Ansible managed", "binary": "/usr/local/bin/registry",
                                 "config": "/etc/registry/config.yml", "upstream": "https://registry-1.docker.io/",
                                 "version": "3.1.1", "offline_fallback": True, "metrics": False,
-                                "probe_interval": 15}), encoding="utf-8")
+                                "probe_interval": 15, "storage": "/var/lib/registry", "min_free_mb": 2048}),
+                    encoding="utf-8")
     settings = supervisor.Settings.load(str(path))
     assert settings.upstream == "https://registry-1.docker.io"
     assert (settings.probe_interval, settings.probe_timeout, settings.confirm_after) == (15, 3.0, 1.0)
     assert (settings.start_probe_timeout, settings.failures_before_fallback, settings.stop_timeout) == (2.0, 2, 70.0)
+    assert (settings.storage, settings.min_free_mb) == ("/var/lib/registry", 2048)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib.util
 import io
 import platform
 import struct
@@ -17,20 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from world import gobuild
+
 REPO = Path(__file__).resolve().parents[3]
-MODULE_PATH = REPO / "world" / "gobuild.py"
-
-
-def _load():
-    # By path: world/ may or may not be a package, and gobuild.py is stdlib-only and self-contained.
-    spec = importlib.util.spec_from_file_location("world_gobuild_under_test", MODULE_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-gobuild = _load()
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64
