@@ -17,7 +17,8 @@ from . import gobuild
 from .config import (ARCHES, BROKEN_VERSION, CACHE, DEBS, FIXTURE_DEBS, LABEL_RECIPE, LOGS, PATCHED_VERSION, REGISTRY_VERSION,
                      RELEASE_VERSIONS, RELEASES, SOURCE_VERSION, TAMPERED_VERSION, TARGET_IMAGE)
 from .deps import APT_ENV
-from .util import WorldError, image_label, log, out, read_text, recipe_hash, reproducible_tarball, run, sha256_bytes, sha256_file, step, warn, write_bytes, write_text
+from .util import (WorldError, image_label, log, out, read_text, recipe_hash, reproducible_tarball, run, sha256_bytes, sha256_file,
+                   step, warn, write_bytes, write_text)
 
 
 def deb_path(package: str, arch: str) -> Path | None:

@@ -83,6 +83,7 @@ _RANGES = {
     "registry_mirror_upstream_probe_interval": (1, 3600, "seconds"),
     "registry_mirror_start_timeout": (1, 3600, "seconds"),
     "registry_mirror_cert_min_valid_days": (0, 3650, "days"),
+    "registry_mirror_min_free_space_mb": (0, 10 * 1024 * 1024, "MiB"),
 }
 _TRUE = frozenset(("true", "yes", "on", "1", "y", "t"))
 _FALSE = frozenset(("false", "no", "off", "0", "n", "f"))

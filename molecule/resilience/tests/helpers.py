@@ -25,7 +25,7 @@ from conftest import ARCH, DEFAULT_VERSION, MIRROR, Hub, run, world
 # Time limits are for a native target; the arm64 target runs under qemu user emulation (about 3x slower).
 SLOW = 3.0 if ARCH == "arm64" else 1.0
 STORAGE = "/var/lib/registry"
-SMALL_FS = "/srv/registry-small"  # an 8 MiB tmpfs of the target (molecule.yml), for the disk-full case
+SMALL_FS = "/srv/registry-small"  # a 128 MiB tmpfs of the target (.config/molecule/config.yml), for the disk-full case
 CERTS = "/var/lib/actuated/certs"
 ALPINE = "library/alpine:latest"
 ALPINE_320 = "library/alpine:3.20"  # same content as latest, another tag: uncached until something pulls it

@@ -247,9 +247,11 @@ record("exit", status=0)
 class FakeDisk:
     """A storage directory whose filesystem has as much free space as the test says: the supervisor runs under a
     launcher that answers os.statvfs for this one directory from a file (every other path gets the real answer), and
-    records each such call."""
+    records each such call. IN_ENVIRONMENT: the supervisor's environment names it, as a systemd drop-in that moves the
+    storage does (REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY)."""
 
-    def __init__(self, tmp_path: Path, free_mb: float) -> None:
+    def __init__(self, tmp_path: Path, free_mb: float, in_environment: bool = False) -> None:
+        self.in_environment = in_environment
         self.path = tmp_path / "storage"
         self.path.mkdir()
         self.control = tmp_path / "storage.free"
@@ -270,8 +272,11 @@ class FakeDisk:
             return 0
 
     def env(self) -> dict[str, str]:
-        """What the launcher needs to know."""
-        return {"FAKE_DISK_DIR": str(self.path), "FAKE_DISK_FREE": str(self.control), "FAKE_DISK_LOG": str(self.log)}
+        """What the launcher needs to know, and the storage directory for the supervisor if IN_ENVIRONMENT."""
+        env = {"FAKE_DISK_DIR": str(self.path), "FAKE_DISK_FREE": str(self.control), "FAKE_DISK_LOG": str(self.log)}
+        if self.in_environment:
+            env["REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY"] = str(self.path)
+        return env
 
 
 # Runs registry-supervisor (argv[1], its settings argv[2]) as __main__ with os.statvfs answering from FAKE_DISK_FREE
@@ -303,8 +308,7 @@ class SupervisorRun:
     """registry-supervisor running as a program with a fake registry and an upstream, and what happened."""
 
     def __init__(self, tmp_path: Path, upstream: FakeUpstream, *, drain: float = 0.0, metrics: bool = False,
-                 credentials: tuple[str, str] | None = ("mirror-user", "s3cret"), disk: FakeDisk | None = None,
-                 extra_env: dict[str, str] | None = None, **settings: Any) -> None:
+                 credentials: tuple[str, str] | None = ("mirror-user", "s3cret"), **settings: Any) -> None:
         self.log = tmp_path / "registry.log"
         binary = tmp_path / "registry"
         binary.write_text(FAKE_REGISTRY_WRAPPER, encoding="utf-8")
@@ -323,16 +327,14 @@ class SupervisorRun:
         env.update(FAKE_REGISTRY_LOG=str(self.log), FAKE_REGISTRY_PYTHON=sys.executable)
         if credentials:
             env.update(REGISTRY_PROXY_USERNAME=credentials[0], REGISTRY_PROXY_PASSWORD=credentials[1])
-        env.update(extra_env or {})
-        launcher: list[str] = []
-        if disk is not None:
-            env.update(disk.env())
-            launcher = ["-c", DISK_LAUNCHER]
         self.lines: list[tuple[float, str]] = []
         self.started = time.time()
-        self.proc = subprocess.Popen([sys.executable, *launcher, str(SUPERVISOR), str(self.settings)], env=env,
-                                     stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(self.command(env), env=env, stderr=subprocess.PIPE, text=True)
         threading.Thread(target=self._read, daemon=True).start()
+
+    def command(self, _env: dict[str, str]) -> list[str]:
+        """The supervisor's command line (ENV: its environment, to add to)."""
+        return [sys.executable, str(SUPERVISOR), str(self.settings)]
 
     def _read(self) -> None:
         assert self.proc.stderr is not None
@@ -377,6 +379,18 @@ class SupervisorRun:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=timeout)
+
+
+class SupervisorOnDisk(SupervisorRun):
+    """A SupervisorRun whose os.statvfs answers for DISK's directory from the test's figure."""
+
+    def __init__(self, tmp_path: Path, upstream: FakeUpstream, disk: FakeDisk, **options: Any) -> None:
+        self.disk = disk
+        super().__init__(tmp_path, upstream, **options)
+
+    def command(self, env: dict[str, str]) -> list[str]:
+        env.update(self.disk.env())
+        return [sys.executable, "-c", DISK_LAUNCHER, *super().command(env)[1:]]
 
 
 def pull_through(start: dict[str, Any]) -> bool:

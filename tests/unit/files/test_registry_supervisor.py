@@ -12,8 +12,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from registry_fakes import (FAST, FakeDisk, FakeUpstream, SupervisorRun, load_supervisor, pull_through, read_only,
-                            wait_for)
+from registry_fakes import (
+    FAST,
+    FakeDisk,
+    FakeUpstream,
+    SupervisorOnDisk,
+    SupervisorRun,
+    load_supervisor,
+    pull_through,
+    read_only,
+    wait_for,
+)
 
 UNREACHABLE = "unreachable"
 READ_ONLY_SWITCH = "serving the cache read-only without the proxy"
@@ -39,8 +48,11 @@ def fixture_run(tmp_path: Path, upstream: FakeUpstream) -> Iterator[list[Supervi
         supervisor.stop()
 
 
-def start(runs: list[SupervisorRun], tmp_path: Path, upstream: FakeUpstream, **kwargs: object) -> SupervisorRun:
-    supervisor = SupervisorRun(tmp_path, upstream, **kwargs)  # type: ignore[arg-type]
+def start(runs: list[SupervisorRun], tmp_path: Path, upstream: FakeUpstream, disk: FakeDisk | None = None,
+          **kwargs: object) -> SupervisorRun:
+    """A supervisor, with DISK's free space if given."""
+    supervisor = (SupervisorOnDisk(tmp_path, upstream, disk, **kwargs) if disk
+                  else SupervisorRun(tmp_path, upstream, **kwargs))  # type: ignore[arg-type]
     runs.append(supervisor)
     return supervisor
 
@@ -249,7 +261,7 @@ def test_below_the_floor_the_cache_is_served_read_only_although_the_upstream_ans
         count = 2
     registry = supervisor.serving(count=count)
     assert read_only(registry), registry  # REGISTRY_PROXY_REMOTEURL="", storage read-only, no credentials
-    assert all(read_only(r) for r in supervisor.starts()[1:]), supervisor.starts()  # at start: never pull-through
+    assert all(read_only(r) for r in supervisor.starts()[count - 1:]), supervisor.starts()  # at start: no pull-through
     assert low_space(100, disk.path) in lines(supervisor), supervisor.journal()
     still(supervisor, count, disk)  # the upstream answers all along
     assert supervisor.journal().count("WARNING") == 1 and UNREACHABLE not in supervisor.journal()
@@ -310,7 +322,9 @@ def test_without_offline_fallback_the_floor_still_applies_without_probes(
     disk.set(2000)
     assert pull_through(supervisor.serving(count=3))
     assert space_back(2000, disk.path) in lines(supervisor), supervisor.journal()
-    assert not upstream.probes()
+    still(supervisor, 3, disk)
+    # The upstream's /v2/ was asked only by the token checks at start and at the return, never by a probe tick.
+    assert len(upstream.probes()) == 2, upstream.probes()
 
 
 def test_floor_0_never_checks(tmp_path: Path, upstream: FakeUpstream, run: list[SupervisorRun]) -> None:
@@ -326,9 +340,8 @@ def test_the_environment_s_storage_directory_is_the_one_checked(tmp_path: Path, 
                                                                run: list[SupervisorRun]) -> None:
     """A systemd drop-in moves the storage with REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY: distribution stores there,
     so that is the filesystem that fills up."""
-    disk = FakeDisk(tmp_path, free_mb=100)
-    supervisor = start(run, tmp_path, upstream, disk=disk, storage=str(tmp_path / "configured"),
-                       min_free_mb=FLOOR_MB, extra_env={"REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(disk.path)})
+    disk = FakeDisk(tmp_path, free_mb=100, in_environment=True)
+    supervisor = start(run, tmp_path, upstream, disk=disk, storage=str(tmp_path / "configured"), min_free_mb=FLOOR_MB)
     assert read_only(supervisor.serving())
     assert low_space(100, disk.path) in lines(supervisor), supervisor.journal()
 
@@ -336,8 +349,10 @@ def test_the_environment_s_storage_directory_is_the_one_checked(tmp_path: Path, 
 @pytest.mark.parametrize("storage", ["missing", "not set"])
 def test_an_unknown_free_space_is_said_once_and_changes_nothing(
         tmp_path: Path, upstream: FakeUpstream, run: list[SupervisorRun], storage: str) -> None:
-    settings = {"storage": str(tmp_path / "missing")} if storage == "missing" else {}
-    supervisor = start(run, tmp_path, upstream, min_free_mb=FLOOR_MB, **settings)
+    if storage == "missing":
+        supervisor = start(run, tmp_path, upstream, min_free_mb=FLOOR_MB, storage=str(tmp_path / "missing"))
+    else:
+        supervisor = start(run, tmp_path, upstream, min_free_mb=FLOOR_MB)
     assert pull_through(supervisor.serving())
     still(supervisor, 1)
     if storage == "missing":

@@ -1,8 +1,9 @@
 # Copyright (c) actuated.registry contributors
 # SPDX-License-Identifier: MIT
 
-"""The registry_mirror role's rollback: the snapshot (tasks/snapshot.yml) and restore (tasks/rollback.yml) shell
-scripts, run here on a tree under a temporary directory (they take absolute paths as arguments)."""
+"""The registry_mirror role's rollback: files/registry-rollback-snapshot.sh (run by tasks/snapshot.yml) and
+files/registry-rollback-restore.sh (run by tasks/rollback.yml), run here as ansible.builtin.script runs them there
+(`/bin/sh FILE ARGS`) on a tree under a temporary directory (they take absolute paths as arguments)."""
 
 from __future__ import annotations
 
@@ -11,18 +12,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
-TASKS = Path(__file__).resolve().parents[3] / "roles" / "registry_mirror" / "tasks"
-
-
-def snapshot_script() -> str:
-    return yaml.safe_load((TASKS / "snapshot.yml").read_text())[0]["vars"]["__registry_mirror_snapshot_script"]
-
-
-def restore_script() -> str:
-    block = yaml.safe_load((TASKS / "rollback.yml").read_text())[0]["block"]
-    return next(task for task in block if task["name"].startswith("Put back"))["vars"]["__registry_mirror_restore_script"]
+ROLE = Path(__file__).resolve().parents[3] / "roles" / "registry_mirror"
+FILES = ROLE / "files"
+SNAPSHOT = FILES / "registry-rollback-snapshot.sh"
+RESTORE = FILES / "registry-rollback-restore.sh"
 
 
 def state(root: Path) -> list[tuple[str, ...]]:
@@ -60,11 +54,11 @@ def snapshot(root: Path, config: str = "etc/registry", storage: str = "storage",
     files = [f"{config}/config.yml", f"{config}/proxy.env", f"{config}/supervisor.json", "lib/libexec", "bin/registry"]
     args = [str(root / "rollback"), *(str(root / f) for f in files), "--dirs", str(root / config), str(root / storage),
             "--staged", str(root / version)]
-    subprocess.run(["/bin/sh", "-c", snapshot_script(), "snapshot", *args], check=True)
+    subprocess.run(["/bin/sh", str(SNAPSHOT), *args], check=True)
 
 
 def restore(root: Path) -> None:
-    subprocess.run(["/bin/sh", "-c", restore_script(), "rollback", str(root / "rollback")], check=True)
+    subprocess.run(["/bin/sh", str(RESTORE), str(root / "rollback")], check=True)
 
 
 def test_a_run_that_changed_everything_is_put_back(tree: Path) -> None:
@@ -102,5 +96,19 @@ def test_a_snapshot_is_root_only_and_holds_no_unlisted_file(tree: Path) -> None:
     snapshot(tree)
     assert oct((tree / "rollback").stat().st_mode & 0o777) == "0o700"
     assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in (tree / "rollback").iterdir())
-    listed = subprocess.run(["tar", "-tf", str(tree / "rollback/files.tar")], check=True, capture_output=True, text=True).stdout
-    assert "storage" not in listed and "2.8.2-amd64" not in listed
+    listed = archived(tree / "rollback/files.tar")
+    assert not any("storage" in name or "2.8.2-amd64" in name for name in listed)
+    # The directories alone, without their contents (the cache).
+    assert archived(tree / "rollback/dirs.tar") == [str(tree / d).lstrip("/") for d in ("etc/registry", "storage")]
+
+
+def archived(tar: Path) -> list[str]:
+    listed = subprocess.run(["tar", "-tf", str(tar)], check=True, capture_output=True, text=True).stdout
+    return sorted(name.rstrip("/") for name in listed.splitlines())
+
+
+@pytest.mark.parametrize(("script", "task_file"), [(SNAPSHOT, "snapshot.yml"), (RESTORE, "rollback.yml")])
+def test_the_role_runs_these_files_and_they_refuse_a_wrong_command_line(script: Path, task_file: str) -> None:
+    assert f"{script.name} " in (ROLE / "tasks" / task_file).read_text()
+    wrong = subprocess.run(["/bin/sh", str(script)], capture_output=True, text=True, check=False)
+    assert wrong.returncode == 64 and wrong.stderr.startswith("usage: "), wrong

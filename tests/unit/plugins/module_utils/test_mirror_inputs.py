@@ -127,6 +127,12 @@ BAD_INPUT: dict[str, tuple[dict[str, t.Any], str, str]] = {
     "start timeout 0": ({"registry_mirror_start_timeout": 0}, "registry_mirror_start_timeout", "between 1 and 3600 seconds"),
     "start timeout a day": ({"registry_mirror_start_timeout": 86400}, "registry_mirror_start_timeout", "between 1 and 3600"),
     "negative validity": ({"registry_mirror_cert_min_valid_days": -1}, "registry_mirror_cert_min_valid_days", "between 0 and 3650"),
+    "negative free-space floor": ({"registry_mirror_min_free_space_mb": -1}, "registry_mirror_min_free_space_mb",
+                                  "between 0 and 10485760 MiB"),
+    "free-space floor above 10 TiB": ({"registry_mirror_min_free_space_mb": 10485761}, "registry_mirror_min_free_space_mb",
+                                      "between 0 and 10485760 MiB"),
+    "free-space floor with a unit": ({"registry_mirror_min_free_space_mb": "2G"}, "registry_mirror_min_free_space_mb",
+                                     "must be an integer"),
     # --- addresses
     "bind address out of range": ({"registry_mirror_bind_address": "192.168.129.300"}, "registry_mirror_bind_address",
                                   "not an IPv4 address"),
@@ -228,6 +234,8 @@ def test_the_defaults_pass() -> None:
     {"registry_mirror_dockerhub_username": "actuated-ci", "registry_mirror_dockerhub_token": "dckr_pat_AbC-1_2.x~!#%&'()*+,/:;<=>?@[]^{|}"},
     {"registry_mirror_metrics_enabled": True, "registry_mirror_metrics_port": 5001},
     {"registry_mirror_version": "3.0.0-rc.1"},
+    {"registry_mirror_min_free_space_mb": 0},
+    {"registry_mirror_min_free_space_mb": "10485760"},
 ], ids=",".join)
 def test_good_input_passes(overrides: dict[str, t.Any]) -> None:
     assert run(overrides).errors == []
