@@ -38,7 +38,7 @@ SUMMARY: dict[str, Any] = {
     "load": [],
     "security": [],
     "lost": {"cached_blobs_lost_or_altered": None, "pulls_that_should_have_worked_but_failed": 0, "details": []},
-    "bad_input": "21 cases, covered by molecule/variants (fail early, change nothing)",
+    "bad_input": "covered by tests/unit (no host) and molecule/variants (against a working mirror: fail early, change nothing; rollback)",
     "details": {},
 }
 

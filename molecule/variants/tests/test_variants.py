@@ -45,6 +45,7 @@ def test_upstream_refusal_is_reported_in_the_mirrors_errors(host, vm, hub):
     finally:
         hub.configure(anonymous=True)
         host.check_output("systemctl restart registry")
+        vm.sh(f"for i in $(seq 150); do curl -sf -o /dev/null https://{MIRROR}/v2/ && exit 0; sleep 0.2; done; exit 1")
     assert pulled.returncode != 0
     journal = host.check_output(f"journalctl --no-pager -o cat -u registry --since '{since}'")
     assert "refuses anonymous pulls (HTTP 401)" in journal, journal[-2000:]
