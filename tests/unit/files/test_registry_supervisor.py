@@ -285,8 +285,8 @@ def test_back_to_pull_through_only_above_the_floor_plus_the_margin(tmp_path: Pat
     assert low_space(FLOOR_MB - 1, disk.path) in lines(supervisor)
 
 
-def test_space_and_the_upstream_must_both_be_back(tmp_path: Path, upstream: FakeUpstream,
-                                                   run: list[SupervisorRun]) -> None:
+def test_space_and_the_upstream_must_both_be_back(
+        tmp_path: Path, upstream: FakeUpstream, run: list[SupervisorRun]) -> None:
     disk = FakeDisk(tmp_path, free_mb=100)
     upstream.set("down")
     supervisor = start(run, tmp_path, upstream, disk=disk, storage=str(disk.path), min_free_mb=FLOOR_MB)
@@ -336,8 +336,8 @@ def test_floor_0_never_checks(tmp_path: Path, upstream: FakeUpstream, run: list[
     assert supervisor.journal() == "", supervisor.journal()
 
 
-def test_the_environment_s_storage_directory_is_the_one_checked(tmp_path: Path, upstream: FakeUpstream,
-                                                               run: list[SupervisorRun]) -> None:
+def test_the_environment_s_storage_directory_is_the_one_checked(
+        tmp_path: Path, upstream: FakeUpstream, run: list[SupervisorRun]) -> None:
     """A systemd drop-in moves the storage with REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY: distribution stores there,
     so that is the filesystem that fills up."""
     disk = FakeDisk(tmp_path, free_mb=100, in_environment=True)
