@@ -190,9 +190,9 @@ class BenchWorld:  # pylint: disable=too-many-instance-attributes
         sh(["docker", "network", "connect", "--ip", HUB_IP, NETWORK, HUB])
         self.hub_port = int(sh(["docker", "port", HUB, "443/tcp"]).split()[0].rsplit(":", 1)[1])
         self.release_port = int(sh(["docker", "port", HUB, "8080/tcp"]).split()[0].rsplit(":", 1)[1])
-        # The emulated internet link, answering as hub.actuated.test on the bench network.
+        # The emulated internet link, answering as hub.actuated.test (and its token service auth.actuated.test).
         sh(["docker", "run", "-d", "--name", SHAPER, *common, "--network", NETWORK, "--ip", SHAPER_IP,
-            "--network-alias", world.HUB_NAME, "-v", f"{BENCH}:/bench:ro", world.CLIENT_IMAGE,
+            "--network-alias", world.HUB_NAME, "--network-alias", world.AUTH_NAME, "-v", f"{BENCH}:/bench:ro", world.CLIENT_IMAGE,
             "python3", "/bench/shaper.py", "--forward", f"443={HUB_IP}:443", "--forward", f"8080={HUB_IP}:8080",
             "--rtt-ms", str(self.rtt_ms), "--mbit", str(self.mbit)])
         # The client (a VM): skopeo, pulling into a tmpfs so that the client's disk is out of the picture.

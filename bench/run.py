@@ -505,6 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rtt-ms", type=float, default=40.0, help="emulated round-trip time to the upstream (default 40)")
     parser.add_argument("--mbit", type=float, default=100.0, help="emulated link bandwidth, Mbit/s per direction (default 100)")
     parser.add_argument("--no-arm64", action="store_true", help="skip the arm64 converge (full mode)")
+    parser.add_argument("--no-fleet", action="store_true", help="skip the fleets of 1/4/8 targets (full mode)")
     parser.add_argument("--keep", action="store_true", help="leave the containers and network for inspection")
     parser.add_argument("--cleanup", action="store_true", help="only remove what an earlier --keep run left")
     parser.add_argument("--render", action="store_true", help="only redraw report.md and pulls.png from results.json (with --smoke: the smoke's)")
@@ -526,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, terminated)  # clean up and keep the partial results, as on Ctrl-C
     if args.runs:
         plan = dataclasses.replace(plan, runs=max(1, args.runs), tuning_runs=max(1, args.runs))
+    if args.no_fleet:
+        plan = dataclasses.replace(plan, fleet=())
     with bench_lock():
         bench = Bench(plan, args)
         log(f"benchmark ({plan.mode}): results to {plan.out}, logs to {bench.logs}")

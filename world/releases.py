@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from . import gobuild
+from . import gobuild, gorelease
 from .config import (ARCHES, BROKEN_VERSION, CACHE, DEBS, FIXTURE_DEBS, LABEL_RECIPE, LOGS, PATCHED_VERSION, REGISTRY_VERSION,
                      RELEASE_VERSIONS, RELEASES, SOURCE_VERSION, TAMPERED_VERSION, TARGET_IMAGE)
 from .deps import APT_ENV
@@ -143,7 +143,7 @@ def cmd_releases() -> None:
         gobuild.log = log
         try:
             gobuild.build_releases(SOURCE_VERSION, ARCHES, RELEASES / f"v{SOURCE_VERSION}", CACHE)
-        except gobuild.GoBuildError as err:
+        except gorelease.GoBuildError as err:
             raise WorldError(str(err)) from err
 
 

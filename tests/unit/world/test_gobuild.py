@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from world import gobuild
+from world import gobuild, gorelease
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -61,22 +61,22 @@ def test_recipe_changes_with_each_input(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setitem(gobuild.SOURCES, "3.1.2", gobuild.Source(commit="c" * 40, sha256=SHA_A))
     others["version"] = gobuild.release_recipe("3.1.2", "amd64", SHA_A)
     with monkeypatch.context() as patch:
-        patch.setattr(gobuild, "LAYOUT_VERSION", gobuild.LAYOUT_VERSION + 1)
+        patch.setattr(gorelease, "LAYOUT_VERSION", gorelease.LAYOUT_VERSION + 1)
         others["layout"] = gobuild.release_recipe("3.1.1", "amd64", SHA_A)
     with monkeypatch.context() as patch:
         patch.setitem(gobuild.BUILD_ENV, "GOFLAGS", "-mod=mod")
         others["env"] = gobuild.release_recipe("3.1.1", "amd64", SHA_A)
     with monkeypatch.context() as patch:
-        patch.setattr(gobuild, "STRIP_LDFLAGS", "-s")
+        patch.setattr(gorelease, "STRIP_LDFLAGS", "-s")
         others["ldflags"] = gobuild.release_recipe("3.1.1", "amd64", SHA_A)
     with monkeypatch.context() as patch:
-        patch.setattr(gobuild, "BUILD_FLAGS", ("-trimpath",))
+        patch.setattr(gorelease, "BUILD_FLAGS", ("-trimpath",))
         others["flags"] = gobuild.release_recipe("3.1.1", "amd64", SHA_A)
     with monkeypatch.context() as patch:
-        patch.setattr(gobuild, "VERSION_STAMP", "{version}")
+        patch.setattr(gorelease, "VERSION_STAMP", "{version}")
         others["version stamp"] = gobuild.release_recipe("3.1.1", "amd64", SHA_A)
     with monkeypatch.context() as patch:
-        patch.setattr(gobuild, "GZIP_LEVEL", 9)
+        patch.setattr(gorelease, "GZIP_LEVEL", 9)
         others["gzip"] = gobuild.release_recipe("3.1.1", "amd64", SHA_A)
     assert base not in others.values()
     assert len(set(others.values())) == len(others)
@@ -89,7 +89,7 @@ def test_recipe_of_unknown_version_fails() -> None:
 
 def test_ldflags_stamp_version_revision_and_mainpkg() -> None:
     pkg = "github.com/distribution/distribution/v3"
-    assert gobuild.ldflags("3.1.1", "9a8d98b679740cd514aa7e7d84d23d442a5ef54c") == (
+    assert gorelease.ldflags("3.1.1", "9a8d98b679740cd514aa7e7d84d23d442a5ef54c") == (
         f"-s -w -X {pkg}/version.version=v3.1.1"
         f" -X {pkg}/version.revision=9a8d98b679740cd514aa7e7d84d23d442a5ef54c"
         f" -X {pkg}/version.mainpkg={pkg}")
@@ -115,7 +115,7 @@ def test_go_build_args() -> None:
     assert "-trimpath" in args
     assert args[args.index("-o") + 1] == "/x/registry"
     assert args[-1] == "./cmd/registry"
-    assert args[args.index("-ldflags") + 1] == gobuild.ldflags("3.1.1", "c" * 40)
+    assert args[args.index("-ldflags") + 1] == gorelease.ldflags("3.1.1", "c" * 40)
 
 
 def test_go_env_is_complete_and_stays_in_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -211,7 +211,7 @@ def test_check_elf_refuses_wrong_arch(tmp_path: Path) -> None:
 def test_check_elf_refuses_dynamic_binaries(tmp_path: Path, program_type: int) -> None:
     path = tmp_path / "registry"
     path.write_bytes(elf(183, [6, program_type, 1]))
-    assert gobuild.elf_info(path).static is False
+    assert gorelease.elf_info(path).static is False
     with pytest.raises(gobuild.GoBuildError, match="dynamically linked"):
         gobuild.check_elf(path, "arm64")
 
@@ -219,12 +219,12 @@ def test_check_elf_refuses_dynamic_binaries(tmp_path: Path, program_type: int) -
 def test_elf_info_32_bit_and_big_endian(tmp_path: Path) -> None:
     arm = tmp_path / "arm"
     arm.write_bytes(elf(40, [1, 3], bits=32))
-    assert gobuild.elf_info(arm) == gobuild.ElfInfo(bits=32, little_endian=True, machine=40, static=False)
+    assert gorelease.elf_info(arm) == gorelease.ElfInfo(bits=32, little_endian=True, machine=40, static=False)
     with pytest.raises(gobuild.GoBuildError, match="ELF32"):
         gobuild.check_elf(arm, "arm64")
     aarch64_be = tmp_path / "aarch64_be"
     aarch64_be.write_bytes(elf(183, [1], little=False))
-    assert gobuild.elf_info(aarch64_be) == gobuild.ElfInfo(bits=64, little_endian=False, machine=183, static=True)
+    assert gorelease.elf_info(aarch64_be) == gorelease.ElfInfo(bits=64, little_endian=False, machine=183, static=True)
     with pytest.raises(gobuild.GoBuildError, match="big-endian"):
         gobuild.check_elf(aarch64_be, "arm64")
 
@@ -234,27 +234,27 @@ def test_elf_info_refuses_non_elf_and_truncated(tmp_path: Path, content: bytes) 
     path = tmp_path / "registry"
     path.write_bytes(content)
     with pytest.raises(gobuild.GoBuildError):
-        gobuild.elf_info(path)
+        gorelease.elf_info(path)
 
 
 def test_elf_info_truncated_program_headers(tmp_path: Path) -> None:
     path = tmp_path / "registry"
     path.write_bytes(elf(62, [1, 1])[:64 + 56 + 2])
     with pytest.raises(gobuild.GoBuildError, match="truncated program header"):
-        gobuild.elf_info(path)
+        gorelease.elf_info(path)
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "aarch64"), reason="needs a known host arch")
 def test_elf_info_of_the_python_interpreter() -> None:
     arch = gobuild.host_arch()
-    info = gobuild.elf_info(Path(sys.executable).resolve())
-    assert (info.bits, info.machine) == (64, gobuild.ELF_MACHINES[arch])
+    info = gorelease.elf_info(Path(sys.executable).resolve())
+    assert (info.bits, info.machine) == (64, gorelease.ELF_MACHINES[arch])
     assert gobuild.version_runner(arch) == []
 
 
 def test_version_runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gobuild, "host_arch", lambda: "amd64")
-    monkeypatch.setattr(gobuild, "BINFMT_DIR", tmp_path)
+    monkeypatch.setattr(gorelease, "host_arch", lambda: "amd64")
+    monkeypatch.setattr(gorelease, "BINFMT_DIR", tmp_path)
     qemu = {"qemu-aarch64-static": "/usr/bin/qemu-aarch64-static"}
     monkeypatch.setattr(gobuild.shutil, "which", qemu.get)
     assert gobuild.version_runner("amd64") == []
@@ -314,8 +314,8 @@ def test_missing_source_names_the_variable(tmp_path: Path) -> None:
 
 
 def test_default_source_is_next_to_the_repository(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    assert gobuild.default_source("3.1.1") == REPO.parent / "shared" / "upstream" / "distribution-v3.1.1.tar.gz"
-    monkeypatch.setattr(gobuild, "REPO_ROOT", tmp_path / "repo")
+    assert gorelease.default_source("3.1.1") == REPO.parent / "shared" / "upstream" / "distribution-v3.1.1.tar.gz"
+    monkeypatch.setattr(gorelease, "REPO_ROOT", tmp_path / "repo")
     with pytest.raises(gobuild.GoBuildError, match="WORLD_DISTRIBUTION_SOURCE is not set") as err:
         gobuild.source_path("3.1.1", {})
     assert str(tmp_path / "shared" / "upstream" / "distribution-v3.1.1.tar.gz") in str(err.value)
