@@ -69,9 +69,9 @@ BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
 GZIP_LEVEL = 6  # what `tar -czf` (gzip's default) uses upstream
 VERSION_TIMEOUT = 60
 
+
 class GoBuildError(Exception):
     """A failure with a message meant for a person."""
-
 
 
 # --------------------------------------------------------------------------------------------------------------------
