@@ -257,9 +257,11 @@ def section_compared(res: dict[str, Any], earlier: dict[str, Any] | None) -> str
         return ""
     now, then = compared_figures(res), compared_figures(earlier)
     rows = [[label, then[label], now[label]] for label in now if label in then]
+    rows.append(["highest 1-min load average during the run (2 cores)", f"{peak_load(earlier)}", f"{peak_load(res)}"])
     text = f"\n## Compared with distribution {then_v}\n\n"
     text += table(["figure", f"distribution {then_v}", f"distribution {now_v}"], rows)
-    return text + ("\nBoth runs on the same kind of machine (2 cores, other jobs possible: see each run's load); the "
+    return text + ("\nBoth runs on the same kind of machine; the load line says how busy each was (the role's converge "
+                   "times and the warm figures move with it; the upstream bytes and GET counts do not). The "
                    f"{then_v} run is kept in `results/distribution-{then_v}/`.\n")
 
 
