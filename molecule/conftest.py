@@ -137,3 +137,29 @@ def recap(output: str) -> dict[str, int]:
         if " : ok=" in line:
             return {k: int(v) for k, v in (part.split("=") for part in line.split(":", 1)[1].split())}
     raise AssertionError("no PLAY RECAP in output:\n" + output[-3000:])
+
+
+def since(host) -> str:
+    """A journalctl --since value for now."""
+    return host.check_output("date '+%Y-%m-%d %H:%M:%S'")
+
+
+def journal(host, start: str) -> str:
+    """The registry unit's journal since START."""
+    return host.check_output(f"journalctl --no-pager -o cat -u registry --since '{start}'")
+
+
+def reconverge(converge, vm, *extra: str) -> None:
+    """Converge with EXTRA variables and wait until the mirror serves."""
+    args = [arg for pair in (("-e", e) for e in extra) for arg in pair]
+    result = converge(*args)
+    assert result.returncode == 0, result.stdout[-3000:]
+    vm.sh(f"for i in $(seq 150); do curl -sf -o /dev/null https://{MIRROR}/v2/ && exit 0; sleep 0.2; done; exit 1")
+
+
+def metric(text: str, name: str, kind: str = "") -> float:
+    """The value of NAME{type="KIND"} (NAME without labels if no KIND) in a Prometheus text exposition (0 when
+    absent)."""
+    labels = f'{{type="{kind}"}}' if kind else ""
+    found = re.search(rf'^{name}{re.escape(labels)} ([0-9.e+]+)$', text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0

@@ -84,6 +84,11 @@ _RANGES = {
     "registry_mirror_start_timeout": (1, 3600, "seconds"),
     "registry_mirror_cert_min_valid_days": (0, 3650, "days"),
     "registry_mirror_min_free_space_mb": (0, 10 * 1024 * 1024, "MiB"),
+    "registry_mirror_cache_budget_mb": (0, 1024 * 1024 * 1024, "MiB"),
+    "registry_mirror_cache_budget_percent": (0, 90, "percent"),
+    "registry_mirror_cache_low_water_percent": (10, 95, "percent"),
+    "registry_mirror_cache_collect_interval": (0, 8760, "hours"),
+    "registry_mirror_supervisor_port": (LOWEST_UNPRIVILEGED_PORT, 65535, "port"),
 }
 _TRUE = frozenset(("true", "yes", "on", "1", "y", "t"))
 _FALSE = frozenset(("false", "no", "off", "0", "n", "f"))
@@ -569,6 +574,11 @@ def _conflicts(values: t.Mapping[str, t.Any]) -> list:
     if get("registry_mirror_metrics_enabled") and get("registry_mirror_metrics_port", -1) == get("registry_mirror_port"):
         errors.append(f"registry_mirror_metrics_port is {get('registry_mirror_port')}, the same as registry_mirror_port: "
                       "the metrics listener needs a port of its own")
+    supervisor_port = get("registry_mirror_supervisor_port", -1)
+    for name in ("registry_mirror_port", "registry_mirror_metrics_port"):
+        if supervisor_port == get(name) and (name == "registry_mirror_port" or get("registry_mirror_metrics_enabled")):
+            errors.append(f"registry_mirror_supervisor_port is {supervisor_port}, the same as {name}: the supervisor's "
+                          "listener needs a port of its own")
     if get("registry_mirror_cert_fail_when_expiring") and get("registry_mirror_cert_min_valid_days") == 0:
         errors.append("registry_mirror_cert_fail_when_expiring is true but registry_mirror_cert_min_valid_days is 0, "
                       "which turns the expiry check off: set a number of days")

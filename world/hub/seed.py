@@ -14,6 +14,9 @@ Images:
 * ``library/big:latest``: OCI index, linux/amd64 + linux/arm64/v8: the alpine image of the arch plus
   five 24 MiB layers of random data (the same blobs for both arches); > 120 MB per pull.
 * ``library/small1..3:latest``: single-arch linux/amd64 manifests, one tiny unique layer each.
+* ``library/fill1..6:latest``: OCI index, linux/amd64 + linux/arm64/v8: the alpine image of the arch plus one 8 MiB
+  random layer of its own (the same blob for both arches): images of a known size that share a base layer, to fill a
+  cache's disk budget in a known order.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ VARIANTS = {'arm64': 'v8'}
 BIG_LAYERS = 5
 BIG_LAYER_MB = 24
 SMALL_IMAGES = ('small1', 'small2', 'small3')
+FILL_IMAGES = tuple('fill%d' % number for number in range(1, 7))
+FILL_LAYER_MB = 8
 ALPINE_TAGS = ('latest', '3.20')
 APPLETS = ('[', 'ash', 'basename', 'cat', 'chmod', 'cp', 'cut', 'date', 'df', 'dirname', 'du', 'echo', 'env', 'false',
            'find', 'grep', 'head', 'hostname', 'id', 'ln', 'ls', 'mkdir', 'mv', 'printf', 'ps', 'pwd', 'rm', 'sed',
@@ -91,7 +96,7 @@ def seeded() -> bool:
     except OSError:
         return False
     repos = os.path.join(STORAGE, 'docker', 'registry', 'v2', 'repositories', 'library')
-    return all(os.path.isdir(os.path.join(repos, name)) for name in ('alpine', 'big') + SMALL_IMAGES)
+    return all(os.path.isdir(os.path.join(repos, name)) for name in ('alpine', 'big') + SMALL_IMAGES + FILL_IMAGES)
 
 
 def make_rootfs(deb: str, arch: str, dest: str) -> None:
@@ -140,19 +145,22 @@ def build_alpine(layout: str, work: str, rootfs: dict) -> dict:
     return tags
 
 
-def build_big(layout: str, work: str, alpine: dict) -> dict:
-    """big-ARCH tags: the alpine-ARCH image plus five random layers (same files for both arches)."""
-    files = []
-    for number in range(1, BIG_LAYERS + 1):
-        data = os.path.join(work, 'random%d.bin' % number)
-        with open(data, 'wb') as handle:
-            for _chunk in range(BIG_LAYER_MB):
-                handle.write(os.urandom(1 << 20))
-        os.utime(data, (1700000000, 1700000000))
-        files.append(data)
+def random_file(path: str, size_mb: int) -> str:
+    """PATH filled with SIZE_MB MiB of random data (incompressible: the layer is as big as the file)."""
+    with open(path, 'wb') as handle:
+        for _chunk in range(size_mb):
+            handle.write(os.urandom(1 << 20))
+    os.utime(path, (1700000000, 1700000000))
+    return path
+
+
+def build_big(layout: str, work: str, alpine: dict, name: str = 'big', layers: int = BIG_LAYERS,
+              layer_mb: int = BIG_LAYER_MB) -> dict:
+    """NAME-ARCH tags: the alpine-ARCH image plus LAYERS random layers (same files for both arches)."""
+    files = [random_file(os.path.join(work, 'random%d.bin' % number), layer_mb) for number in range(1, layers + 1)]
     tags = {}
     for arch in ARCHES:
-        tag = 'big-' + arch
+        tag = name + '-' + arch
         source = alpine[arch]
         for number, data in enumerate(files, 1):
             run('umoci', 'insert', '--image', '%s:%s' % (layout, source), '--tag', tag, data, '/data/random%d.bin' % number)
@@ -256,6 +264,9 @@ def seed(registry: str) -> None:
         say('building library/big (%d x %d MiB random layers)' % (BIG_LAYERS, BIG_LAYER_MB))
         add_index(layout, 'big', build_big(layout, work, alpine))
         small = [(name, build_small(layout, work, name)) for name in SMALL_IMAGES]
+        say('building library/fill1..%d (one %d MiB random layer each)' % (len(FILL_IMAGES), FILL_LAYER_MB))
+        for name in FILL_IMAGES:
+            add_index(layout, name, build_big(layout, work, alpine, name, 1, FILL_LAYER_MB))
         run('umoci', 'gc', '--layout', layout)
         say('built in %.1f s; pushing to %s' % (time.monotonic() - started, registry))
 
@@ -264,12 +275,14 @@ def seed(registry: str) -> None:
         push(layout, 'big', registry, 'library/big', 'latest')
         for name, tag in small:
             push(layout, tag, registry, 'library/' + name, 'latest')
+        for name in FILL_IMAGES:
+            push(layout, name, registry, 'library/' + name, 'latest')
 
         images = {}
         for repo_tag in ALPINE_TAGS:
             images['library/alpine:' + repo_tag] = describe(registry, 'library/alpine', repo_tag)
         images['library/big:latest'] = describe(registry, 'library/big', 'latest')
-        for name in SMALL_IMAGES:
+        for name in SMALL_IMAGES + FILL_IMAGES:
             images['library/%s:latest' % name] = describe(registry, 'library/' + name, 'latest')
         with open(SEED_JSON + '.tmp', 'w', encoding='utf-8') as handle:
             json.dump({'recipe': recipe, 'seeded_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),

@@ -23,9 +23,10 @@ find /usr/local/lib/registry-mirror/libexec -type f -exec sha256sum {{}} + | sor
 echo "# accounts"
 getent passwd | sort
 getent group | sort
-echo "# cache (without scheduler-state.json: distribution 3.x's expiry timers, rewritten while it runs)"
-find /var/lib/registry ! -name scheduler-state.json -printf '%P %y %U:%G %m\n' | sort
-find /var/lib/registry -type f ! -name scheduler-state.json -exec sha256sum {{}} + | sort
+echo "# cache (without scheduler-state.json: distribution 3.x's expiry timers, and registry-supervisor-usage.json:"
+echo "# the supervisor's last-use times; both rewritten while the mirror runs)"
+find /var/lib/registry ! -name scheduler-state.json ! -name 'registry-supervisor-usage.json*' -printf '%P %y %U:%G %m\n' | sort
+find /var/lib/registry -type f ! -name scheduler-state.json ! -name 'registry-supervisor-usage.json*' -exec sha256sum {{}} + | sort
 """.format(managed=" ".join(MANAGED), directories=" ".join(DIRECTORIES))
 
 

@@ -98,11 +98,11 @@ def test_a_binary_that_exits_at_once(host, converge, vm, hub, tmp_path_factory):
 def test_a_configuration_the_registry_refuses(host, converge, vm, hub):
     """The metrics listener's port is taken: the configuration check (which runs without that listener) passes, the
     registry exits at start."""
-    host.check_output("systemd-run --unit=rollback-busy-port --collect python3 -m http.server --bind 127.0.0.1 5002")
+    host.check_output("systemd-run --unit=rollback-busy-port --collect python3 -m http.server --bind 127.0.0.1 5009")
     try:
-        host.check_output("for i in $(seq 100); do ss -Hltn 'sport = :5002' | grep -q . && exit 0; sleep 0.1; done; exit 1")
+        host.check_output("for i in $(seq 100); do ss -Hltn 'sport = :5009' | grep -q . && exit 0; sleep 0.1; done; exit 1")
         output = break_and_roll_back(host, converge, vm, hub, "-e", "registry_mirror_metrics_enabled=true",
-                                     "-e", "registry_mirror_metrics_port=5002")
+                                     "-e", "registry_mirror_metrics_port=5009")
     finally:
         host.run("systemctl stop rollback-busy-port")
     assert "address already in use" in output

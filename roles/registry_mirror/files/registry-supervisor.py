@@ -9,7 +9,10 @@ distribution in pull-through mode contacts its upstream while starting and exits
 cache could. This supervisor runs the registry in pull-through mode while the upstream answers, and the same binary,
 config and storage read-only without the proxy section while it does not (cached images keep pulling fast, without a
 stalled upstream lookup per tag), probing the upstream and switching back by itself. The switch takes a fraction of a
-second: the old process stops listening at once and drains its in-flight requests in the background.
+second: the old process stops accepting at once and drains its in-flight requests in the background. With `listen`
+set (distribution 3.x), the supervisor holds the mirror's listening socket itself and hands it to each registry by
+systemd's socket-activation protocol (LISTEN_FDS): while one registry replaces another, new connections wait in the
+socket's queue for the next one instead of being refused.
 
 SETTINGS is a JSON object written by the role (no secrets: the upstream credentials come from the environment,
 REGISTRY_PROXY_USERNAME / REGISTRY_PROXY_PASSWORD, as for the registry itself). Required: binary, config, upstream,
@@ -27,6 +30,16 @@ upstream answers: distribution 3.1 in pull-through mode rewrites a tag's link at
 write fails every pull by tag, cached images included, while read-only it serves them. It returns to pull-through mode
 once more than the floor plus a margin (a tenth of the floor, at least 64 MiB) is free and the upstream answers: the
 margin keeps a mirror that frees a little space by itself from switching at every tick.
+
+Disk budget (budget_mb and/or budget_percent of the cache's filesystem; the smaller wins): every cache_check_interval
+the supervisor adds up the cache's blob data (registry_cache.py, next to this program); above the budget, on a
+schedule (collect_interval) and on SIGUSR1 it collects: it runs the registry read-only (cached pulls keep working;
+nothing is written while it deletes), waits for the previous process to finish its requests, evicts the least
+recently used images until the cache is under the low-water mark (low_water_percent of the budget), deletes the
+blobs no manifest references any more, puts the duration and the bytes reclaimed in the journal, and returns to
+pull-through mode. It learns which images are used from distribution's pull notifications, which the config sends to
+its loopback port (port), and keeps those times in the cache directory (USAGE_FILE). The same port serves its
+Prometheus metrics (/metrics), followed by distribution's own when registry_metrics_url names them.
 """
 from __future__ import annotations
 
@@ -39,15 +52,21 @@ import json
 import os
 import re
 import signal
+import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import types
+import typing
 import urllib.error
 import urllib.parse
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+import registry_cache
 
 PROG = "registry-supervisor"
 PUBLIC_SUFFIX_LIST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "public_suffix_list.dat.gz")
@@ -69,6 +88,16 @@ MIB = 1024 * 1024
 # Back to pull-through mode only above the floor plus max(MARGIN_MIN_MB, floor / MARGIN_DIVISOR) MiB.
 MARGIN_MIN_MB = 64
 MARGIN_DIVISOR = 10
+# How often the usage times are written down (and at stop).
+USAGE_SAVE_INTERVAL = 60.0
+# Starts the registry with the listening socket (file descriptor $1) as descriptor 3 and the socket-activation
+# variables naming the registry's own process ($$: the shell's process, which exec turns into the registry).
+LAUNCHER = ('fd=$1; shift; [ "$fd" = 3 ] || { eval "exec 3<&$fd $fd<&-"; }; '
+            'LISTEN_PID=$$ LISTEN_FDS=1; export LISTEN_PID LISTEN_FDS; exec "$@"')
+# The listening socket's queue: connections that arrive while one registry replaces another wait there.
+LISTEN_BACKLOG = 1024
+# The biggest notification body accepted (distribution sends a few events per request).
+MAX_EVENTS_BODY = 1 << 20
 
 
 class SettingsError(Exception):
@@ -87,6 +116,9 @@ class Settings:
     config: str
     upstream: str
     version: str
+    # The mirror's address (host:port) when the supervisor holds its socket (distribution 3.x reads it by socket
+    # activation); "": each registry binds the configured address itself.
+    listen: str = ""
     offline_fallback: bool = True
     metrics: bool = False
     probe_interval: float = 15.0
@@ -112,6 +144,23 @@ class Settings:
     # space on its filesystem below which the registry runs read-only (0: not checked).
     storage: str = ""
     min_free_mb: int = 0
+    # The supervisor's loopback port: distribution's pull notifications (POST /events) and its metrics (GET /metrics);
+    # 0: no listener (no usage times: images are evicted by when they were cached). distribution's own Prometheus
+    # endpoint, appended to the supervisor's metrics ("": none).
+    port: int = 0
+    registry_metrics_url: str = ""
+    # The disk budget: MiB, and/or a percentage of the cache's filesystem (0: no such limit; the smaller wins); a
+    # collection evicts down to low_water_percent of it. Checked every cache_check_interval; a collection also runs
+    # every collect_interval (0: only above the budget or on SIGUSR1). Unreferenced blobs younger than collect_grace
+    # are kept (a pull may not have stored its manifest yet); drain_wait: how long a collection waits for the previous
+    # registry to finish its requests before it deletes anything.
+    budget_mb: int = 0
+    budget_percent: int = 0
+    low_water_percent: int = 80
+    cache_check_interval: float = 30.0
+    collect_interval: float = 86400.0
+    collect_grace: float = 600.0
+    drain_wait: float = 65.0
 
     @classmethod
     def load(cls, path: str) -> Settings:
@@ -144,6 +193,11 @@ class Settings:
         if missing:
             raise SettingsError(f"{path}: missing {', '.join(missing)}")
         values["upstream"] = values["upstream"].rstrip("/")
+        for key, top in (("budget_percent", 100), ("low_water_percent", 100), ("port", 65535)):
+            if values.get(key, 0) > top:
+                raise SettingsError(f"{path}: {key} must be at most {top}, not {values[key]!r}")
+        if values.get("low_water_percent") == 0:
+            raise SettingsError(f"{path}: low_water_percent must be at least 1")
         settings = cls(**values)
         parse_version(settings.version)
         return settings
@@ -298,6 +352,171 @@ def say(message: str) -> None:
     print(f"{PROG}: {message}", file=sys.stderr, flush=True)
 
 
+def describe(image: registry_cache.Image) -> str:
+    """An evicted image for the journal: repository@sha256:<12 hex> (tags)."""
+    tags = f" ({','.join(image.tags)})" if image.tags else ""
+    return f"{image.repository}@{image.digest[:19]}{tags}"
+
+
+def manifest_media_type(media_type: str) -> bool:
+    """Whether a notification's target is a manifest (image manifest, index or list), not a blob."""
+    return "manifest" in media_type or "image.index" in media_type
+
+
+class Usage:
+    """When each cached manifest was last pulled, per repository: filled from distribution's pull notifications (in
+    the listener's threads), read by collections, kept in the cache directory across restarts."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+        self.times: dict[tuple[str, str], float] = {}
+        self.dirty = False
+        self.times = registry_cache.read_usage(path)  # none when missing or unreadable: ordered by when cached
+
+    def record(self, repository: str, digest: str, when: float) -> None:
+        """REPOSITORY's manifest DIGEST was pulled at WHEN."""
+        with self.lock:
+            self.times[(repository, digest)] = when
+            self.dirty = True
+
+    def snapshot(self) -> dict[tuple[str, str], float]:
+        """A copy of the times."""
+        with self.lock:
+            return dict(self.times)
+
+    def keep_only(self, present: set[tuple[str, str]]) -> None:
+        """Forget the manifests that are no longer cached (evicted, expired)."""
+        with self.lock:
+            before = len(self.times)
+            self.times = {key: when for key, when in self.times.items() if key in present}
+            self.dirty = self.dirty or len(self.times) != before
+
+    def save(self) -> None:
+        """Write the times down (atomically) when they changed."""
+        with self.lock:
+            if not self.dirty:
+                return
+            data = {f"{repo}@{digest}": when for (repo, digest), when in self.times.items()}
+            self.dirty = False
+        temporary = f"{self.path}.tmp"
+        try:
+            with open(temporary, "w", encoding="utf-8") as handle:
+                json.dump({"version": 1, "used": data}, handle)
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            say(f"cannot write {self.path} ({exc})")
+
+
+class Metrics:
+    """The supervisor's Prometheus metrics (written by the main thread, read by the listener's)."""
+
+    HELP: typing.ClassVar[dict[str, tuple[str, str]]] = {
+        "registry_mirror_read_only": ("gauge", "1 while the registry serves the cache read-only without the proxy."),
+        "registry_mirror_free_bytes": ("gauge", "Free bytes on the cache's filesystem at the last check."),
+        "registry_mirror_cache_bytes": ("gauge", "Bytes of blob data in the cache at the last check."),
+        "registry_mirror_cache_budget_bytes": ("gauge", "The cache's disk budget in bytes (0: none)."),
+        "registry_mirror_cache_images": ("gauge", "Images (root manifests per repository) at the last collection."),
+        "registry_mirror_cache_collections_total": ("counter", "Collections run."),
+        "registry_mirror_cache_evictions_total": ("counter", "Images evicted to keep the cache under its budget."),
+        "registry_mirror_cache_reclaimed_bytes_total": ("counter", "Bytes of blob data deleted by collections."),
+        "registry_mirror_cache_last_collection_seconds": ("gauge", "How long the last collection took."),
+        "registry_mirror_cache_last_collection_timestamp_seconds": ("gauge", "When the last collection ended."),
+    }
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.values: dict[str, float] = dict.fromkeys(self.HELP, 0.0)
+
+    def set(self, **values: float) -> None:
+        """Set gauges."""
+        with self.lock:
+            self.values.update(values)
+
+    def add(self, **values: float) -> None:
+        """Increase counters."""
+        with self.lock:
+            for name, value in values.items():
+                self.values[name] += value
+
+    def text(self) -> str:
+        """The Prometheus text exposition."""
+        with self.lock:
+            values = dict(self.values)
+        lines = []
+        for name, (kind, text) in self.HELP.items():
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {values[name]:.17g}"]
+        return "\n".join(lines) + "\n"
+
+
+class Listener(ThreadingHTTPServer):
+    """The supervisor's loopback port: distribution's notifications in, metrics out."""
+
+    daemon_threads = True
+
+    def __init__(self, port: int, usage: Usage, metrics: Metrics, registry_metrics_url: str) -> None:
+        self.usage, self.metrics, self.registry_metrics_url = usage, metrics, registry_metrics_url
+        super().__init__(("127.0.0.1", port), ListenerHandler)
+
+
+class ListenerHandler(BaseHTTPRequestHandler):
+    """POST /events (distribution's notification envelopes) and GET /metrics."""
+
+    server: Listener
+
+    def do_POST(self) -> None:  # the name http.server calls
+        """Record the manifest pulls of a notification envelope."""
+        if self.path != "/events":
+            self.send_error(404)
+            return
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_EVENTS_BODY:
+            self.send_error(413 if length > 0 else 400)
+            return
+        try:
+            events = json.loads(self.rfile.read(length)).get("events", [])
+        except (ValueError, AttributeError):
+            self.send_error(400)
+            return
+        now = time.time()
+        for event in events if isinstance(events, list) else []:
+            target = event.get("target") if isinstance(event, dict) else None
+            if not isinstance(target, dict) or event.get("action") != "pull":
+                continue
+            repository, digest = target.get("repository"), target.get("digest")
+            if isinstance(repository, str) and isinstance(digest, str) \
+                    and manifest_media_type(str(target.get("mediaType", ""))):
+                self.server.usage.record(repository, digest, now)
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_GET(self) -> None:  # the name http.server calls
+        """The supervisor's metrics, then distribution's."""
+        if self.path != "/metrics":
+            self.send_error(404)
+            return
+        text = self.server.metrics.text()
+        if self.server.registry_metrics_url:
+            try:
+                with urllib.request.urlopen(self.server.registry_metrics_url, timeout=5) as response:
+                    text += response.read().decode("utf-8", "replace")
+            except (OSError, ValueError, http.client.HTTPException) as exc:
+                text += f"# distribution's metrics ({self.server.registry_metrics_url}) did not answer: {exc}\n"
+        body = text.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: Any) -> None:
+        """No access log: distribution posts at every pull."""
+
+
 class Supervisor:
     """Runs the registry in the mode the upstream allows until systemd stops the unit."""
 
@@ -321,12 +540,24 @@ class Supervisor:
         # Read-only, and the free space is what keeps it so: the upstream answered at the last probe (or was not
         # probed since the switch for space).
         self.held_for_space = False
+        self.metrics = Metrics()
+        self.usage = Usage(os.path.join(self.storage, registry_cache.USAGE_FILE)) if self.storage else None
+        self.listener: Listener | None = None
+        self.socket: socket.socket | None = None  # the mirror's listening socket, when the supervisor holds it
+        self.collect_requested = False  # SIGUSR1
+        self.next_cache_check = 0.0
+        self.next_collection = time.monotonic() + settings.collect_interval
+        self.next_usage_save = time.monotonic() + USAGE_SAVE_INTERVAL
 
     def tls(self) -> ssl.SSLContext:
         """The system trust store, loaded once: loading it costs most of a second on a slow (emulated) CPU."""
         if self.tls_context is None:
             self.tls_context = ssl.create_default_context()
         return self.tls_context
+
+    def on_usr1(self, _signum: int, _frame: types.FrameType | None) -> None:
+        """An operator (or a test) asks for a collection now."""
+        self.collect_requested = True
 
     def on_term(self, _signum: int, _frame: types.FrameType | None) -> None:
         """systemd stops the unit."""
@@ -409,6 +640,7 @@ class Supervisor:
         """The registry, in pull-through mode or read-only without the proxy; without its debug (metrics) listener
         when DEBUG is false: an older process that still drains keeps that port until it exits, and distribution
         exits when it cannot bind it."""
+        self.metrics.set(registry_mirror_read_only=float(local))
         env = dict(os.environ)
         if local:
             env.update(LOCAL_ENV)
@@ -416,7 +648,33 @@ class Supervisor:
                 env.pop(name, None)
         if not debug:
             env["REGISTRY_HTTP_DEBUG_ADDR"] = ""
-        return subprocess.Popen([self.settings.binary, "serve", self.settings.config], env=env)
+        command = [self.settings.binary, "serve", self.settings.config]
+        if self.socket is None:
+            return subprocess.Popen(command, env=env)
+        fd = self.socket.fileno()
+        return subprocess.Popen(["/bin/sh", "-c", LAUNCHER, "registry-launch", str(fd), *command], env=env,
+                                pass_fds=(fd,))
+
+    def open_socket(self) -> bool:
+        """Listen on the mirror's address for the registries (settings.listen); False (said) when that fails."""
+        if not self.settings.listen:
+            return True
+        host, _colon, port = self.settings.listen.rpartition(":")
+        host = host.strip("[]")
+        try:
+            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((host, int(port)))
+                sock.listen(LISTEN_BACKLOG)
+            except OSError:
+                sock.close()
+                raise
+        except (OSError, ValueError) as exc:
+            say(f"ERROR: cannot listen on {self.settings.listen} ({exc})")
+            return False
+        self.socket = sock
+        return True
 
     def replace(self, child: subprocess.Popen[bytes], local: bool, grace: float) -> subprocess.Popen[bytes]:
         """Stop CHILD and start the registry in the other mode once CHILD has exited or GRACE seconds have passed
@@ -435,7 +693,11 @@ class Supervisor:
         """Supervise until systemd stops the unit; the exit status for systemd."""
         signal.signal(signal.SIGTERM, self.on_term)
         signal.signal(signal.SIGINT, self.on_term)
+        signal.signal(signal.SIGUSR1, self.on_usr1)
         try:
+            if not self.open_socket():
+                return 1
+            self.listen()
             self.begin()
             while not self.stopping:
                 time.sleep(self.settings.poll_interval)
@@ -446,11 +708,31 @@ class Supervisor:
                         return status
                 elif (self.settings.offline_fallback or self.floor_mb) and time.monotonic() >= self.next_probe:
                     self.probe()
+                if not self.stopping:
+                    self.tend_cache()
             return 0
         except Stopping:  # SIGTERM right at the end of an upstream request
             return 0
         finally:
             self.stop_all()
+            if self.listener is not None:
+                self.listener.shutdown()
+            if self.socket is not None:
+                self.socket.close()
+            if self.usage is not None:
+                self.usage.save()
+
+    def listen(self) -> None:
+        """Open the loopback port for distribution's notifications and the metrics (retried at each cache check)."""
+        if not self.settings.port or self.listener is not None or self.usage is None:
+            return
+        try:
+            self.listener = Listener(self.settings.port, self.usage, self.metrics, self.settings.registry_metrics_url)
+        except OSError as exc:
+            say(f"ERROR: cannot listen on 127.0.0.1:{self.settings.port} ({exc}): no usage times from the registry's "
+                "notifications (eviction falls back to when images were cached) and no metrics; retrying")
+            return
+        threading.Thread(target=self.listener.serve_forever, kwargs={"poll_interval": 0.5}, daemon=True).start()
 
     def begin(self) -> None:
         """Most starts find the upstream answering: start in pull-through mode at once and probe meanwhile, so that
@@ -459,6 +741,8 @@ class Supervisor:
         if self.settings.min_free_mb and not self.floor_mb:
             say(f"min_free_mb is {self.settings.min_free_mb} but no storage directory is set (storage, {STORAGE_ENV}): "
                 "free space is not checked")
+        if (self.settings.budget_mb or self.settings.budget_percent) and not self.storage:
+            say(f"a disk budget is set but no storage directory (storage, {STORAGE_ENV}): the cache is not collected")
         if self.check_space():
             self.local = self.held_for_space = True
             self.child = self.start(local=True)
@@ -539,6 +823,7 @@ class Supervisor:
         self.space_error = ""
         free = stat.f_bavail * stat.f_frsize  # what the unprivileged service user may still write
         self.free_mb = free // MIB
+        self.metrics.set(registry_mirror_free_bytes=free)
         if free < self.floor_mb * MIB and not self.low_space:
             self.low_space = True
             say(f"WARNING: {self.free_mb} MiB free on {self.storage}, below the floor of {self.floor_mb} MiB: serving "
@@ -569,6 +854,126 @@ class Supervisor:
             say(f"upstream {self.upstream} answers again ({why}): back to pull-through mode")
         self.held_for_space = False
         return True
+
+    # --- The disk budget ---------------------------------------------------------------------------------------------
+
+    def budget_bytes(self) -> int:
+        """The cache's budget: budget_mb, and budget_percent of its filesystem's size; the smaller; 0 for none."""
+        limits = [self.settings.budget_mb * MIB] if self.settings.budget_mb else []
+        if self.settings.budget_percent:
+            try:
+                stat = os.statvfs(self.storage)
+                limits.append(stat.f_blocks * stat.f_frsize * self.settings.budget_percent // 100)
+            except OSError as exc:
+                say(f"cannot read the size of the filesystem of {self.storage} ({exc})")
+        return min(limits) if limits else 0
+
+    def tend_cache(self) -> None:
+        """At each tick: save the usage times now and then; collect when asked (SIGUSR1), when the schedule says so
+        or when the cache is above its budget."""
+        if self.usage is None:
+            return
+        now = time.monotonic()
+        if now >= self.next_usage_save:
+            self.next_usage_save = now + USAGE_SAVE_INTERVAL
+            self.usage.save()
+        reason = ""
+        if self.collect_requested:
+            reason = "asked for (SIGUSR1)"
+        elif self.settings.collect_interval and now >= self.next_collection:
+            reason = "scheduled"
+        elif now >= self.next_cache_check:
+            self.next_cache_check = now + self.settings.cache_check_interval
+            self.listen()
+            budget = self.budget_bytes()
+            try:
+                size = registry_cache.cache_bytes(self.storage)
+            except (OSError, registry_cache.StorageError) as exc:
+                say(f"cannot add up the cache in {self.storage} ({exc})")
+                return
+            self.metrics.set(registry_mirror_cache_bytes=size, registry_mirror_cache_budget_bytes=budget)
+            if budget and size > budget:
+                reason = f"{size / MIB:.1f} MiB cached, above the budget of {budget / MIB:.1f} MiB"
+        if reason:
+            self.collect_requested = False
+            self.next_collection = now + self.settings.collect_interval
+            self.collect(reason)
+            self.next_cache_check = time.monotonic() + self.settings.cache_check_interval
+
+    def wait_for_draining(self) -> bool:
+        """Wait (up to drain_wait) until no previous registry serves requests: whatever it writes is then stored."""
+        deadline = time.monotonic() + self.settings.drain_wait
+        while not self.stopping:
+            self.draining = [old for old in self.draining if old.poll() is None]
+            if not self.draining or time.monotonic() >= deadline:
+                break
+            time.sleep(self.settings.poll_interval)
+        return not self.draining
+
+    def collect(self, reason: str) -> None:
+        """Evict the least recently used images down to the low-water mark when above the budget, then delete the
+        blobs nothing references, the registry serving the cache read-only meanwhile; say what it did."""
+        assert self.usage is not None
+        started = time.monotonic()
+        was_pull_through = not self.local and self.child is not None
+        say(f"cache collection ({reason})" + (": serving the cache read-only meanwhile" if was_pull_through else ""))
+        if was_pull_through:
+            self.switch()
+        try:
+            if not self.wait_for_draining():
+                if not self.stopping:
+                    say(f"cache collection skipped: the previous registry still serves requests after "
+                        f"{self.settings.drain_wait:.0f} s")
+                return
+            self.collect_now(started)
+        except Exception as exc:  # a failed collection must never take the mirror down
+            say(f"ERROR: cache collection failed ({exc!r}); what it deleted left the cache consistent, the rest waits "
+                "for the next collection")
+        finally:
+            if was_pull_through and not self.stopping:
+                self.return_after_collection()
+
+    def collect_now(self, started: float) -> None:
+        """The collection itself (nothing writes to the cache meanwhile)."""
+        assert self.usage is not None
+        budget = self.budget_bytes()
+        inventory = registry_cache.scan(self.storage, self.usage.snapshot())
+        before = inventory.total_bytes()
+        evicted = inventory.plan(budget * self.settings.low_water_percent // 100) if budget and before > budget else []
+        registry_cache.evict(self.storage, evicted, inventory)
+        reclaimed, blobs = registry_cache.sweep(self.storage, time.time() - self.settings.collect_grace,
+                                                lambda: self.stopping)
+        after = registry_cache.cache_bytes(self.storage)
+        kept = [image for image in inventory.images if image not in evicted]
+        self.usage.keep_only({(image.repository, digest) for image in kept for digest in image.manifests})
+        self.usage.save()
+        seconds = time.monotonic() - started
+        self.metrics.add(registry_mirror_cache_collections_total=1, registry_mirror_cache_evictions_total=len(evicted),
+                         registry_mirror_cache_reclaimed_bytes_total=reclaimed)
+        self.metrics.set(registry_mirror_cache_bytes=after, registry_mirror_cache_budget_bytes=budget,
+                         registry_mirror_cache_images=len(kept), registry_mirror_cache_last_collection_seconds=seconds,
+                         registry_mirror_cache_last_collection_timestamp_seconds=time.time())
+        names = ", ".join(describe(image) for image in evicted[:10])
+        more = f" and {len(evicted) - 10} more" if len(evicted) > 10 else ""
+        say(f"cache collection done in {seconds:.2f} s: evicted {len(evicted)} images{': ' if names else ''}{names}"
+            f"{more}; deleted {blobs} blobs, reclaimed {reclaimed / MIB:.1f} MiB; cache {before / MIB:.1f} -> "
+            f"{after / MIB:.1f} MiB, budget " + (f"{budget / MIB:.1f} MiB" if budget else "none"))
+
+    def return_after_collection(self) -> None:
+        """Back to pull-through mode after a collection, unless the free space or the upstream keeps it read-only
+        (the probes then decide, as after any switch)."""
+        if self.check_space():
+            self.held_for_space = True
+            say("still serving the cache read-only after the collection: below the free-space floor")
+            return
+        reachable, why = self.upstream_answers() if self.settings.offline_fallback else (True, "")
+        if self.stopping:
+            return
+        if not reachable:
+            say(f"upstream {self.upstream} unreachable ({why}): still serving the cache read-only after the collection")
+            return
+        self.switch()
+        say("back to pull-through mode after the collection")
 
     def stop_all(self) -> None:
         """Stop the registry and any process still draining; kill what has not exited after the stop timeout."""

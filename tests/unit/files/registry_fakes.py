@@ -46,6 +46,8 @@ T = TypeVar("T")
 def load_supervisor() -> types.ModuleType:
     """registry-supervisor as a module (its file name is not an importable name)."""
     name = "registry_supervisor"
+    if str(FILES) not in sys.path:
+        sys.path.insert(0, str(FILES))  # registry_cache, which it imports
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, SUPERVISOR)
         assert spec is not None and spec.loader is not None
@@ -171,7 +173,7 @@ class FakeUpstream:
 FAKE_REGISTRY_WRAPPER = r'''#!/bin/sh
 env=""
 for name in REGISTRY_PROXY_REMOTEURL REGISTRY_STORAGE_MAINTENANCE REGISTRY_HTTP_DEBUG_ADDR REGISTRY_PROXY_USERNAME \
-        REGISTRY_PROXY_PASSWORD; do
+        REGISTRY_PROXY_PASSWORD LISTEN_FDS; do
     eval "isset=\${$name+1} value=\${$name-}"
     if [ -n "$isset" ]; then env="$env${env:+, }\"$name\": \"$value\""; fi
 done
@@ -228,7 +230,11 @@ if remote:  # like distribution in pull-through mode: learn the upstream's chall
         sys.exit(2)
 debug_addr = os.environ.get("REGISTRY_HTTP_DEBUG_ADDR", CONFIG["debug_addr"])
 try:
-    listener = listen(CONFIG["addr"])
+    if os.environ.get("LISTEN_FDS") == "1" and os.environ.get("LISTEN_PID") == str(os.getpid()):
+        listener = socket.socket(fileno=3)  # socket activation, as distribution 3.x supports it
+        record("activated", addr="%s:%d" % listener.getsockname()[:2])
+    else:
+        listener = listen(CONFIG["addr"])
     debug = listen(debug_addr) if debug_addr else None
 except OSError as exc:
     record("bind-failed", reason=str(exc))
@@ -236,8 +242,12 @@ except OSError as exc:
     sys.exit(1)
 record("listening", debug=debug_addr)
 state["serving"] = True
-while not state["term"]:
-    time.sleep(0.02)
+listener.settimeout(0.02)
+while not state["term"]:  # accept connections (and close them) until SIGTERM, as distribution stops accepting then
+    try:
+        listener.accept()[0].close()
+    except OSError:  # the timeout, or a connection another registry sharing the socket took first
+        pass
 listener.close()  # new connections go to the next registry at once; the debug port is held until the exit
 time.sleep(CONFIG["drain"])
 record("exit", status=0)
@@ -300,6 +310,7 @@ def statvfs(path):
 
 os.statvfs = statvfs
 sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))  # as when it runs itself: registry_cache beside it
 runpy.run_path(sys.argv[0], run_name="__main__")
 '''
 
@@ -316,7 +327,10 @@ class SupervisorRun:
         (tmp_path / "registry.py").write_text(FAKE_REGISTRY, encoding="utf-8")
         self.debug_addr = f"127.0.0.1:{free_port()}" if metrics else ""
         config = tmp_path / "config.json"
-        config.write_text(json.dumps({"addr": f"127.0.0.1:{free_port()}",
+        self.addr = f"127.0.0.1:{free_port()}"
+        if settings.pop("activation", False):  # the supervisor listens, and hands the socket to each registry
+            settings["listen"] = self.addr
+        config.write_text(json.dumps({"addr": self.addr,
                                       "debug_addr": self.debug_addr, "upstream": upstream.url,
                                       "upstream_timeout": 2, "drain": drain}), encoding="utf-8")
         values = {"_comment": "test", "binary": str(binary), "config": str(config), "upstream": upstream.url + "/",

@@ -133,6 +133,16 @@ BAD_INPUT: dict[str, tuple[dict[str, t.Any], str, str]] = {
                                       "between 0 and 10485760 MiB"),
     "free-space floor with a unit": ({"registry_mirror_min_free_space_mb": "2G"}, "registry_mirror_min_free_space_mb",
                                      "must be an integer"),
+    "cache budget negative": ({"registry_mirror_cache_budget_mb": -1}, "registry_mirror_cache_budget_mb", "between 0 and"),
+    "cache budget with a unit": ({"registry_mirror_cache_budget_mb": "40G"}, "registry_mirror_cache_budget_mb",
+                                 "must be an integer"),
+    "cache share of the whole disk": ({"registry_mirror_cache_budget_percent": 100}, "registry_mirror_cache_budget_percent",
+                                      "between 0 and 90 percent"),
+    "low-water mark at the budget": ({"registry_mirror_cache_low_water_percent": 100},
+                                     "registry_mirror_cache_low_water_percent", "between 10 and 95 percent"),
+    "collection interval negative": ({"registry_mirror_cache_collect_interval": -24}, "registry_mirror_cache_collect_interval",
+                                     "between 0 and 8760 hours"),
+    "supervisor port privileged": ({"registry_mirror_supervisor_port": 80}, "registry_mirror_supervisor_port", "below 1024"),
     # --- addresses
     "bind address out of range": ({"registry_mirror_bind_address": "192.168.129.300"}, "registry_mirror_bind_address",
                                   "not an IPv4 address"),
@@ -203,6 +213,10 @@ BAD_INPUT: dict[str, tuple[dict[str, t.Any], str, str]] = {
     "config inside the storage dir": ({"registry_mirror_config_dir": "/var/lib/registry/etc"}, "registry_mirror_config_dir", "nested"),
     "metrics on the mirror's port": ({"registry_mirror_metrics_enabled": True, "registry_mirror_metrics_port": 5000},
                                      "registry_mirror_metrics_port", "a port of its own"),
+    "supervisor on the mirror's port": ({"registry_mirror_supervisor_port": 5000}, "registry_mirror_supervisor_port",
+                                        "a port of its own"),
+    "supervisor on the metrics port": ({"registry_mirror_metrics_enabled": True, "registry_mirror_supervisor_port": 5001},
+                                       "registry_mirror_supervisor_port", "a port of its own"),
     "expiry failure without days": ({"registry_mirror_cert_fail_when_expiring": True, "registry_mirror_cert_min_valid_days": 0},
                                     "registry_mirror_cert_fail_when_expiring", "turns the expiry check off"),
     "boolean that is not one": ({"registry_mirror_troubleshooting": "perhaps"}, "registry_mirror_troubleshooting",
@@ -236,6 +250,8 @@ def test_the_defaults_pass() -> None:
     {"registry_mirror_version": "3.0.0-rc.1"},
     {"registry_mirror_min_free_space_mb": 0},
     {"registry_mirror_min_free_space_mb": "10485760"},
+    {"registry_mirror_cache_budget_mb": 0, "registry_mirror_cache_budget_percent": 0, "registry_mirror_cache_collect_interval": 0},
+    {"registry_mirror_supervisor_port": 5001},
 ], ids=",".join)
 def test_good_input_passes(overrides: dict[str, t.Any]) -> None:
     assert run(overrides).errors == []

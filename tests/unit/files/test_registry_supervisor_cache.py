@@ -1,0 +1,287 @@
+# Copyright (c) actuated.registry contributors
+# SPDX-License-Identifier: MIT
+"""registry-supervisor's disk budget and listening socket, run as the program it is (registry_fakes) on a real
+distribution storage layout (cache_layout): collections (read-only meanwhile, LRU by the registry's pull
+notifications, what the journal and the metrics say), and the socket it hands to each registry."""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cache_layout import Layout, layer_bytes
+from registry_fakes import FakeUpstream, SupervisorRun, free_port, pull_through, read_only, wait_for
+
+MIB = 1024 * 1024
+COLLECTED = "cache collection done"
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+@pytest.fixture(name="upstream")
+def fixture_upstream() -> Iterator[FakeUpstream]:
+    upstream = FakeUpstream(challenge=None)
+    yield upstream
+    upstream.close()
+
+
+@pytest.fixture(name="runs")
+def fixture_runs() -> Iterator[list[SupervisorRun]]:
+    runs: list[SupervisorRun] = []
+    yield runs
+    for supervisor in runs:
+        supervisor.stop()
+
+
+def supervise(runs: list[SupervisorRun], tmp_path: Path, upstream: FakeUpstream, **settings: Any) -> SupervisorRun:
+    """A supervisor with its listener on a free port and the cache in tmp_path/storage."""
+    settings.setdefault("port", free_port())
+    settings.setdefault("storage", str(tmp_path / "storage"))
+    supervisor = SupervisorRun(tmp_path, upstream, **settings)
+    runs.append(supervisor)
+    wait_for("the supervisor's listener", lambda: get(supervisor, "/metrics"), 5)
+    return supervisor
+
+
+def get(supervisor: SupervisorRun, path: str) -> str | None:
+    """GET PATH from the supervisor's listener; None when it does not answer."""
+    port = json.loads(supervisor.settings.read_text(encoding="utf-8"))["port"]
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+            return str(response.read().decode())
+    except (OSError, urllib.error.URLError):
+        return None
+
+
+def post(supervisor: SupervisorRun, body: bytes, path: str = "/events") -> int:
+    """POST BODY to the supervisor's listener as distribution's notifications do; the HTTP status."""
+    port = json.loads(supervisor.settings.read_text(encoding="utf-8"))["port"]
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method="POST",
+                                     headers={"Content-Type": "application/vnd.docker.distribution.events.v2+json"})
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def pulled(repository: str, digest: str, media_type: str = MANIFEST, tag: str = "") -> bytes:
+    """A notification envelope: REPOSITORY's DIGEST pulled."""
+    target = {"mediaType": media_type, "digest": digest, "repository": repository, "size": 1}
+    if tag:
+        target["tag"] = tag
+    return json.dumps({"events": [{"id": "1", "action": "pull", "target": target}]}).encode()
+
+
+def value(text: str, name: str) -> float:
+    """The value of metric NAME (no labels) in a Prometheus exposition."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no {name} in:\n{text}")
+
+
+def image(layout: Layout, number: int) -> str:
+    """library/NUMBER (one, two, ...): a tagged image with a 1 MiB layer of its own on a shared 0.5 MiB base layer."""
+    name = ("one", "two", "three", "four")[number - 1]
+    return layout.image(f"library/{name}", name, [layer_bytes(0, MIB // 2), layer_bytes(number, MIB)], tag="latest")
+
+
+def three_images(layout: Layout) -> dict[str, str]:
+    """library/one..three (3.5 MiB in all)."""
+    return {name: image(layout, number) for number, name in enumerate(("one", "two", "three"), 1)}
+
+
+def test_a_collection_evicts_the_least_recently_pulled_images_while_serving_read_only(
+        tmp_path: Path, upstream: FakeUpstream, runs: list[SupervisorRun]) -> None:
+    layout = Layout(tmp_path / "storage")
+    digests = {"one": image(layout, 1), "two": image(layout, 2)}  # 2.5 MiB: under the budget
+    # The pull-through registry drains for 0.5 s: the collection waits for it, the read-only one serves meanwhile.
+    supervisor = supervise(runs, tmp_path, upstream, budget_mb=3, low_water_percent=70, collect_grace=0, drain=0.5,
+                           cache_check_interval=0.3)
+    first = supervisor.serving()
+    assert pull_through(first)
+    # All links are as old; "one" is pulled now: "two" and "three" (the first by name among equals) go, down to 70 %.
+    assert post(supervisor, pulled("library/one", digests["one"], tag="latest")) == 200
+    time.sleep(1)
+    assert supervisor.said("cache collection") is None, "a collection under the budget"
+    image(layout, 3)
+    wait_for("the collection", lambda: supervisor.said(COLLECTED), 10)
+    journal = supervisor.journal()
+    assert "above the budget of 3.0 MiB" in journal, journal
+    assert "evicted 2 images: library/three@" in journal and "library/two@" in journal, journal
+    assert "library/one@" not in journal.split(COLLECTED)[1].split("\n")[0]
+    # Read-only during the collection, then pull-through again.
+    starts = [supervisor.serving(count=count) for count in (2, 3)]
+    assert read_only(starts[0]) and pull_through(starts[1])
+    order = [supervisor.said(text) or 0.0 for text in
+             ("serving the cache read-only meanwhile", COLLECTED, "back to pull-through mode after the collection")]
+    assert 0 < order[0] <= order[1] <= order[2], order
+    assert not layout.tag_dir("library/two", "latest").exists()
+    assert layout.tag_dir("library/one", "latest").exists()
+    text = get(supervisor, "/metrics") or ""
+    assert value(text, "registry_mirror_cache_evictions_total") == 2
+    assert value(text, "registry_mirror_cache_collections_total") == 1
+    assert 2 * MIB <= value(text, "registry_mirror_cache_reclaimed_bytes_total") < 2.1 * MIB
+    assert value(text, "registry_mirror_cache_budget_bytes") == 3 * MIB
+    assert value(text, "registry_mirror_read_only") == 0
+    # The usage times are kept in the cache directory for the next start, without the evicted images.
+    supervisor.stop()
+    saved = json.loads((layout.root / "registry-supervisor-usage.json").read_text(encoding="utf-8"))["used"]
+    assert list(saved) == [f"library/one@{digests['one']}"]
+
+
+def test_the_budget_crossed_starts_a_collection_by_itself(
+        tmp_path: Path, upstream: FakeUpstream, runs: list[SupervisorRun]) -> None:
+    layout = Layout(tmp_path / "storage")
+    three_images(layout)
+    supervisor = supervise(runs, tmp_path, upstream, budget_mb=8, cache_check_interval=0.2, collect_grace=0)
+    time.sleep(1)
+    assert supervisor.said("cache collection") is None, "a collection under the budget"
+    assert value(get(supervisor, "/metrics") or "", "registry_mirror_cache_bytes") >= 3.5 * MIB
+    layout.image("library/four", "four", [layer_bytes(4, 6 * MIB)], tag="latest")  # 10 MiB
+    wait_for("the collection", lambda: supervisor.said(COLLECTED), 10)
+    assert "above the budget of 8.0 MiB" in supervisor.journal()
+    text = get(supervisor, "/metrics") or ""
+    assert value(text, "registry_mirror_cache_bytes") <= 8 * MIB * 0.8
+
+
+def test_a_collection_deletes_nothing_until_the_previous_registry_finished_its_requests(
+        tmp_path: Path, upstream: FakeUpstream, runs: list[SupervisorRun]) -> None:
+    layout = Layout(tmp_path / "storage")
+    three_images(layout)
+    orphan = layout.blob(b"left by an expired manifest")
+    supervisor = supervise(runs, tmp_path, upstream, drain=1.5, collect_grace=0)
+    first = supervisor.serving()
+    supervisor.proc.send_signal(10)
+    wait_for("the collection", lambda: supervisor.said(COLLECTED), 10)
+    exited = supervisor.first("exit", first["pid"])
+    assert exited is not None and exited["t"] <= supervisor.said(COLLECTED)
+    assert not layout.blob_dir(orphan).exists()
+    assert "deleted 1 blobs" in supervisor.journal()
+
+
+def test_a_collection_keeps_the_mirror_read_only_while_the_upstream_is_away(
+        tmp_path: Path, upstream: FakeUpstream, runs: list[SupervisorRun]) -> None:
+    Layout(tmp_path / "storage")
+    supervisor = supervise(runs, tmp_path, upstream, collect_grace=0, probe_interval=30)
+    supervisor.serving()
+    upstream.set("down")
+    supervisor.proc.send_signal(10)
+    wait_for("the collection", lambda: supervisor.said("still serving the cache read-only after the collection"), 10)
+    assert read_only(supervisor.starts()[-1])
+
+
+def test_a_failed_collection_never_takes_the_mirror_down(
+        tmp_path: Path, upstream: FakeUpstream, runs: list[SupervisorRun]) -> None:
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    (storage / "docker").write_text("not a directory", encoding="utf-8")
+    supervisor = supervise(runs, tmp_path, upstream, collect_grace=0)
+    supervisor.serving()
+    supervisor.proc.send_signal(10)
+    wait_for("back to pull-through", lambda: supervisor.said("back to pull-through mode after the collection"), 10)
+    assert supervisor.proc.poll() is None
+    assert pull_through(supervisor.starts()[-1])
+
+
+def test_notifications_other_than_manifest_pulls_are_ignored_and_bad_ones_refused(
+        tmp_path: Path, upstream: FakeUpstream, runs: list[SupervisorRun]) -> None:
+    Layout(tmp_path / "storage")
+    supervisor = supervise(runs, tmp_path, upstream)
+    digest = "sha256:" + "a" * 64
+    assert post(supervisor, pulled("library/blob", digest, media_type="application/octet-stream")) == 200
+    assert post(supervisor, pulled("library/one", digest).replace(b'"pull"', b'"push"')) == 200
+    assert post(supervisor, pulled("library/one", digest, media_type="application/vnd.oci.image.index.v1+json")) == 200
+    assert post(supervisor, b"{not json") == 400
+    assert post(supervisor, pulled("library/one", digest), path="/other") == 404
+    assert get(supervisor, "/other") is None
+    supervisor.stop()
+    saved = json.loads((tmp_path / "storage" / "registry-supervisor-usage.json").read_text(encoding="utf-8"))["used"]
+    assert list(saved) == [f"library/one@{digest}"]
+
+
+def test_distributions_metrics_follow_the_supervisors(
+        tmp_path: Path, upstream: FakeUpstream, runs: list[SupervisorRun]) -> None:
+    class Metrics(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # the name http.server calls
+            body = b'registry_proxy_requests_total{type="manifest"} 3\n'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        supervisor = supervise(runs, tmp_path, upstream,
+                               registry_metrics_url=f"http://127.0.0.1:{server.server_address[1]}/metrics")
+        text = get(supervisor, "/metrics") or ""
+    finally:
+        server.shutdown()
+    assert "# TYPE registry_mirror_cache_bytes gauge" in text
+    assert text.index("registry_mirror_read_only") < text.index('registry_proxy_requests_total{type="manifest"} 3')
+
+
+def test_with_socket_activation_no_connection_is_refused_while_registries_replace_each_other(
+        tmp_path: Path, upstream: FakeUpstream, runs: list[SupervisorRun]) -> None:
+    supervisor = SupervisorRun(tmp_path, upstream, activation=True)
+    runs.append(supervisor)
+    supervisor.serving()
+    host, port = supervisor.addr.rsplit(":", 1)
+    refused, connected, stop = [], [], threading.Event()
+
+    def connect() -> None:
+        while not stop.is_set():
+            try:
+                with socket.create_connection((host, int(port)), timeout=2):
+                    connected.append(time.time())
+            except OSError as exc:
+                refused.append(repr(exc))
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=connect)
+    thread.start()
+    try:
+        for count, mode in ((2, "down"), (3, "up"), (4, "down"), (5, "up")):  # four switches
+            upstream.set(mode)
+            supervisor.serving(count=count, timeout=10)
+    finally:
+        stop.set()
+        thread.join()
+    assert not refused, refused[:5]
+    assert len(connected) > 50
+    activated = supervisor.events("activated")
+    assert len(activated) == 5 and {record["addr"] for record in activated} == {supervisor.addr}
+    assert all(start["env"].get("LISTEN_FDS") == "1" for start in supervisor.starts())
+
+
+def test_without_socket_activation_each_registry_binds_the_address_itself(
+        tmp_path: Path, upstream: FakeUpstream, runs: list[SupervisorRun]) -> None:
+    supervisor = SupervisorRun(tmp_path, upstream)
+    runs.append(supervisor)
+    supervisor.serving()
+    assert not supervisor.events("activated")
+    assert "LISTEN_FDS" not in supervisor.starts()[0]["env"]
+
+
+def test_the_address_taken_stops_the_supervisor_with_the_reason(
+        tmp_path: Path, upstream: FakeUpstream, runs: list[SupervisorRun]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        supervisor = SupervisorRun(tmp_path, upstream, listen=f"127.0.0.1:{taken.getsockname()[1]}")
+        runs.append(supervisor)
+        assert supervisor.proc.wait(timeout=10) == 1
+    assert "ERROR: cannot listen on 127.0.0.1:" in supervisor.journal()
+    assert not supervisor.starts()
