@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from bench import report, static_registry
+from bench import collection, report, static_registry
 from bench.benchworld import (BENCH, BENCH_CACHE, MAX_TARGETS, NGINX_IP, REPO, BenchError, BenchWorld, loadavg, log, target_ip,
                               target_name, world)
 
@@ -58,12 +58,13 @@ class Plan:  # pylint: disable=too-many-instance-attributes
     tuning_runs: int
     upstream_total: int
     upstream_parallel: int
+    cache_sizes: tuple[int, ...]
     out: Path
 
 
 FULL = Plan("full", 5, ("alpine", "big"), 5, True, (1, 4, 8), True, True, ("inmemory", "troubleshooting"), 5, 100, 20,
-            BENCH / "results")
-SMOKE = Plan("smoke", 3, ("alpine",), 1, False, (), False, False, ("inmemory",), 1, 20, 5, BENCH / "results" / "smoke")
+            (250, 1000, 4000), BENCH / "results")
+SMOKE = Plan("smoke", 3, ("alpine",), 1, False, (), False, False, ("inmemory",), 1, 20, 5, (100,), BENCH / "results" / "smoke")
 
 
 class Bench:  # pylint: disable=too-many-instance-attributes
@@ -357,6 +358,12 @@ class Bench:  # pylint: disable=too-many-instance-attributes
                 self.bw.setup()
                 self.results["link"] = self.bw.link_calibration()
                 log(f"   link: {self.results['link']}")
+            if self.args.collections_only:
+                with self.step("role: first converge on one amd64 target"):
+                    self.first_converge({target_name(1): target_ip(1)}, "amd64", "single-amd64", idempotent=False)
+                with self.step(f"disk budget: collections of {', '.join(map(str, plan.cache_sizes))}-image caches"):
+                    collection.run(self, plan.cache_sizes, MIRROR)
+                return not self.results["errors"] and all(c["ok"] for c in self.results["checks"])
             with self.step(f"role: first converge + re-run on one amd64 target x{plan.converge_runs}"):
                 self.role_single()
             with self.step(f"pulls: {', '.join(plan.images)} x{plan.runs} (direct, mirror cold/warm, nginx, skopeo alone)"):
@@ -365,6 +372,9 @@ class Bench:  # pylint: disable=too-many-instance-attributes
                 self.tuning()
             with self.step(f"upstream cost: {plan.upstream_total} pulls, {plan.upstream_parallel} in parallel"):
                 self.upstream_cost()
+            if plan.cache_sizes:
+                with self.step(f"disk budget: collections of {', '.join(map(str, plan.cache_sizes))}-image caches"):
+                    collection.run(self, plan.cache_sizes, MIRROR)
             if plan.fleet:
                 with self.step(f"role: fleets of {', '.join(map(str, plan.fleet))} amd64 targets"):
                     self.fleet()
@@ -402,7 +412,17 @@ class Bench:  # pylint: disable=too-many-instance-attributes
         if self.plan.mode == "full" and not passed:
             out = BENCH_CACHE / "failed-full"
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(self.results, indent=1) + "\n", encoding="utf-8")
+        results = self.results
+        if self.args.collections_only:  # into the results of the last run, beside its other measurements
+            results = json.loads((out / "results.json").read_text(encoding="utf-8")) if passed else {}
+            results["collections"] = self.results.get("collections")
+            results.setdefault("checks", []).extend(self.results["checks"])
+            results.setdefault("durations_s", {})["collections"] = self.results["durations_s"]
+            if not passed:
+                out = BENCH_CACHE / "failed-collections"
+                out.mkdir(parents=True, exist_ok=True)
+                results = self.results
+        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
         render(out)
         return out
 
@@ -506,6 +526,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mbit", type=float, default=100.0, help="emulated link bandwidth, Mbit/s per direction (default 100)")
     parser.add_argument("--no-arm64", action="store_true", help="skip the arm64 converge (full mode)")
     parser.add_argument("--no-fleet", action="store_true", help="skip the fleets of 1/4/8 targets (full mode)")
+    parser.add_argument("--collections-only", action="store_true",
+                        help="only the disk budget's collections, merged into the last run's results.json")
     parser.add_argument("--keep", action="store_true", help="leave the containers and network for inspection")
     parser.add_argument("--cleanup", action="store_true", help="only remove what an earlier --keep run left")
     parser.add_argument("--render", action="store_true", help="only redraw report.md and pulls.png from results.json (with --smoke: the smoke's)")

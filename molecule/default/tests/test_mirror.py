@@ -39,9 +39,10 @@ def test_service_is_active_enabled_and_not_root(host):
 
 
 def test_listens_only_on_the_bridge(host):
-    # Every TCP listener but Docker's embedded DNS (127.0.0.11): only the mirror, only on the bridge.
+    # Every TCP listener but Docker's embedded DNS (127.0.0.11): the mirror, only on the bridge, and the supervisor's
+    # notifications and metrics, only on loopback.
     listeners = host.check_output("ss -Hltn | awk '{print $4}' | grep -v '^127.0.0.11:'").split()
-    assert listeners == [f"{ADDRESS}:5000"]
+    assert sorted(listeners) == sorted([f"{ADDRESS}:5000", "127.0.0.1:5002"])
 
 
 def test_sandbox_exposure_is_low(host):

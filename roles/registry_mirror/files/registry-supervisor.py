@@ -33,12 +33,15 @@ margin keeps a mirror that frees a little space by itself from switching at ever
 
 Disk budget (budget_mb and/or budget_percent of the cache's filesystem; the smaller wins): every cache_check_interval
 the supervisor adds up the cache's blob data (registry_cache.py, next to this program); above the budget, on a
-schedule (collect_interval) and on SIGUSR1 it collects: it runs the registry read-only (cached pulls keep working;
-nothing is written while it deletes), waits for the previous process to finish its requests, evicts the least
-recently used images until the cache is under the low-water mark (low_water_percent of the budget), deletes the
-blobs no manifest references any more, puts the duration and the bytes reclaimed in the journal, and returns to
-pull-through mode. It learns which images are used from distribution's pull notifications, which the config sends to
-its loopback port (port), and keeps those times in the cache directory (USAGE_FILE). The same port serves its
+schedule (collect_interval) and on SIGUSR1 it collects while the registry goes on serving: it evicts the least
+recently used images (tag links first, so that a pull finds an image whole or not at all) until the cache is under
+the low-water mark (low_water_percent of the budget), deletes the blobs no manifest references any more (a second
+walk right before the deletions spares what a pull cached meanwhile; a pull that still races one falls back to the
+upstream, as for any blob the mirror lacks), and puts the duration and the bytes reclaimed in the journal. The
+registry is not replaced for it: a switch of processes under load can cost a pull its connection. It learns
+which images are used from distribution's pull notifications, which the config sends to
+its loopback port (port), and keeps those times in the cache directory (registry_cache.USAGE_FILE).
+The same port serves its
 Prometheus metrics (/metrics), followed by distribution's own when registry_metrics_url names them.
 """
 from __future__ import annotations
@@ -135,6 +138,8 @@ class Settings:
     # once); at start, the pull-through process was still starting, not serving, so it gets longer.
     switch_grace: float = 0.3
     start_grace: float = 2.0
+    # A registry is never asked to stop (but at unit stop) sooner than this after its start (see replace()).
+    min_run: float = 3.0
     # At stop, how long each registry may drain before it is killed (systemd's TimeoutStopSec is longer).
     stop_timeout: float = 70.0
     poll_interval: float = 0.2
@@ -152,15 +157,13 @@ class Settings:
     # The disk budget: MiB, and/or a percentage of the cache's filesystem (0: no such limit; the smaller wins); a
     # collection evicts down to low_water_percent of it. Checked every cache_check_interval; a collection also runs
     # every collect_interval (0: only above the budget or on SIGUSR1). Unreferenced blobs younger than collect_grace
-    # are kept (a pull may not have stored its manifest yet); drain_wait: how long a collection waits for the previous
-    # registry to finish its requests before it deletes anything.
+    # are kept, but an evicted image's (a pull may not have stored its manifest yet).
     budget_mb: int = 0
     budget_percent: int = 0
     low_water_percent: int = 80
     cache_check_interval: float = 30.0
     collect_interval: float = 86400.0
     collect_grace: float = 600.0
-    drain_wait: float = 65.0
 
     @classmethod
     def load(cls, path: str) -> Settings:
@@ -544,8 +547,9 @@ class Supervisor:
         self.usage = Usage(os.path.join(self.storage, registry_cache.USAGE_FILE)) if self.storage else None
         self.listener: Listener | None = None
         self.socket: socket.socket | None = None  # the mirror's listening socket, when the supervisor holds it
+        self.started_at: dict[int, float] = {}  # process id -> when it was started (monotonic)
         self.collect_requested = False  # SIGUSR1
-        self.next_cache_check = 0.0
+        self.next_cache_check = time.monotonic() + settings.cache_check_interval  # not while the registry starts
         self.next_collection = time.monotonic() + settings.collect_interval
         self.next_usage_save = time.monotonic() + USAGE_SAVE_INTERVAL
 
@@ -650,10 +654,15 @@ class Supervisor:
             env["REGISTRY_HTTP_DEBUG_ADDR"] = ""
         command = [self.settings.binary, "serve", self.settings.config]
         if self.socket is None:
-            return subprocess.Popen(command, env=env)
-        fd = self.socket.fileno()
-        return subprocess.Popen(["/bin/sh", "-c", LAUNCHER, "registry-launch", str(fd), *command], env=env,
-                                pass_fds=(fd,))
+            child = subprocess.Popen(command, env=env)
+        else:
+            fd = self.socket.fileno()
+            child = subprocess.Popen(["/bin/sh", "-c", LAUNCHER, "registry-launch", str(fd), *command], env=env,
+                                     pass_fds=(fd,))
+        alive = {proc.pid for proc in (self.child, *self.draining) if proc is not None and proc.poll() is None}
+        self.started_at = {pid: t for pid, t in self.started_at.items() if pid in alive}
+        self.started_at[child.pid] = time.monotonic()
+        return child
 
     def open_socket(self) -> bool:
         """Listen on the mirror's address for the registries (settings.listen); False (said) when that fails."""
@@ -678,7 +687,12 @@ class Supervisor:
 
     def replace(self, child: subprocess.Popen[bytes], local: bool, grace: float) -> subprocess.Popen[bytes]:
         """Stop CHILD and start the registry in the other mode once CHILD has exited or GRACE seconds have passed
-        (it lets go of the port at once; a CHILD still draining requests stays in self.draining)."""
+        (it lets go of the port at once; a CHILD still draining requests stays in self.draining). A CHILD that started
+        less than min_run seconds ago is given that long first: stopped as it starts serving, distribution can exit
+        with a connection it has just accepted from the shared socket unanswered."""
+        age = time.monotonic() - self.started_at.get(child.pid, 0.0)
+        if child.poll() is None and age < self.settings.min_run:
+            time.sleep(self.settings.min_run - age)
         stop(child)
         try:
             child.wait(timeout=grace)
@@ -900,49 +914,30 @@ class Supervisor:
             self.collect(reason)
             self.next_cache_check = time.monotonic() + self.settings.cache_check_interval
 
-    def wait_for_draining(self) -> bool:
-        """Wait (up to drain_wait) until no previous registry serves requests: whatever it writes is then stored."""
-        deadline = time.monotonic() + self.settings.drain_wait
-        while not self.stopping:
-            self.draining = [old for old in self.draining if old.poll() is None]
-            if not self.draining or time.monotonic() >= deadline:
-                break
-            time.sleep(self.settings.poll_interval)
-        return not self.draining
-
     def collect(self, reason: str) -> None:
         """Evict the least recently used images down to the low-water mark when above the budget, then delete the
-        blobs nothing references, the registry serving the cache read-only meanwhile; say what it did."""
-        assert self.usage is not None
-        started = time.monotonic()
-        was_pull_through = not self.local and self.child is not None
-        say(f"cache collection ({reason})" + (": serving the cache read-only meanwhile" if was_pull_through else ""))
-        if was_pull_through:
-            self.switch()
+        blobs nothing references, while the registry serves; say what it did."""
+        say(f"cache collection ({reason})")
         try:
-            if not self.wait_for_draining():
-                if not self.stopping:
-                    say(f"cache collection skipped: the previous registry still serves requests after "
-                        f"{self.settings.drain_wait:.0f} s")
-                return
-            self.collect_now(started)
+            self.collect_now(time.monotonic())
         except Exception as exc:  # a failed collection must never take the mirror down
             say(f"ERROR: cache collection failed ({exc!r}); what it deleted left the cache consistent, the rest waits "
                 "for the next collection")
-        finally:
-            if was_pull_through and not self.stopping:
-                self.return_after_collection()
 
     def collect_now(self, started: float) -> None:
-        """The collection itself (nothing writes to the cache meanwhile)."""
+        """The collection itself."""
         assert self.usage is not None
         budget = self.budget_bytes()
+        steps = [time.monotonic()]
         inventory = registry_cache.scan(self.storage, self.usage.snapshot())
         before = inventory.total_bytes()
         evicted = inventory.plan(budget * self.settings.low_water_percent // 100) if budget and before > budget else []
+        steps.append(time.monotonic())
         registry_cache.evict(self.storage, evicted, inventory)
+        steps.append(time.monotonic())
         reclaimed, blobs = registry_cache.sweep(self.storage, time.time() - self.settings.collect_grace,
-                                                lambda: self.stopping)
+                                                lambda: self.stopping, evicted)
+        steps.append(time.monotonic())
         after = registry_cache.cache_bytes(self.storage)
         kept = [image for image in inventory.images if image not in evicted]
         self.usage.keep_only({(image.repository, digest) for image in kept for digest in image.manifests})
@@ -955,25 +950,11 @@ class Supervisor:
                          registry_mirror_cache_last_collection_timestamp_seconds=time.time())
         names = ", ".join(describe(image) for image in evicted[:10])
         more = f" and {len(evicted) - 10} more" if len(evicted) > 10 else ""
-        say(f"cache collection done in {seconds:.2f} s: evicted {len(evicted)} images{': ' if names else ''}{names}"
+        scan, eviction, sweep = (later - earlier for earlier, later in zip(steps, steps[1:]))
+        say(f"cache collection done in {seconds:.2f} s (scan {scan:.2f} s, eviction {eviction:.2f} s, sweep "
+            f"{sweep:.2f} s): evicted {len(evicted)} images{': ' if names else ''}{names}"
             f"{more}; deleted {blobs} blobs, reclaimed {reclaimed / MIB:.1f} MiB; cache {before / MIB:.1f} -> "
             f"{after / MIB:.1f} MiB, budget " + (f"{budget / MIB:.1f} MiB" if budget else "none"))
-
-    def return_after_collection(self) -> None:
-        """Back to pull-through mode after a collection, unless the free space or the upstream keeps it read-only
-        (the probes then decide, as after any switch)."""
-        if self.check_space():
-            self.held_for_space = True
-            say("still serving the cache read-only after the collection: below the free-space floor")
-            return
-        reachable, why = self.upstream_answers() if self.settings.offline_fallback else (True, "")
-        if self.stopping:
-            return
-        if not reachable:
-            say(f"upstream {self.upstream} unreachable ({why}): still serving the cache read-only after the collection")
-            return
-        self.switch()
-        say("back to pull-through mode after the collection")
 
     def stop_all(self) -> None:
         """Stop the registry and any process still draining; kill what has not exited after the stop timeout."""

@@ -573,16 +573,25 @@ def _never() -> bool:
     return False
 
 
-def sweep(root: str | os.PathLike[str], keep_newer_than: float, should_stop: Callable[[], bool] = _never) -> Swept:
+def sweep(root: str | os.PathLike[str], keep_newer_than: float, should_stop: Callable[[], bool] = _never,
+          evicted: Iterable[Image] = ()) -> Swept:
     """Delete the blobs of the storage ROOT that no revision of any repository references and whose data was written
-    before KEEP_NEWER_THAN (epoch seconds), then the _layers links to blobs gone and unreferenced; SHOULD_STOP is
-    asked before each deletion."""
+    before KEEP_NEWER_THAN (epoch seconds), or that belonged to an EVICTED image whatever their age, then the _layers
+    links to blobs gone and unreferenced; SHOULD_STOP is asked before each deletion."""
+    doomed = {digest for image in evicted for digest in image.blobs}
     store = _Store(root)
     marked = store.marked()
+    # The registry may go on serving (and storing) while this runs: whatever a manifest cached meanwhile references
+    # (an evicted image pulled again, say) is marked by a second walk, right before the deletions.
+    candidates = [digest for digest, blob in store.blobs.items()
+                  if digest not in marked and (blob.mtime < keep_newer_than or digest in doomed)]
+    if candidates:
+        marked |= _Store(root).marked()
     deleted: set[str] = set()
     reclaimed = 0
-    for digest, blob in sorted(store.blobs.items()):
-        if digest in marked or blob.mtime >= keep_newer_than:
+    for digest in sorted(candidates):
+        blob = store.blobs[digest]
+        if digest in marked:
             continue
         if should_stop():
             return Swept(reclaimed, len(deleted))

@@ -419,9 +419,11 @@ def broken_layout(layout: Layout) -> dict[str, str]:
     config_gone = layout.image("missing/config", "c", [b"layer"])
     layer_gone = layout.image("missing/layer", "l", [b"only here"])
     unlinked = layout.image("unlinked/layer", "u", [b"pulled elsewhere"])
-    foreign = layout.revision("foreign/layer", {"schemaVersion": 2, "config": {"digest": layout.layer(
-        "foreign/layer", b"config")}, "layers": [{"mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar",
-                                                   "digest": unknown_digest("windows"), "urls": ["https://x"]}]})
+    foreign_layer = {"mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar",
+                     "digest": unknown_digest("windows"), "urls": ["https://x"]}
+    foreign_config = layout.layer("foreign/layer", b"config")
+    foreign = layout.revision("foreign/layer", {"schemaVersion": 2, "config": {"digest": foreign_config},
+                                                "layers": [foreign_layer]})
     digests = {"missing": missing, "garbage": garbage, "config_gone": config_gone, "layer_gone": layer_gone,
                "unlinked": unlinked, "foreign": foreign}
     for name, digest in (("config_gone", config_gone), ("layer_gone", layer_gone), ("unlinked", unlinked)):
@@ -584,8 +586,8 @@ def test_manifest_formats() -> None:
     schema2 = registry_cache._parse_manifest(json.dumps({
         "mediaType": "application/vnd.docker.distribution.manifest.v2+json", "config": {"digest": digest_a},
         "layers": [{"digest": digest_b}, {"digest": digest_b}, {"digest": 5}]}).encode())
-    schema1 = registry_cache._parse_manifest(json.dumps({"schemaVersion": 1, "fsLayers": [{"blobSum": digest_b}]})
-                                            .encode())
+    schema1_document = json.dumps({"schemaVersion": 1, "fsLayers": [{"blobSum": digest_b}]})
+    schema1 = registry_cache._parse_manifest(schema1_document.encode())
 
     assert (manifest_list.children, manifest_list.blobs, manifest_list.error) == ((digest_a,), (), "")
     assert (schema2.children, schema2.blobs) == ((), (("config", digest_a), ("layer", digest_b)))
@@ -682,3 +684,32 @@ def test_evict_refuses_names_outside_the_layout(layout: Layout) -> None:
                   Image("library/alpine", "sha256:../../x", (), frozenset({"sha256:../../x"}), frozenset(), T0)):
         with pytest.raises(ValueError, match="is not a"):
             registry_cache.evict(layout.root, [image], inventory)
+
+
+def test_sweep_spares_what_a_pull_cached_between_its_walks(layout: Layout, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry serves during a collection: an evicted image pulled again after the first walk (its manifest
+    cached, its blobs linked) keeps every blob, the evicted one included; the other evicted image's blobs go."""
+    again = layout.image("library/again", "again", [layer_bytes(1, 300)], tag="latest")
+    gone = layout.image("library/gone", "gone", [layer_bytes(2, 400)], tag="latest")
+    inventory = registry_cache.scan(layout.root)
+    evicted = [image for image in inventory.images if image.repository in ("library/again", "library/gone")]
+    registry_cache.evict(layout.root, evicted, inventory)
+    real_marked = registry_cache._Store.marked
+    walks: list[set[str]] = []
+
+    def marked_then_pulled(store: object) -> set[str]:
+        """The first walk, then a pull of library/again (manifest and tag cached again) before the second."""
+        result = real_marked(store)  # type: ignore[arg-type]
+        if not walks:
+            layout.link(layout.revision_dir("library/again", again), again)
+            layout.tag("library/again", "latest", again)
+        walks.append(result)
+        return result
+
+    monkeypatch.setattr(registry_cache._Store, "marked", marked_then_pulled)
+    registry_cache.sweep(layout.root, GRACE_END, evicted=evicted)
+
+    assert len(walks) == 2
+    kept = by_key(registry_cache.scan(layout.root))[("library/again", again)]
+    assert all((layout.blob_dir(blob) / "data").is_file() for blob in kept.blobs | {again})
+    assert not layout.blob_dir(gone).exists()
