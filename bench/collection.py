@@ -66,7 +66,7 @@ def journal_since(target: str, since: float) -> list[tuple[float, str]]:
     out = dexec(target, 'journalctl --no-pager -o short-unix -u registry --since "@$1"', f"{since:.3f}")
     lines = []
     for line in out.splitlines():
-        stamp, _, text = line.partition(" ")
+        stamp, _space, text = line.partition(" ")
         try:
             lines.append((float(stamp), text))
         except ValueError:
@@ -95,20 +95,20 @@ def measure(bw: Any, work: Path, images: int, mirror: str, n: int = 1) -> dict[s
           "json.dump(s, open(p, 'w'), indent=2)")
     try:
         bw.mirror_restart(n)
-        baseline = [bw.pull(mirror, "alpine") for _ in range(5)]
+        baseline = [bw.pull(mirror, "alpine") for _run in range(5)]
         start = time.time()
         loop = subprocess.Popen(["docker", "exec", CLIENT, "sh", "-c", PULL_LOOP, "sh", mirror],
                                 stdout=subprocess.PIPE, text=True)
         time.sleep(2)
         dexec(target, "systemctl kill -s USR1 --kill-whom=main registry")
         deadline = time.monotonic() + 600
-        while not any("cache collection done" in text for _, text in journal_since(target, start)):
+        while not any("cache collection done" in text for _when, text in journal_since(target, start)):
             if time.monotonic() > deadline:
                 raise BenchError(f"no collection of the {images}-image cache within 600 s")
             time.sleep(0.5)
         time.sleep(2)
         dexec(CLIENT, "touch /tmp/stop-loop")
-        output, _ = loop.communicate(timeout=120)
+        output, _errors = loop.communicate(timeout=120)
         problems = dexec(target, f"python3 {CACHE_TOOL} check {STORAGE}", check=False).strip()
     finally:
         dexec(target, f"mv {SAVED_SETTINGS} {SETTINGS}")
@@ -116,9 +116,9 @@ def measure(bw: Any, work: Path, images: int, mirror: str, n: int = 1) -> dict[s
     lines = journal_since(target, start)
     began = next(t for t, text in lines if "cache collection (asked for" in text)
     back = next(t for t, text in lines if "cache collection done" in text)
-    done = next((DONE.search(text) for _, text in lines if DONE.search(text)), None)
+    done = next((DONE.search(text) for _when, text in lines if DONE.search(text)), None)
     if done is None:
-        raise BenchError("no 'cache collection done' line in the journal:\n" + "\n".join(t for _, t in lines)[-2000:])
+        raise BenchError("no 'cache collection done' line in the journal:\n" + "\n".join(t for _when, t in lines)[-2000:])
     total, scan, eviction, sweep = (float(done.group(i)) for i in range(1, 5))
     pulls = [(int(s) / 1e9, int(e) / 1e9, int(r)) for s, e, r in (line.split() for line in output.splitlines())]
     during = [(s, e, r) for s, e, r in pulls if s <= back and e >= began]
@@ -129,10 +129,10 @@ def measure(bw: Any, work: Path, images: int, mirror: str, n: int = 1) -> dict[s
         "evicted": int(done.group(5)), "blobs_deleted": int(done.group(6)), "reclaimed_mib": float(done.group(7)),
         "cache_after_mib": float(done.group(9)),
         "baseline_pull_s": round(statistics.median(baseline), 3),
-        "pulls": len(pulls), "pulls_failed": sum(1 for _, _, r in pulls if r),
-        "pulls_during": len(during), "pulls_during_failed": sum(1 for _, _, r in during if r),
-        "pull_during_s": round(statistics.median([e - s for s, e, _ in during]), 3) if during else None,
-        "pull_during_max_s": round(max(e - s for s, e, _ in during), 3) if during else None,
+        "pulls": len(pulls), "pulls_failed": sum(1 for _start, _end, r in pulls if r),
+        "pulls_during": len(during), "pulls_during_failed": sum(1 for _start, _end, r in during if r),
+        "pull_during_s": round(statistics.median([e - s for s, e, _status in during]), 3) if during else None,
+        "pull_during_max_s": round(max(e - s for s, e, _status in during), 3) if during else None,
         "problems_after": problems if problems != "no problems" else "",
     }
     log(f"   {images} images ({files} files, {cache_mib:.0f} MiB): collection {total:.2f} s (scan {scan:.2f}, eviction "

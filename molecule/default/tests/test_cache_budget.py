@@ -112,7 +112,7 @@ def test_a_pull_during_a_collection_succeeds(host, vm, budget):
             f"skopeo copy --retry-times 0 --override-arch {ARCH} docker://{fill(1)} oci:/tmp/during:x >/dev/null "
             "|| { echo FAILED; exit 1; }; ok=$((ok + 1)); done; echo $ok")
     vm.sh(f"rm -rf /tmp/during; ({loop}) > /tmp/during.out 2>&1 &")
-    for _ in range(3):  # three collections while the VM pulls
+    for _collection in range(3):  # three collections while the VM pulls
         time.sleep(2)
         host.check_output("systemctl kill -s USR1 --kill-whom=main registry")
     vm.sh("for i in $(seq 60); do grep -qE '^[0-9]+$|FAILED' /tmp/during.out && exit 0; sleep 0.5; done; exit 1")

@@ -47,12 +47,12 @@ def test_only_the_bridge_network_reaches_the_mirror(target, vm, offnet):
     listeners = set(target.out("ss -Hltn | awk '{print $4}' | grep -v '^127.0.0.11:'").split())
     from_vm = vm_curl(f"https://{MIRROR}/v2/").stdout
     from_offnet = offnet.sh(f"curl -sS --connect-timeout 3 https://{MIRROR}/v2/", check=False)
-    ok = (list(networks) == ["actuated-br129"] and listeners == {f"{ADDRESS}:5000", "127.0.0.1:5001"}
+    ok = (list(networks) == ["actuated-br129"] and listeners == {f"{ADDRESS}:5000", "127.0.0.1:5001", "127.0.0.1:5002"}
           and from_vm == "200" and from_offnet.returncode in {7, 28})
     record("security", "only the bridge reaches the mirror", ok, target_networks=list(networks),
            listeners=sorted(listeners), vm_status=from_vm, offnet_curl_exit=from_offnet.returncode)
     assert list(networks) == ["actuated-br129"]
-    assert listeners == {f"{ADDRESS}:5000", "127.0.0.1:5001"}
+    assert listeners == {f"{ADDRESS}:5000", "127.0.0.1:5001", "127.0.0.1:5002"}
     assert from_vm == "200"
     assert from_offnet.returncode in {7, 28}, (from_offnet.returncode, from_offnet.stderr)
 

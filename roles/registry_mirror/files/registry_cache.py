@@ -191,7 +191,7 @@ class _Manifest:
 
     def references(self) -> tuple[str, ...]:
         """Every digest it references."""
-        return self.children + tuple(digest for _, digest in self.blobs)
+        return self.children + tuple(digest for _role, digest in self.blobs)
 
 
 @dataclasses.dataclass
@@ -399,7 +399,7 @@ def _read_manifest(path: str) -> _Manifest | None:
     read = _read(path, MAX_MANIFEST_BYTES)
     if read is None:
         return None
-    content, _ = read
+    content, _info = read
     if len(content) > MAX_MANIFEST_BYTES:
         return _Manifest(error=f"is larger than {MAX_MANIFEST_BYTES} bytes")
     return _parse_manifest(content)
@@ -425,7 +425,7 @@ def _images(store: _Store, repository: _Repository, usage: Mapping[tuple[str, st
         for digest in manifests:
             manifest = store.manifest(digest)
             blobs.update(ref for ref in (digest, *(manifest.references() if manifest else ())) if ref in store.blobs)
-        tags = tuple(sorted(tag for tag, (target, _) in repository.tags.items() if target in manifests))
+        tags = tuple(sorted(tag for tag, (target, _mtime) in repository.tags.items() if target in manifests))
         times = [repository.revisions[root]]
         times += [repository.tags[tag][1] for tag in tags]
         times += [usage[(repository.name, digest)] for digest in manifests if (repository.name, digest) in usage]
@@ -441,7 +441,7 @@ def scan(root: str | os.PathLike[str], usage: Mapping[tuple[str, str], float] | 
 
 def cache_bytes(root: str | os.PathLike[str]) -> int:
     """The bytes of all blob data in the storage ROOT (a quick walk of the blob store only)."""
-    return sum(info.st_size for _, _, info in _blob_files(layout_directory(root)))
+    return sum(info.st_size for _digest, _path, info in _blob_files(layout_directory(root)))
 
 
 def _remove(v2: str, path: str) -> bool:
@@ -618,7 +618,7 @@ def check(root: str | os.PathLike[str]) -> list[str]:
     problems = []
     for repository in store.repositories:
         name = repository.name
-        for tag, (target, _) in sorted(repository.tags.items()):
+        for tag, (target, _mtime) in sorted(repository.tags.items()):
             if target is None:
                 problems.append(f"{name}:{tag}: the tag's current link is missing or names no sha256 digest")
             elif target not in repository.revisions:
@@ -654,7 +654,7 @@ def read_usage(path: str) -> dict[tuple[str, str], float]:
         return {}
     times = {}
     for key, when in used.items():
-        repository, _, digest = key.partition("@")
+        repository, _at, digest = key.partition("@")
         if digest and isinstance(when, (int, float)) and not isinstance(when, bool):
             times[(repository, digest)] = float(when)
     return times

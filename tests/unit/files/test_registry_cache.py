@@ -120,7 +120,7 @@ def test_plan_evicts_the_least_recently_used_images_first_by_usage(layout: Layou
 def test_plan_evicts_the_least_recently_used_images_first_by_link_times(layout: Layout) -> None:
     """Without usage times the link times decide (c's tag rewritten last, a cached after b); equal times go by
     repository name."""
-    a, b, _ = three_images(layout)
+    a, b, _c = three_images(layout)
     os.utime(layout.revision_dir("library/a", a) / "link", (T0, T0 + 20))
     os.utime(layout.tag_dir("library/c", "latest") / "current" / "link", (T0, T0 + 30))
     os.utime(layout.revision_dir("library/b", b) / "link", (T0, T0 + 10))
@@ -144,7 +144,7 @@ def test_plan_stops_as_soon_as_the_images_left_fit(layout: Layout) -> None:
     """Nothing when the images already fit (total = target); each image just enough, never one more."""
     three_images(layout)
     inventory = registry_cache.scan(layout.root)
-    ordered = [image for image, _ in inventory.evictions()]
+    ordered = [image for image, _left in inventory.evictions()]
     total = inventory.referenced_bytes(inventory.images)
     without_first = inventory.referenced_bytes(ordered[1:])
 
@@ -273,6 +273,19 @@ def test_a_tag_on_a_child_shared_with_a_kept_index_stays(layout: Layout) -> None
     assert [image.digest for image in registry_cache.scan(layout.root).images] == [new]
 
 
+def failing_after(remove: Callable[[str, str], bool], limit: int) -> Callable[[str, str], bool]:
+    """REMOVE (registry_cache._remove), failing from its LIMIT + 1st call on."""
+    calls = [0]
+
+    def counting(v2: str, path: str) -> bool:
+        calls[0] += 1
+        if calls[0] > limit:
+            raise OSError("interrupted")
+        return remove(v2, path)
+
+    return counting
+
+
 def test_nested_repositories_survive_their_parents_removal(layout: Layout) -> None:
     """a/b and a/b/c are two repositories: evicting a/b's only image removes its own directories, not a/b/c."""
     parent = layout.image("a/b", "b", [layer_bytes(1, 100)], tag="latest")
@@ -325,16 +338,7 @@ def test_an_interrupted_eviction_leaves_every_image_whole(layout: Layout, monkey
         for path, content in pristine.items():  # back to the layout before the eviction
             Layout.write(layout.root / path, content, T0)
         inventory = registry_cache.scan(layout.root)
-        calls = [0]
-
-        def counting(v2: str, path: str, calls: list[int] = calls, limit: int = limit) -> bool:
-            """registry_cache._remove that fails after LIMIT calls."""
-            calls[0] += 1
-            if calls[0] > limit:
-                raise OSError("interrupted")
-            return remove(v2, path)
-
-        monkeypatch.setattr(registry_cache, "_remove", counting)
+        monkeypatch.setattr(registry_cache, "_remove", failing_after(remove, limit))
         try:
             registry_cache.evict(layout.root, inventory.plan(0)[:2], inventory)
         except OSError:
@@ -629,7 +633,7 @@ def test_cli_du_and_plan_change_nothing(layout: Layout, capsys: pytest.CaptureFi
 
     assert run_cli(capsys, "du", str(layout.root)) == (
         0, f"{total} bytes in 9 blobs; 3 images reference {total} bytes\n", "")
-    status, out, _ = run_cli(capsys, "plan", str(layout.root), str(total - 20001))
+    status, out, _err = run_cli(capsys, "plan", str(layout.root), str(total - 20001))
     lines = out.splitlines()
     assert status == 0 and len(lines) == 3, out
     assert lines[0].startswith(f"evict library/b@{b} (latest): last used 2023-11-14 22:15:00Z, frees ")
@@ -652,14 +656,14 @@ def test_cli_errors(tmp_path: Path, layout: Layout, capsys: pytest.CaptureFixtur
     layout.image("library/alpine", "alpine", [b"layer"])
     other = tmp_path / "other"
     (other / "some-directory").mkdir(parents=True)
-    status, _, err = run_cli(capsys, "du", str(tmp_path / "missing"))
+    status, _out, err = run_cli(capsys, "du", str(tmp_path / "missing"))
     assert (status, err) == (2, f"registry_cache: {tmp_path / 'missing'}: no such directory (give the registry's "
                                 "storage rootdirectory, e.g. /var/lib/registry)\n")
-    status, _, err = run_cli(capsys, "check", str(layout.v2))
+    status, _out, err = run_cli(capsys, "check", str(layout.v2))
     assert status == 2 and "looks like the storage's docker/registry/v2 directory itself" in err
-    status, _, err = run_cli(capsys, "plan", str(other), "1G")
+    status, _out, err = run_cli(capsys, "plan", str(other), "1G")
     assert status == 2 and "is not a distribution filesystem storage" in err
-    status, _, err = run_cli(capsys, "plan", str(layout.root), "lots")
+    status, _out, err = run_cli(capsys, "plan", str(layout.root), "lots")
     assert status == 2 and "'lots' is not a size" in err
     assert run_cli(capsys, "check", str(layout.root))[0] == 0
     fresh = tmp_path / "fresh"
