@@ -138,8 +138,6 @@ class Settings:
     # once); at start, the pull-through process was still starting, not serving, so it gets longer.
     switch_grace: float = 0.3
     start_grace: float = 2.0
-    # A registry is never asked to stop (but at unit stop) sooner than this after its start (see replace()).
-    min_run: float = 3.0
     # At stop, how long each registry may drain before it is killed (systemd's TimeoutStopSec is longer).
     stop_timeout: float = 70.0
     poll_interval: float = 0.2
@@ -547,7 +545,6 @@ class Supervisor:
         self.usage = Usage(os.path.join(self.storage, registry_cache.USAGE_FILE)) if self.storage else None
         self.listener: Listener | None = None
         self.socket: socket.socket | None = None  # the mirror's listening socket, when the supervisor holds it
-        self.started_at: dict[int, float] = {}  # process id -> when it was started (monotonic)
         self.collect_requested = False  # SIGUSR1
         self.next_cache_check = time.monotonic() + settings.cache_check_interval  # not while the registry starts
         self.next_collection = time.monotonic() + settings.collect_interval
@@ -654,15 +651,10 @@ class Supervisor:
             env["REGISTRY_HTTP_DEBUG_ADDR"] = ""
         command = [self.settings.binary, "serve", self.settings.config]
         if self.socket is None:
-            child = subprocess.Popen(command, env=env)
-        else:
-            fd = self.socket.fileno()
-            child = subprocess.Popen(["/bin/sh", "-c", LAUNCHER, "registry-launch", str(fd), *command], env=env,
-                                     pass_fds=(fd,))
-        alive = {proc.pid for proc in (self.child, *self.draining) if proc is not None and proc.poll() is None}
-        self.started_at = {pid: t for pid, t in self.started_at.items() if pid in alive}
-        self.started_at[child.pid] = time.monotonic()
-        return child
+            return subprocess.Popen(command, env=env)
+        fd = self.socket.fileno()
+        return subprocess.Popen(["/bin/sh", "-c", LAUNCHER, "registry-launch", str(fd), *command], env=env,
+                                pass_fds=(fd,))
 
     def open_socket(self) -> bool:
         """Listen on the mirror's address for the registries (settings.listen); False (said) when that fails."""
@@ -687,12 +679,7 @@ class Supervisor:
 
     def replace(self, child: subprocess.Popen[bytes], local: bool, grace: float) -> subprocess.Popen[bytes]:
         """Stop CHILD and start the registry in the other mode once CHILD has exited or GRACE seconds have passed
-        (it lets go of the port at once; a CHILD still draining requests stays in self.draining). A CHILD that started
-        less than min_run seconds ago is given that long first: stopped as it starts serving, distribution can exit
-        with a connection it has just accepted from the shared socket unanswered."""
-        age = time.monotonic() - self.started_at.get(child.pid, 0.0)
-        if child.poll() is None and age < self.settings.min_run:
-            time.sleep(self.settings.min_run - age)
+        (it lets go of the port at once; a CHILD still draining requests stays in self.draining)."""
         stop(child)
         try:
             child.wait(timeout=grace)

@@ -33,7 +33,6 @@ FAST = {
     "start_probe_timeout": 0.5,
     "switch_grace": 0.3,
     "start_grace": 1.0,
-    "min_run": 0.2,
     "stop_timeout": 5,
     "poll_interval": 0.03,
     "challenge_timeout": 1,
