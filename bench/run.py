@@ -363,27 +363,8 @@ class Bench:  # pylint: disable=too-many-instance-attributes
                     self.first_converge({target_name(1): target_ip(1)}, "amd64", "single-amd64", idempotent=False)
                 with self.step(f"disk budget: collections of {', '.join(map(str, plan.cache_sizes))}-image caches"):
                     collection.run(self, plan.cache_sizes, MIRROR)
-                return not self.results["errors"] and all(c["ok"] for c in self.results["checks"])
-            with self.step(f"role: first converge + re-run on one amd64 target x{plan.converge_runs}"):
-                self.role_single()
-            with self.step(f"pulls: {', '.join(plan.images)} x{plan.runs} (direct, mirror cold/warm, nginx, skopeo alone)"):
-                self.pulls()
-            with self.step(f"tuning: {', '.join(plan.tuning)} vs the role's config"):
-                self.tuning()
-            with self.step(f"upstream cost: {plan.upstream_total} pulls, {plan.upstream_parallel} in parallel"):
-                self.upstream_cost()
-            if plan.cache_sizes:
-                with self.step(f"disk budget: collections of {', '.join(map(str, plan.cache_sizes))}-image caches"):
-                    collection.run(self, plan.cache_sizes, MIRROR)
-            if plan.fleet:
-                with self.step(f"role: fleets of {', '.join(map(str, plan.fleet))} amd64 targets"):
-                    self.fleet()
-            if plan.no_pipelining:
-                with self.step("role: one amd64 target without pipelining"):
-                    self.single_extra("single_amd64_no_pipelining", "amd64", False)
-            if plan.arm64 and not self.args.no_arm64:
-                with self.step("role: one arm64 target (qemu)"):
-                    self.single_extra("single_arm64", "arm64", True)
+            else:
+                self.measurements()
         except (BenchError, world.WorldError) as exc:
             self.results["errors"].append(str(exc))
             log(f"ERROR: {exc}")
@@ -391,20 +372,48 @@ class Bench:  # pylint: disable=too-many-instance-attributes
             self.results["errors"].append(f"interrupted {exc}".strip())
             log(f"interrupted {exc}".strip())
         finally:
-            with contextlib.suppress(BenchError, world.WorldError, OSError):
-                self.results["versions"] = self.bw.versions()
-            if not self.args.keep:
-                try:
-                    self.bw.cleanup()
-                except (BenchError, world.WorldError) as exc:
-                    self.results["errors"].append(f"cleanup: {exc}")
-                shutil.rmtree(self.work, ignore_errors=True)
-            else:
-                log(f"--keep: containers, network and {self.work} left in place (python3 -m bench.run --cleanup removes them)")
+            self.finish()
+        return not self.results["errors"] and all(c["ok"] for c in self.results["checks"])
+
+    def measurements(self) -> None:
+        """Every measurement of the plan, in order (after the set-up)."""
+        plan = self.plan
+        with self.step(f"role: first converge + re-run on one amd64 target x{plan.converge_runs}"):
+            self.role_single()
+        with self.step(f"pulls: {', '.join(plan.images)} x{plan.runs} (direct, mirror cold/warm, nginx, skopeo alone)"):
+            self.pulls()
+        with self.step(f"tuning: {', '.join(plan.tuning)} vs the role's config"):
+            self.tuning()
+        with self.step(f"upstream cost: {plan.upstream_total} pulls, {plan.upstream_parallel} in parallel"):
+            self.upstream_cost()
+        if plan.cache_sizes:
+            with self.step(f"disk budget: collections of {', '.join(map(str, plan.cache_sizes))}-image caches"):
+                collection.run(self, plan.cache_sizes, MIRROR)
+        if plan.fleet:
+            with self.step(f"role: fleets of {', '.join(map(str, plan.fleet))} amd64 targets"):
+                self.fleet()
+        if plan.no_pipelining:
+            with self.step("role: one amd64 target without pipelining"):
+                self.single_extra("single_amd64_no_pipelining", "amd64", False)
+        if plan.arm64 and not self.args.no_arm64:
+            with self.step("role: one arm64 target (qemu)"):
+                self.single_extra("single_arm64", "arm64", True)
+
+    def finish(self) -> None:
+        """Versions, cleanup (unless --keep), the run's total time."""
+        with contextlib.suppress(BenchError, world.WorldError, OSError):
+            self.results["versions"] = self.bw.versions()
+        if not self.args.keep:
+            try:
+                self.bw.cleanup()
+            except (BenchError, world.WorldError) as exc:
+                self.results["errors"].append(f"cleanup: {exc}")
+            shutil.rmtree(self.work, ignore_errors=True)
+        else:
+            log(f"--keep: containers, network and {self.work} left in place (python3 -m bench.run --cleanup removes them)")
         self.results["machine"]["loadavg_end"] = loadavg()
         self.results["durations_s"]["total"] = round(time.monotonic() - self.start, 1)
         self.results["logs"] = str(self.logs)
-        return not self.results["errors"] and all(c["ok"] for c in self.results["checks"])
 
     def write(self, passed: bool) -> Path:
         """results.json, report.md, pulls.png. A failed full run never replaces the committed results."""
