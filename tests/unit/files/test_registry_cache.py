@@ -317,6 +317,9 @@ class Listing:
     def __enter__(self) -> Iterator[os.DirEntry[str]]:
         return iter(self.entries)
 
+    def __iter__(self) -> Iterator[os.DirEntry[str]]:  # pathlib's walk iterates it directly (Python 3.12+)
+        return iter(self.entries)
+
     def __exit__(self, *_: object) -> None:
         return None
 
