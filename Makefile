@@ -100,7 +100,7 @@ lint: venv
 
 ## The programs the role installs on hosts (standard library only, Python 3.8+ syntax) and their tests: ruff, then
 ## mypy --strict.
-HOST_PROGRAMS := roles/registry_mirror/files/*.py tests/unit/files
+HOST_PROGRAMS := roles/registry_mirror/files/*.py tests/unit/files clients/*.py tests/unit/clients
 typecheck: venv
 	$(BIN)/ruff check --no-cache --target-version py38 --line-length 120 \
 	  --select E,F,W,B,UP,RUF,PL,C4,SIM,I --ignore PLR2004 $(HOST_PROGRAMS)

@@ -27,6 +27,8 @@ DEFAULT_VERSION = str(yaml.safe_load((REPO / "roles/registry_mirror/defaults/mai
 BRIDGE = os.environ.get("MOLECULE_BRIDGE", "128")
 ADDRESS = f"192.168.{BRIDGE}.1"
 MIRROR = f"{ADDRESS}:5000"
+# The second upstream's mirror (registry_mirror_upstreams in the default and cert_rotation scenarios: ghcr.io's stand-in).
+GHCR_MIRROR = f"{ADDRESS}:5010"
 UNAME = {"amd64": "x86_64", "arm64": "aarch64"}[ARCH]
 ELF_MACHINE = {"amd64": 0x3E, "arm64": 0xB7}[ARCH]
 
@@ -62,15 +64,17 @@ class Client:
 
 
 class Hub:
-    """The fake Docker Hub's admin API (counters per identity, rate limit, anonymous access)."""
+    """The admin API of a fake registry, the Docker Hub one by default (counters per identity, rate limit, anonymous
+    access)."""
 
-    def __init__(self) -> None:
+    def __init__(self, base_url: str = "") -> None:
+        self.base_url = base_url or world.HUB_LOCAL_URL
         self.context = ssl.create_default_context(cafile=str(world.CA_CERT))
 
     def call(self, path: str, body: dict[str, Any] | None = None) -> Any:
         """GET (or POST with BODY) an admin endpoint and decode its JSON."""
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"{world.HUB_LOCAL_URL}/_world/{path}", data=data, method="POST" if data is not None else "GET",
+        req = urllib.request.Request(f"{self.base_url}/_world/{path}", data=data, method="POST" if data is not None else "GET",
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, context=self.context, timeout=30) as resp:  # nosec B310: loopback test server
             text = resp.read().decode()
@@ -109,6 +113,12 @@ def offnet() -> Client:
 def hub() -> Hub:
     """The fake Docker Hub."""
     return Hub()
+
+
+@pytest.fixture(scope="session")
+def ghcr() -> Hub:
+    """The second upstream (ghcr.io's stand-in), the same fake registry with its own account and counters."""
+    return Hub(world.GHCR_LOCAL_URL)
 
 
 @pytest.fixture(scope="session")
@@ -155,6 +165,17 @@ def reconverge(converge, vm, *extra: str) -> None:
     result = converge(*args)
     assert result.returncode == 0, result.stdout[-3000:]
     vm.sh(f"for i in $(seq 150); do curl -sf -o /dev/null https://{MIRROR}/v2/ && exit 0; sleep 0.2; done; exit 1")
+
+
+def registry_pids(host) -> dict[str, str]:
+    """The pid of each `registry serve` process, by the configuration file it serves (targets have no ps)."""
+    script = ('for d in /proc/[0-9]*; do c=$(tr "\\0" " " < "$d/cmdline" 2>/dev/null) || continue; '
+              'case "$c" in *"registry serve "*) echo "${d#/proc/} $c";; esac; done')
+    found = {}
+    for line in host.check_output(script).splitlines():
+        pid, _space, args = line.strip().partition(" ")
+        found[args.split()[-1]] = pid
+    return found
 
 
 def metric(text: str, name: str, kind: str = "") -> float:

@@ -17,7 +17,7 @@ from .config import (ARCHES, CA_CERT, CACHE, CERTS, CONTAINERS, DEBS, DOCKERD_PI
                      NETWORKS, RELEASES, SERVER_SANS, env_vars)
 from .containers import cmd_down, cmd_up
 from .deps import binfmt_state, cmd_deps, cmd_stop_deps, docker_ready
-from .hub import cmd_hub_start, cmd_hub_stop, hub_ready
+from .hub import cmd_ghcr_start, cmd_ghcr_stop, cmd_hub_start, cmd_hub_stop, hub_ready
 from .images import IMAGES, cmd_images
 from .releases import cmd_debs, cmd_releases
 from .selftest import cmd_selftest
@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("down", "remove the world's containers and networks (caches stay)"),
         ("hub-stop", "stop the fake Docker Hub"),
         ("hub-start", "start the fake Docker Hub and wait until ready"),
+        ("ghcr-stop", "stop the second upstream (ghcr.io's stand-in)"),
+        ("ghcr-start", "start the second upstream and wait until ready"),
         ("status", "show what exists"),
         ("env", "print export lines for eval"),
         ("selftest", "boot both target images; check the vm/offnet network paths"),
@@ -123,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     simple = {
         "deps": cmd_deps, "stop-deps": cmd_stop_deps, "images": cmd_images, "debs": cmd_debs,
         "releases": cmd_releases, "certs": cmd_certs, "up": cmd_up, "down": cmd_down, "hub-stop": cmd_hub_stop,
-        "hub-start": cmd_hub_start, "selftest": cmd_selftest,
+        "hub-start": cmd_hub_start, "ghcr-stop": cmd_ghcr_stop, "ghcr-start": cmd_ghcr_start, "selftest": cmd_selftest,
     }
     try:
         if args.command == "env":

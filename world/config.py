@@ -21,6 +21,7 @@ CA_KEY = CERTS / "ca.key"
 RELEASES = CACHE / "releases"
 DEBS = CACHE / "debs"
 HUB_STATE = CACHE / "hub"
+GHCR_STATE = CACHE / "ghcr"
 ROOTFS_CACHE = CACHE / "rootfs"
 LOGS = CACHE / "logs"
 DOCKERD_PIDFILE = CACHE / "dockerd.pid"
@@ -41,6 +42,20 @@ RELEASES_LOCAL_PORT = 18080
 HUB_LOCAL_URL = f"https://127.0.0.1:{HUB_LOCAL_PORT}"
 HUB_READY_URL = f"{HUB_LOCAL_URL}/_world/ready"
 RELEASES_LOCAL = f"http://127.0.0.1:{RELEASES_LOCAL_PORT}"
+
+# A second upstream standing in for ghcr.io: the same fake registry code (world/hub/) in a container of its own, with
+# its own account, token service (its realm on its own host, as ghcr.io's is), storage and counters, seeded with the
+# small image set.
+GHCR_USERNAME = "actuated-ghcr"
+GHCR_TOKEN = "ghp_WORLDtestTokenForGhcr7c1e9a52b3d4"
+GHCR_NAME = "ghcr.actuated.test"
+GHCR_URL = f"https://{GHCR_NAME}"
+GHCR_LOCAL_PORT = 15444
+GHCR_LOCAL_URL = f"https://127.0.0.1:{GHCR_LOCAL_PORT}"
+GHCR_READY_URL = f"{GHCR_LOCAL_URL}/_world/ready"
+# The public names a VM's clients use, which world-docker-vm resolves to the fake registries (its /etc/hosts): with the
+# mirror stopped, Docker and containerd fall back to "Docker Hub" and "ghcr.io" as they would in a real VM.
+PUBLIC_NAMES = {"registry-1.docker.io": "hub", "ghcr.io": "ghcr"}
 RELEASES_REMOTE = f"http://{HUB_NAME}:8080"
 
 # Docker networks standing in for the actuated bridges (firecracker: br128, cloud-hypervisor: br129) and a network
@@ -56,13 +71,22 @@ NETWORKS: dict[str, tuple[str, str]] = {
 # Where Molecule puts the server under test (the actuated bridge address); the world never creates it.
 TARGET_IPS = {NET_BR128: "192.168.128.1", NET_BR129: "192.168.129.1"}
 HUB_IPS = {NET_BR128: "192.168.128.100", NET_BR129: "192.168.129.100"}
+GHCR_IPS = {NET_BR128: "192.168.128.101", NET_BR129: "192.168.129.101"}
 VM_IPS = {NET_BR128: "192.168.128.2", NET_BR129: "192.168.129.2"}
+DOCKER_VM_IPS = {NET_BR128: "192.168.128.3", NET_BR129: "192.168.129.3"}
 OFFNET_IP = "192.168.200.2"
 
 HUB_CONTAINER = "world-hub"
 VM_CONTAINER = "world-vm"
 OFFNET_CONTAINER = "world-offnet"
-CONTAINERS = (HUB_CONTAINER, VM_CONTAINER, OFFNET_CONTAINER)
+GHCR_CONTAINER = "world-ghcr"
+# A VM with a real Docker daemon and containerd (Debian's docker.io and containerd, the host's own packages mounted
+# read-only into the client image): for the client set-up (clients/registry-mirror-client.py).
+DOCKER_VM_CONTAINER = "world-docker-vm"
+CONTAINERS = (HUB_CONTAINER, VM_CONTAINER, OFFNET_CONTAINER, GHCR_CONTAINER, DOCKER_VM_CONTAINER)
+# The host's binaries world-docker-vm runs (world deps installs docker.io, which brings containerd and runc).
+DOCKER_VM_BINARIES = ("/usr/sbin/dockerd", "/usr/bin/docker", "/usr/bin/containerd", "/usr/bin/ctr", "/usr/sbin/runc",
+                      "/usr/bin/containerd-shim-runc-v2")
 
 TARGET_IMAGE = "actuated-world/target:{arch}"
 CLIENT_IMAGE = "actuated-world/client:amd64"
@@ -78,7 +102,9 @@ BROKEN_VERSION = "9.9.9"  # correct .sha256, but the tarball has no `registry` m
 RELEASE_VERSIONS = (REGISTRY_VERSION, PATCHED_VERSION, TAMPERED_VERSION, BROKEN_VERSION)
 
 SERVER_SANS = ("IP:192.168.128.1", "IP:192.168.129.1", "DNS:localhost", "IP:127.0.0.1")
-HUB_SANS = (f"DNS:{HUB_NAME}", f"DNS:{AUTH_NAME}", "IP:192.168.128.100", "IP:192.168.129.100", "IP:127.0.0.1", "DNS:localhost")
+# One certificate for both fake registries, also valid for the public names world-docker-vm resolves to them.
+HUB_SANS = (f"DNS:{HUB_NAME}", f"DNS:{AUTH_NAME}", "IP:192.168.128.100", "IP:192.168.129.100", "IP:127.0.0.1", "DNS:localhost",
+            f"DNS:{GHCR_NAME}", "IP:192.168.128.101", "IP:192.168.129.101", *(f"DNS:{name}" for name in PUBLIC_NAMES))
 
 LABEL_RECIPE = "org.actuated.world.recipe"
 LABEL_CONFIG = "org.actuated.world.config"
@@ -108,4 +134,8 @@ def env_vars() -> dict[str, str]:
         "WORLD_RELEASES_REMOTE": RELEASES_REMOTE,
         "WORLD_HUB_USERNAME": HUB_USERNAME,
         "WORLD_HUB_TOKEN": HUB_TOKEN,
+        "WORLD_GHCR_URL": GHCR_URL,
+        "WORLD_GHCR_LOCAL_URL": GHCR_LOCAL_URL,
+        "WORLD_GHCR_USERNAME": GHCR_USERNAME,
+        "WORLD_GHCR_TOKEN": GHCR_TOKEN,
     }

@@ -1,19 +1,23 @@
 # Copyright (c) actuated.registry contributors
 # SPDX-License-Identifier: MIT
 """``up`` and ``down``: the docker networks standing in for the actuated bridges and the world's containers
-(world-hub, world-vm, world-offnet), each recreated only when its configuration changes."""
+(world-hub, world-ghcr, world-vm, world-docker-vm, world-offnet), each recreated only when its configuration
+changes."""
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 from typing import Any
 
 from .certs import cmd_certs
-from .config import (AUTH_NAME, CA_CERT, CACHE, CERTS, CLIENT_IMAGE, CONTAINERS, DEBS, HUB_CONTAINER, HUB_DIR, HUB_IPS, HUB_LOCAL_PORT,
-                     HUB_LOCAL_URL, HUB_NAME, HUB_STATE, HUB_TOKEN, HUB_USERNAME, LABEL_CONFIG, NET_BR128, NET_BR129, NET_OFFNET,
-                     NETWORKS, OFFNET_CONTAINER, OFFNET_IP, RELEASES, RELEASES_LOCAL, RELEASES_LOCAL_PORT, RELEASES_REMOTE,
-                     TARGET_IMAGE, TARGET_IPS, VM_CONTAINER, VM_IPS)
+from .config import (AUTH_NAME, CA_CERT, CACHE, CERTS, CLIENT_IMAGE, CONTAINERS, DEBS, DOCKER_VM_BINARIES, DOCKER_VM_CONTAINER,
+                     DOCKER_VM_IPS, GHCR_CONTAINER, GHCR_IPS, GHCR_LOCAL_PORT, GHCR_LOCAL_URL, GHCR_NAME, GHCR_READY_URL,
+                     GHCR_STATE, GHCR_TOKEN, GHCR_USERNAME, HUB_CONTAINER, HUB_DIR, HUB_IPS, HUB_LOCAL_PORT, HUB_LOCAL_URL,
+                     HUB_NAME, HUB_STATE, HUB_TOKEN, HUB_USERNAME, LABEL_CONFIG, NET_BR128, NET_BR129,
+                     NET_OFFNET, NETWORKS, OFFNET_CONTAINER, OFFNET_IP, PUBLIC_NAMES, RELEASES, RELEASES_LOCAL,
+                     RELEASES_LOCAL_PORT, RELEASES_REMOTE, TARGET_IMAGE, TARGET_IPS, VM_CONTAINER, VM_IPS, WORLD_DIR)
 from .deps import cmd_deps
 from .hub import wait_hub_ready
 from .images import cmd_images
@@ -67,7 +71,7 @@ CA_TRUST_CMD = ("sh", "-c", ("cp /certs/ca.crt /usr/local/share/ca-certificates/
 
 
 def container_specs() -> list[ContainerSpec]:
-    """The three world containers."""
+    """The world's containers."""
     start_sh = HUB_DIR / "start.sh"
     hub_cmd = ("sh", "/hub/start.sh") if start_sh.exists() else ("sleep", "infinity")
     certs_hash = sha256_file(CA_CERT)[:16] if CA_CERT.exists() else ""
@@ -84,6 +88,34 @@ def container_specs() -> list[ContainerSpec]:
             hub_cmd,
             connects=tuple((net, ip, (HUB_NAME, AUTH_NAME)) for net, ip in HUB_IPS.items()),
             inputs=hub_inputs,
+        ),
+        # The second upstream (ghcr.io's stand-in): the same registry code with its own names, account, token service
+        # (realm on its own host), storage and the small image set.
+        ContainerSpec(
+            GHCR_CONTAINER, CLIENT_IMAGE, "bridge", "",
+            (*common, "--hostname", "ghcr", "-p", f"127.0.0.1:{GHCR_LOCAL_PORT}:443",
+             "-v", f"{HUB_DIR}:/hub:ro", "-v", f"{GHCR_STATE}:/state", "-v", f"{CERTS}:/certs:ro",
+             "-v", f"{RELEASES}:/releases:ro", "-v", f"{DEBS}:/debs:ro",
+             "-e", f"HUB_USERNAME={GHCR_USERNAME}", "-e", f"HUB_TOKEN={GHCR_TOKEN}", "-e", "HUB_RATE_LIMIT=0",
+             "-e", f"HUB_REGISTRY_NAME={GHCR_NAME}", "-e", "HUB_AUTH_NAME=", "-e", "HUB_SERVICE=ghcr.io",
+             "-e", "HUB_ISSUER=ghcr.io", "-e", "HUB_SEED=minimal"),
+            hub_cmd,
+            connects=tuple((net, ip, (GHCR_NAME,)) for net, ip in GHCR_IPS.items()),
+            inputs=hub_inputs,
+        ),
+        # A VM with Docker and containerd. SYS_ADMIN: unpacking a layer needs a mount namespace. Safe here because
+        # nothing in it touches cgroups (no systemd, no cgroup volume: see the machine facts in CONTRIBUTING.md).
+        ContainerSpec(
+            DOCKER_VM_CONTAINER, CLIENT_IMAGE, NET_BR128, DOCKER_VM_IPS[NET_BR128],
+            (*common, "--hostname", "docker-vm", "--cap-add", "SYS_ADMIN", "-v", f"{CERTS}:/certs:ro",
+             "-v", f"{WORLD_DIR / 'docker-vm.sh'}:/docker-vm.sh:ro",
+             *(arg for binary in DOCKER_VM_BINARIES for arg in ("-v", f"{binary}:{binary}:ro")),
+             *(arg for name, which in PUBLIC_NAMES.items()
+               for arg in ("--add-host", f"{name}:{(HUB_IPS if which == 'hub' else GHCR_IPS)[NET_BR128]}"))),
+            ("sh", "/docker-vm.sh"),
+            connects=((NET_BR129, DOCKER_VM_IPS[NET_BR129], ()),),
+            inputs=(certs_hash, sha256_file(WORLD_DIR / "docker-vm.sh")[:16],
+                    *(sha256_file(Path(binary))[:16] for binary in DOCKER_VM_BINARIES if Path(binary).exists())),
         ),
         ContainerSpec(
             VM_CONTAINER, CLIENT_IMAGE, NET_BR128, VM_IPS[NET_BR128],
@@ -148,13 +180,15 @@ def cmd_up() -> None:
     cmd_certs()
     with step("networks and containers"):
         HUB_STATE.mkdir(parents=True, exist_ok=True)
+        GHCR_STATE.mkdir(parents=True, exist_ok=True)
         for name, (subnet, gateway) in NETWORKS.items():
             ensure_network(name, subnet, gateway)
         started = {spec.name: ensure_container(spec) for spec in container_specs()}
-        for name in (VM_CONTAINER, OFFNET_CONTAINER):
+        for name in (VM_CONTAINER, OFFNET_CONTAINER, DOCKER_VM_CONTAINER):
             if started[name]:
                 wait_ca_trusted(name)
         wait_hub_ready()
+        wait_hub_ready(GHCR_CONTAINER, GHCR_READY_URL)
     log(f"up: done in {time.monotonic() - start:.1f}s")
     print_summary()
 
@@ -164,6 +198,9 @@ def print_summary() -> None:
     print(f"""actuated-world is up (cache {CACHE})
   {HUB_CONTAINER:13} {HUB_NAME}  {HUB_IPS[NET_BR128]} ({NET_BR128}), {HUB_IPS[NET_BR129]} ({NET_BR129})
                 registry https://{HUB_NAME} (:443) -> {HUB_LOCAL_URL};  releases {RELEASES_REMOTE} -> {RELEASES_LOCAL}
+  {GHCR_CONTAINER:13} {GHCR_NAME}  {GHCR_IPS[NET_BR128]} ({NET_BR128}), {GHCR_IPS[NET_BR129]} ({NET_BR129})
+                registry https://{GHCR_NAME} (:443) -> {GHCR_LOCAL_URL}  (ghcr.io's stand-in)
+  {DOCKER_VM_CONTAINER:13} {DOCKER_VM_IPS[NET_BR128]} ({NET_BR128}), {DOCKER_VM_IPS[NET_BR129]} ({NET_BR129}); dockerd + containerd
   {VM_CONTAINER:13} {VM_IPS[NET_BR128]} ({NET_BR128}), {VM_IPS[NET_BR129]} ({NET_BR129}); trusts {CA_CERT}
   {OFFNET_CONTAINER:13} {OFFNET_IP} ({NET_OFFNET}): no route to the actuated bridges
   targets       (Molecule) {TARGET_IMAGE.format(arch='amd64|arm64')} at {TARGET_IPS[NET_BR128]} / {TARGET_IPS[NET_BR129]}

@@ -30,12 +30,14 @@ class ActionModule(ActionBase):
         result["changed"] = False
         spec = self._task.args.get("argument_spec") or self._role_options()
         values, errors = self._values(spec, task_vars)
+        upstreams: list = []
         report = self._task.args.get("host_report")
         if report is None:
             found = rules.validate(values, spec, defined=list(task_vars), home=os.path.expanduser("~"))
             errors += found.errors
             if found.warnings:
                 result["warnings"] = found.warnings
+            upstreams = list(found.upstreams)
             what = "input"
         else:
             host = rules.parse_host_report(to_native(report))
@@ -44,9 +46,14 @@ class ActionModule(ActionBase):
             values, problems = rules.effective(values, spec)
             errors += problems
             if not errors:
-                errors = rules.check_host(values, host)
+                normalised = rules.normalise_upstreams(values)
+                upstreams = normalised.upstreams
+                errors = normalised.errors or rules.check_host(values, host)
             what = "host"
         result["errors"] = errors
+        if not errors:
+            # registry_mirror_upstreams with every default filled in and without its secrets, for the role's tasks.
+            result["upstreams"] = upstreams
         if errors:
             result["failed"] = True
             result["msg"] = (f"{len(errors)} problem{'s' if len(errors) > 1 else ''} with the registry_mirror "
@@ -72,10 +79,57 @@ class ActionModule(ActionBase):
             if name not in task_vars:
                 continue
             try:
-                values[name] = self._templar.template(task_vars[name])
-                if name in rules.SECRET_VARIABLES and values[name] is not None:
-                    values[name] = to_native(values[name])
+                value = self._templar.template(task_vars[name])
+                if name in rules.SECRET_VARIABLES and value is not None:
+                    value = to_native(value)
+                elif name == rules.UPSTREAMS:
+                    value = _plain(value)
+                values[name] = value
             except Exception as exc:  # pylint: disable=broad-exception-caught
-                detail = "" if name in rules.SECRET_VARIABLES else f": {to_native(exc).splitlines()[0]}"
-                errors.append(f"{name} could not be evaluated{detail}")
+                located = self._upstream_errors(task_vars[name]) if name == rules.UPSTREAMS else []
+                detail = "" if name in rules.VARIABLES_WITH_SECRETS else f": {_first_line(exc)}"
+                errors.extend(located or [f"{name} could not be evaluated{detail}"])
         return values, errors
+
+    def _upstream_errors(self, raw: t.Any) -> list:
+        """Which values of registry_mirror_upstreams cannot be templated, each named after its entry and key; the
+        templating error only for a key that is not a secret. Empty when that cannot be told entry by entry."""
+        errors = []
+        try:
+            items = list(raw) if isinstance(raw, (list, tuple)) else []
+            for index, item in enumerate(items):
+                if not isinstance(item, dict):
+                    continue
+                label = f"{rules.UPSTREAMS}[{index}]"
+                try:
+                    name = _plain(self._templar.template(item.get("name")))
+                    if isinstance(name, str) and rules.upstream_name_problem(name) is None:
+                        label = f"{rules.UPSTREAMS}[{name}]"
+                except Exception:  # pylint: disable=broad-exception-caught
+                    pass  # reported below, as its key
+                for key in item:
+                    try:
+                        _plain(self._templar.template(item[key]))
+                    except Exception as exc:  # pylint: disable=broad-exception-caught
+                        secret = key in rules.UPSTREAM_SECRETS or key not in rules.UPSTREAM_OPTIONS
+                        errors.append(f"{label}.{key} could not be evaluated{'' if secret else ': ' + _first_line(exc)}")
+        except Exception:  # pylint: disable=broad-exception-caught
+            return []
+        return errors
+
+
+def _first_line(exc: Exception) -> str:
+    """The first line of an exception's message."""
+    return to_native(exc).splitlines()[0] if to_native(exc) else type(exc).__name__
+
+
+def _plain(value: t.Any) -> t.Any:
+    """VALUE with only plain Python data: a vaulted string decrypted into a str (inside the caller's try: one without
+    its password raises there)."""
+    if isinstance(value, dict):
+        return {_plain(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return to_native(value)

@@ -95,10 +95,12 @@ _FALSE = frozenset(("false", "no", "off", "0", "n", "f"))
 
 
 class Report(t.NamedTuple):
-    """What validate() found: errors stop the run, warnings do not."""
+    """What validate() found: errors stop the run, warnings do not; UPSTREAMS: registry_mirror_upstreams normalised
+    (normalise_upstreams(); complete only without errors)."""
 
     errors: list
     warnings: list
+    upstreams: list
 
 
 def show(value: t.Any, limit: int = 80) -> str:
@@ -305,9 +307,12 @@ def _host_problem(host: str) -> str | None:
     return f"has an invalid host name {show(host)}"
 
 
-def check_url(value: str, *, schemes: t.Sequence[str], path_allowed: bool, allow_http: bool = True) -> list:
+def check_url(value: str, *, schemes: t.Sequence[str], path_allowed: bool, allow_http: bool = True,
+              http_switch: str = "registry_mirror_upstream_allow_http",
+              credentials: str = "registry_mirror_dockerhub_username and registry_mirror_dockerhub_token") -> list:
     """Problems of a URL: scheme among SCHEMES, a valid host, a port between 1 and 65535, no user information,
-    query or fragment, and (unless PATH_ALLOWED) no path."""
+    query or fragment, and (unless PATH_ALLOWED) no path. HTTP_SWITCH and CREDENTIALS: the options a message about
+    a plain http:// upstream or one with a password points to."""
     if value == "":
         return ["is empty"]
     bad = unsafe_characters(value, lambda c: 32 < ord(c) < 127)
@@ -323,7 +328,7 @@ def check_url(value: str, *, schemes: t.Sequence[str], path_allowed: bool, allow
     problems = []
     if scheme == "http" and not allow_http:
         problems.append(f"is {shown}, a plain http:// URL: the upstream must use https://, or set "
-                        "registry_mirror_upstream_allow_http: true for a lab upstream you control")
+                        f"{http_switch}: true for a lab upstream you control")
     netloc, _slash, tail = rest.partition("/")
     path = "/" + tail if _slash else ""
     if "?" in netloc or "#" in netloc or "?" in path or "#" in path:
@@ -333,8 +338,7 @@ def check_url(value: str, *, schemes: t.Sequence[str], path_allowed: bool, allow
         path = re.split(r"[?#]", path)[0]
     if "@" in netloc:
         problems.append(f"is {shown}, with a user name or password in it: the role does not put credentials in URLs"
-                        + (" (use registry_mirror_dockerhub_username and registry_mirror_dockerhub_token)"
-                           if not path_allowed else ""))
+                        + (f" (use {credentials})" if not path_allowed else ""))
         netloc = netloc.rpartition("@")[2]
     host, port = _split_host_port(netloc)
     trouble = _host_problem(host)
@@ -451,13 +455,19 @@ def secret_problems(value: str, *, username: bool) -> list:
 
 def check_credentials(username: str, token: str) -> list:
     """(variable, problem) pairs for the Docker Hub user name and token."""
-    user_var, token_var = "registry_mirror_dockerhub_username", "registry_mirror_dockerhub_token"
+    return credential_problems("registry_mirror_dockerhub_username", username, "registry_mirror_dockerhub_token", token,
+                               "a Docker Hub account")
+
+
+def credential_problems(user_var: str, username: str, token_var: str, token: str, account: str) -> list:
+    """(variable, problem) pairs for a user name and its token or password: both or neither, and characters that the
+    environment file could not hold, by class only. ACCOUNT: what the two are (for the messages)."""
     problems = []
     if username and not token:
-        problems.append((token_var, f"is empty while {user_var} is set: set both (a Docker Hub account), or neither "
+        problems.append((token_var, f"is empty while {user_var} is set: set both ({account}), or neither "
                                     "(an anonymous mirror)"))
     if token and not username:
-        problems.append((user_var, f"is empty while {token_var} is set: set both (a Docker Hub account), or neither "
+        problems.append((user_var, f"is empty while {token_var} is set: set both ({account}), or neither "
                                    "(an anonymous mirror)"))
     for var, value, is_user in ((user_var, username, True), (token_var, token, False)):
         for found in secret_problems(value, username=is_user):
@@ -482,6 +492,295 @@ def unknown_variables(names: t.Iterable[str], known: t.Iterable[str]) -> list:
                         + (f"; did you mean {suffixes[close[0]]}?" if close
                            else " (meta/argument_specs.yml lists the role's variables)"))
     return messages
+
+
+# ---- Further upstreams (registry_mirror_upstreams) ----------------------------------------------------------------
+
+UPSTREAMS = "registry_mirror_upstreams"
+# The keys of an entry and their argument_specs types, in the order of a normalised entry (meta/argument_specs.yml
+# lists the same keys as the option's suboptions).
+UPSTREAM_OPTIONS = {
+    "name": "str", "url": "str", "registry": "str", "port": "int", "metrics_port": "int", "supervisor_port": "int",
+    "ttl": "str", "storage_dir": "path", "cache_budget_mb": "int", "cache_budget_percent": "int", "allow_http": "bool",
+    "username": "str", "password": "str",
+}
+UPSTREAM_REQUIRED = ("name", "url", "port")
+# Never shown, never returned: the normalised entry says only whether it has them (credentials) and under which
+# environment variable prefix the role writes them (credentials_env).
+UPSTREAM_SECRETS = ("username", "password")
+UPSTREAM_BUDGET_PERCENT = 10
+# The role's name for the Docker Hub mirror (vars/main.yml, _registry_mirror_primary): no upstream may take it.
+PRIMARY_NAME = "docker-hub"
+# What clients call Docker Hub: the mirror of registry_mirror_upstream_url serves it.
+PRIMARY_REGISTRIES = ("docker.io", "index.docker.io")
+# Variables that hold a secret somewhere inside: a templating error about them is not shown either.
+VARIABLES_WITH_SECRETS = SECRET_VARIABLES | {UPSTREAMS}
+_UPSTREAM_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+_UPSTREAM_RANGES = {
+    "port": _RANGES["registry_mirror_port"],
+    "metrics_port": _RANGES["registry_mirror_metrics_port"],
+    "supervisor_port": _RANGES["registry_mirror_supervisor_port"],
+    "cache_budget_mb": _RANGES["registry_mirror_cache_budget_mb"],
+    "cache_budget_percent": _RANGES["registry_mirror_cache_budget_percent"],
+}
+# Keys people write for another one (difflib would not find these).
+_UPSTREAM_KEY_ALIASES = {"token": "password", "user": "username", "remoteurl": "url", "proxy_ttl": "ttl",
+                         "storage": "storage_dir", "host": "registry"}
+
+
+class Upstreams(t.NamedTuple):
+    """What normalise_upstreams() found: the entries without problems (normalised), errors and warnings."""
+
+    upstreams: list
+    errors: list
+    warnings: list
+
+
+def url_key(url: str) -> str:
+    """A valid upstream URL (no path) as compared and returned: lower-case scheme and host, no trailing slash."""
+    scheme, _sep, rest = url.partition("://")
+    return scheme.lower() + "://" + rest.rstrip("/").lower()
+
+
+def credentials_env(name: str) -> str:
+    """The prefix of the environment variables (PREFIX_USERNAME, PREFIX_PASSWORD) of an upstream's credentials."""
+    return "REGISTRY_MIRROR_" + name.upper().replace("-", "_")
+
+
+def _item_label(index: int, item: t.Any, taken: t.Container[str]) -> str:
+    """registry_mirror_upstreams[NAME] for an entry with a valid name of its own, else [INDEX]."""
+    name = item.get("name") if isinstance(item, dict) else None
+    if isinstance(name, str) and not upstream_name_problem(name) and name not in taken:
+        return f"{UPSTREAMS}[{name}]"
+    return f"{UPSTREAMS}[{index}]"
+
+
+def upstream_name_problem(name: str) -> str | None:
+    """Why NAME cannot name an upstream, or None."""
+    if not _UPSTREAM_NAME.fullmatch(name) or name.endswith("-"):
+        return (f"is {show(name)}, which is not a valid upstream name: a lower-case letter, then up to 30 lower-case "
+                "letters, digits or -, not ending in - (it names the upstream's directories and journal lines)")
+    if name == PRIMARY_NAME:
+        return f"is {name}, the name of the Docker Hub mirror (registry_mirror_upstream_url): choose another name"
+    return None
+
+
+def _unknown_keys(label: str, item: dict) -> list:
+    """Messages about the keys of ITEM that an upstream does not have (never with their values)."""
+    known = list(UPSTREAM_OPTIONS)
+    messages = []
+    for key in item:
+        if key in UPSTREAM_OPTIONS:
+            continue
+        text = str(key)
+        hint = _UPSTREAM_KEY_ALIASES.get(text.lower()) or next(iter(difflib.get_close_matches(text.lower(), known, 1)), "")
+        messages.append(f"{label} has the key {show(text)}, which is not an option of an upstream"
+                        + (f"; did you mean {hint}?" if hint else f" ({', '.join(known)})"))
+    return messages
+
+
+def _given(label: str, item: dict) -> tuple[dict, list]:
+    """The keys ITEM sets (a null counts as not set), as their types, and the problems of those of the wrong type
+    (which never show a secret's value: coerce() shows none for strings)."""
+    values, problems = {}, []
+    for key, kind in UPSTREAM_OPTIONS.items():
+        if item.get(key) is None:
+            continue
+        value, trouble = coerce(key, item[key], kind)
+        if trouble:
+            problems.append(f"{label}.{key} {trouble}")
+        else:
+            values[key] = value
+    for key in UPSTREAM_REQUIRED:
+        if key not in item or item[key] is None or (key != "port" and values.get(key) == ""):
+            problems.append(f"{label}.{key} is {'empty' if key in item and item[key] is not None else 'missing'}: "
+                            f"every upstream needs {', '.join(UPSTREAM_REQUIRED[:-1])} and {UPSTREAM_REQUIRED[-1]}")
+            values.pop(key, None)
+    return values, problems
+
+
+def _defaults(given: dict, values: t.Mapping[str, t.Any]) -> dict:
+    """How each optional key that ITEM does not set gets its value: {key: (value, how)}; a value is None when what it
+    derives from is not valid (that has its own error)."""
+    name, port, url = given.get("name"), given.get("port"), given.get("url")
+    storage = values.get("registry_mirror_storage_dir")
+    host = None
+    if url is not None and not check_url(url, schemes=("https", "http"), path_allowed=False):
+        host = _split_host_port(url.partition("://")[2].rstrip("/"))[0].lower()
+    return {
+        "registry": (host, "the host of url"),
+        "metrics_port": (None if port is None else port + 1, "port + 1"),
+        "supervisor_port": (None if port is None else port + 2, "port + 2"),
+        "ttl": (values.get("registry_mirror_proxy_ttl"), "registry_mirror_proxy_ttl"),
+        "storage_dir": (None if storage is None or name is None else f"{storage}-{name}",
+                        "registry_mirror_storage_dir + '-' + name"),
+        "cache_budget_mb": (values.get("registry_mirror_cache_budget_mb"), "registry_mirror_cache_budget_mb"),
+        "cache_budget_percent": (UPSTREAM_BUDGET_PERCENT, str(UPSTREAM_BUDGET_PERCENT)),
+        "allow_http": (False, "false"),
+        "username": ("", ""),
+        "password": ("", ""),
+    }
+
+
+def _by_default(key: str, defaulted: t.Mapping[str, str]) -> str:
+    """For a message about a value the entry does not set: where it comes from."""
+    return f" (not set: {defaulted[key]} by default)" if key in defaulted else ""
+
+
+def _entry_problems(key: str, value: t.Any, fields: t.Mapping[str, t.Any], label: str) -> list:
+    """Problems of the valid-typed VALUE of KEY alone (FIELDS: the entry's other values, for allow_http)."""
+    if key == "name":
+        trouble = upstream_name_problem(value)
+        return [trouble] if trouble else []
+    if key == "url":
+        return check_url(value, schemes=("https", "http"), path_allowed=False, allow_http=bool(fields.get("allow_http")),
+                         http_switch=f"{label}.allow_http", credentials=f"{label}.username and {label}.password")
+    if key == "registry":
+        if not _HOSTNAME.fullmatch(value):
+            return [f"is {show(value)}, which is not a host name: give the name clients pull from, such as ghcr.io"]
+        if value.lower().rstrip(".") in PRIMARY_REGISTRIES:
+            return [f"is {value}, which is Docker Hub: the mirror of registry_mirror_upstream_url serves docker.io; "
+                    "give the registry this upstream serves"]
+        return []
+    if key in _UPSTREAM_RANGES:
+        return check_range(value, *_UPSTREAM_RANGES[key])
+    if key == "ttl":
+        return check_duration(value)
+    if key == "storage_dir":
+        return check_path(value, "directory")
+    return []
+
+
+def _upstream(index: int, item: t.Any, values: t.Mapping[str, t.Any], taken: t.Container[str]) -> tuple[str, dict, dict, list]:
+    """One entry: its label, its valid fields (given or default), which fields are defaults, and its problems."""
+    label = _item_label(index, item, taken)
+    if not isinstance(item, dict):
+        return label, {}, {}, [f"{label} must be a dictionary with name, url and port (got {type(item).__name__})"]
+    problems = _unknown_keys(label, item)
+    given, wrong_type = _given(label, item)
+    problems += wrong_type
+    defaults = _defaults(given, values)
+    fields, defaulted = {}, {}
+    for key in UPSTREAM_OPTIONS:
+        if key in given:
+            fields[key] = given[key]
+        elif key in defaults and defaults[key][0] is not None:
+            fields[key], defaulted[key] = defaults[key]
+    for key in [key for key in fields if key not in UPSTREAM_SECRETS]:
+        found = _entry_problems(key, fields[key], fields, label)
+        if key == "registry" and key in defaulted and found:
+            problems.append(f"{label}.registry is not set, and the host of url ({fields[key]}) is not a host name "
+                            "clients can pull from: set registry to the name they use")
+        else:
+            problems.extend(f"{label}.{key}{_by_default(key, defaulted)} {text}" for text in found)
+        if found:
+            del fields[key]
+    problems.extend(f"{var} {text}" for var, text in credential_problems(
+        f"{label}.username", fields["username"], f"{label}.password", fields["password"], "an account on the upstream"))
+    if "registry" in fields:
+        fields["registry"] = fields["registry"].lower().rstrip(".")
+    if "url" in fields:
+        fields["url"] = url_key(fields["url"])
+    return label, fields, defaulted, problems
+
+
+def normalise_upstreams(values: t.Mapping[str, t.Any]) -> Upstreams:
+    """registry_mirror_upstreams checked and normalised. VALUES: the role's variables as their types (effective()),
+    without those that are not valid. The same variables always give the same entries: the role relies on it in the
+    input and the host checks. Each normalised entry has every key of UPSTREAM_OPTIONS (defaults filled in) except the
+    secrets, then credentials (whether it has a user name and password) and credentials_env."""
+    errors: list = []
+    entries = []
+    names: dict = {}
+    urls: dict = {}
+    registries: dict = {}
+    primary_url = values.get("registry_mirror_upstream_url")
+    if primary_url is not None:
+        urls[url_key(primary_url)] = "registry_mirror_upstream_url"
+    for index, item in enumerate(values.get(UPSTREAMS) or []):
+        label, fields, defaulted, problems = _upstream(index, item, values, names)
+        for key, seen in (("name", names), ("url", urls), ("registry", registries)):
+            if key not in fields:
+                continue
+            if fields[key] in seen:
+                owner = seen[fields[key]]
+                owner = owner if owner == "registry_mirror_upstream_url" else f"{owner}.{key}"
+                problems.append(f"{label}.{key}{_by_default(key, defaulted)} is "
+                                f"{show(fields[key]) if key == 'name' else fields[key]}, the same as {owner}: every "
+                                f"upstream needs a {key} of its own")
+            else:
+                seen[fields[key]] = label
+        errors.extend(problems)
+        # Complete only when every key has a valid value (one a variable it derives from lacks is not).
+        entries.append((label, fields, defaulted, not problems and all(key in fields for key in UPSTREAM_OPTIONS)))
+    errors.extend(_port_conflicts(values, entries))
+    errors.extend(_storage_conflicts(values, entries))
+    upstreams = []
+    for _label, fields, _defaulted, fine in entries:
+        if fine:
+            entry = {key: fields[key] for key in UPSTREAM_OPTIONS if key not in UPSTREAM_SECRETS}
+            entry["credentials"] = bool(fields["username"])
+            entry["credentials_env"] = credentials_env(fields["name"])
+            upstreams.append(entry)
+    return Upstreams(upstreams, errors, _budget_warnings(values, entries))
+
+
+def _port_conflicts(values: t.Mapping[str, t.Any], entries: list) -> list:
+    """Every listener's port must be its own: the Docker Hub mirror's (registry_mirror_port, _supervisor_port and,
+    with metrics, _metrics_port) and each upstream's (port, supervisor_port and, with metrics, metrics_port). The
+    conflicts among the Docker Hub mirror's own ports are _conflicts()'."""
+    metrics = bool(values.get("registry_mirror_metrics_enabled"))
+    owners = [(name, values[name], True)
+              for name in ("registry_mirror_port", "registry_mirror_supervisor_port")
+              + (("registry_mirror_metrics_port",) if metrics else ()) if name in values]
+    for label, fields, defaulted, _fine in entries:
+        for key in ("port", "supervisor_port") + (("metrics_port",) if metrics else ()):
+            if key in fields:
+                owners.append((f"{label}.{key}{_by_default(key, defaulted)}", fields[key], False))
+    first: dict = {}
+    errors = []
+    for owner, port, primary in owners:
+        if port not in first:
+            first[port] = (owner.split(" ", 1)[0], primary)
+        elif not (primary and first[port][1]):
+            errors.append(f"{owner} is {port}, the same as {first[port][0]}: every listener needs a port of its own")
+    return errors
+
+
+def _storage_conflicts(values: t.Mapping[str, t.Any], entries: list) -> list:
+    """Each upstream's storage_dir is neither registry_mirror_storage_dir, registry_mirror_config_dir nor another
+    upstream's, nor nested in one of them, nor a parent of one."""
+    taken = [(name, values[name]) for name in ("registry_mirror_storage_dir", "registry_mirror_config_dir") if name in values]
+    why = "each mirror's cache needs a directory of its own, apart from the other caches and the configuration"
+    errors = []
+    for label, fields, defaulted, _fine in entries:
+        if "storage_dir" not in fields:
+            continue
+        mine, me = fields["storage_dir"], f"{label}.storage_dir"
+        described = me + _by_default("storage_dir", defaulted)
+        for other, path in taken:
+            if mine == path:
+                errors.append(f"{described} is {mine}, the same as {other}: {why}")
+            elif mine.startswith(path.rstrip("/") + "/"):
+                errors.append(f"{described} is {mine}, nested in {other} ({path}): {why}")
+            elif path.startswith(mine.rstrip("/") + "/"):
+                errors.append(f"{described} is {mine}, which contains {other} ({path}): {why}")
+        taken.append((me, mine))
+    return errors
+
+
+def _budget_warnings(values: t.Mapping[str, t.Any], entries: list) -> list:
+    """A warning when the caches' shares of a filesystem add up to more than the most one cache may take."""
+    primary = values.get("registry_mirror_cache_budget_percent")
+    shares = [(label, fields["cache_budget_percent"]) for label, fields, _d, _f in entries if "cache_budget_percent" in fields]
+    highest = _RANGES["registry_mirror_cache_budget_percent"][1]
+    if primary is None or not shares or primary + sum(share for _l, share in shares) <= highest:
+        return []
+    total = primary + sum(share for _l, share in shares)
+    parts = ", ".join(f"{label}.cache_budget_percent {share}" for label, share in shares)
+    return [f"{UPSTREAMS}: the caches' budgets add up to {total} percent of a filesystem (registry_mirror_cache_budget_percent "
+            f"{primary}, {parts}): if they share one filesystem the caches could take more than {highest} percent of it; "
+            "lower the shares, or give the upstreams a storage_dir on another filesystem"]
 
 
 # ---- Everything that needs only the input --------------------------------------------------------------------------
@@ -541,7 +840,11 @@ def validate(raw: t.Mapping[str, t.Any], spec: t.Mapping[str, t.Mapping[str, t.A
     for name, text in check_credentials(values.get("registry_mirror_dockerhub_username", ""),
                                         values.get("registry_mirror_dockerhub_token", "")):
         problem(name, text)
-    errors.extend(_conflicts({name: value for name, value in values.items() if name not in failed}))
+    valid = {name: value for name, value in values.items() if name not in failed}
+    errors.extend(_conflicts(valid))
+    upstreams = normalise_upstreams(valid)
+    errors.extend(upstreams.errors)
+    warnings.extend(upstreams.warnings)
     unknown = unknown_variables(defined, spec)
     if values.get("registry_mirror_unknown_variables", "fail") == "warn":
         warnings.extend(unknown)
@@ -552,7 +855,7 @@ def validate(raw: t.Mapping[str, t.Any], spec: t.Mapping[str, t.Mapping[str, t.A
         warnings.append(f"registry_mirror_version {values['registry_mirror_version']} is older than 3.1.0: with a Docker "
                         "Hub token configured, its proxy may send the token to whatever token realm the upstream names "
                         "(CVE-2026-33540). Use 3.1.1 or later.")
-    return Report(errors, warnings)
+    return Report(errors, warnings, upstreams.upstreams)
 
 
 def _conflicts(values: t.Mapping[str, t.Any]) -> list:
@@ -683,16 +986,22 @@ def check_host(values: t.Mapping[str, t.Any], host: HostReport) -> list:
     elif found_group is not None and found_user is None and group not in allowed:
         errors.append(f"registry_mirror_group is {group}, an existing group (gid {found_group.id}) that this role did not "
                       f"create: {hint}")
-    for name in ("registry_mirror_storage_dir", "registry_mirror_config_dir"):
-        state = host.paths.get(values[name])
+    directories = [("registry_mirror_storage_dir", values["registry_mirror_storage_dir"], True),
+                   ("registry_mirror_config_dir", values["registry_mirror_config_dir"], False)]
+    # Each further upstream's cache, as the input checks normalised it (the inspection command reports the same paths).
+    directories += [(f"{UPSTREAMS}[{entry['name']}].storage_dir", entry["storage_dir"], True)
+                    for entry in normalise_upstreams(values).upstreams]
+    for name, path, cache in directories:
+        state = host.paths.get(path)
         if state is not None:
-            errors.extend(f"{name} {text}" for text in _check_directory(name, state, found_user, found_group, user, group))
+            errors.extend(f"{name} {text}" for text in _check_directory(cache, state, found_user, found_group, user, group))
     return errors
 
 
-def _check_directory(name: str, state: PathState, found_user: Account | None, found_group: Account | None,
+def _check_directory(cache: bool, state: PathState, found_user: Account | None, found_group: Account | None,
                      user: str, group: str) -> list:
-    """Problems of a directory the role would create, or take over when it already made it."""
+    """Problems of a directory the role would create, or take over when it already made it. CACHE: a storage
+    directory (the service user's), else the configuration directory (root's)."""
     given = state.given
     if not state.real:
         return [f"is {given}, which cannot be resolved on this host (a symbolic link loop?)"]
@@ -710,7 +1019,7 @@ def _check_directory(name: str, state: PathState, found_user: Account | None, fo
         return [f"is {given}, which is a {state.kind} on this host, not a directory"]
     owner = f"{state.owner}:{state.group} (uid {state.uid}, gid {state.gid})"
     advice = "the role only takes over directories it created for the mirror; choose a directory that does not exist yet"
-    if name == "registry_mirror_storage_dir":
+    if cache:
         if found_user is None or state.uid != found_user.id:
             return [f"is {given}, which exists and belongs to {owner}, not to the service user {user}: {advice}"]
     elif state.uid != 0 or found_group is None or state.gid != found_group.id:

@@ -18,11 +18,14 @@ description:
   - With O(host_report) (the output of the role's read-only inspection command) it checks what the host has instead
     - existing accounts (never root, never one the role did not create unless
     C(registry_mirror_existing_accounts) lists it, never one whose primary group differs) and existing directories
-    (never a symbolic link, never one that resolves to a system directory, never one that belongs to another account)
+    (the storage and configuration directories and each upstream's C(storage_dir); never a symbolic link, never one
+    that resolves to a system directory, never one that belongs to another account)
     - and returns what it found.
   - Messages never contain the value of C(registry_mirror_dockerhub_username) or C(registry_mirror_dockerhub_token),
-    at any verbosity - only what is wrong with it (empty, a newline, a control character, whitespace, a non-ASCII
-    character, a character the environment file would interpret).
+    nor of an upstream's C(username) or C(password) in C(registry_mirror_upstreams), at any verbosity - only what
+    is wrong with it (empty, a newline, a control character, whitespace, a non-ASCII character, a character the
+    environment file would interpret).
+  - Returns C(registry_mirror_upstreams) normalised (RV(upstreams)) for the role's tasks.
   - Used by the C(actuated.registry.registry_mirror) role as the first task of its preflight; it reads the variables
     from the host's variables, not from its arguments.
 author:
@@ -88,6 +91,70 @@ errors:
   elements: str
   sample:
     - registry_mirror_bind_adress is not a variable of this role; did you mean registry_mirror_bind_address?
+upstreams:
+  description:
+    - C(registry_mirror_upstreams) normalised, in the order given - the same list from the same variables with and
+      without O(host_report). Every key is filled in with its default, the URL is lower-case without a trailing
+      C(/), the secrets are left out.
+    - The role writes the credentials of an entry with RV(upstreams[].credentials) into a root-only environment file
+      as C(<credentials_env>_USERNAME) and C(<credentials_env>_PASSWORD).
+  returned: when the checks pass
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: The entry's name (its directories, its journal lines).
+      type: str
+    url:
+      description: The upstream, lower-case scheme and host, without a trailing C(/).
+      type: str
+    registry:
+      description: The registry host name clients pull from (lower-case); by default the host of RV(upstreams[].url).
+      type: str
+    port:
+      description: The mirror's port on the bridge.
+      type: int
+    metrics_port:
+      description: The metrics listener's loopback port (by default RV(upstreams[].port) + 1).
+      type: int
+    supervisor_port:
+      description: The supervisor's loopback port (by default RV(upstreams[].port) + 2).
+      type: int
+    ttl:
+      description: The proxy TTL (a Go duration; by default C(registry_mirror_proxy_ttl)).
+      type: str
+    storage_dir:
+      description: The cache's directory (by default C(registry_mirror_storage_dir) + C(-) + RV(upstreams[].name)).
+      type: str
+    cache_budget_mb:
+      description: The cache's budget in MiB (by default C(registry_mirror_cache_budget_mb)).
+      type: int
+    cache_budget_percent:
+      description: The cache's budget as a share of its filesystem (by default 10).
+      type: int
+    allow_http:
+      description: Whether a plain C(http://) URL is allowed.
+      type: bool
+    credentials:
+      description: Whether the entry has a user name and password (never returned themselves).
+      type: bool
+    credentials_env:
+      description: C(REGISTRY_MIRROR_) and the name in upper case with C(_) for C(-).
+      type: str
+  sample:
+    - name: ghcr
+      url: https://ghcr.io
+      registry: ghcr.io
+      port: 5010
+      metrics_port: 5011
+      supervisor_port: 5012
+      ttl: 168h
+      storage_dir: /var/lib/registry-ghcr
+      cache_budget_mb: 40960
+      cache_budget_percent: 10
+      allow_http: false
+      credentials: true
+      credentials_env: REGISTRY_MIRROR_GHCR
 user_exists:
   description: Whether C(registry_mirror_user) exists on the host.
   returned: with O(host_report)

@@ -6,6 +6,7 @@ development file, no references to files outside the repository or to issue numb
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 from pathlib import Path
@@ -143,3 +144,15 @@ def test_no_references_outside_the_repository_or_to_issues():
             if outside or ISSUE.search(line):
                 found.append(f"{name}:{number}: {line.strip()}")
     assert not found, "\n".join(found)
+
+
+def test_the_readme_table_of_registries_is_the_client_scripts_catalogue():
+    """The README's table of commonly mirrored registries (URL and port) is what clients/registry-mirror-client.py
+    knows: a user who follows one gets what the other expects."""
+    spec = importlib.util.spec_from_file_location("registry_mirror_client", REPO / "clients" / "registry-mirror-client.py")
+    assert spec is not None and spec.loader is not None
+    client = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(client)
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| ([a-z0-9.-]+) \| `(https://[^`]+)` \| (\d+) \|", readme, re.MULTILINE)
+    assert {name: (int(port), url) for name, url, port in rows} == dict(client.CATALOGUE)

@@ -45,11 +45,14 @@ TLS_PORT = int(os.environ.get('HUB_TLS_PORT', '443'))
 RELEASE_PORT = int(os.environ.get('HUB_RELEASE_PORT', '8080'))
 BACKEND = ('127.0.0.1', 5001)
 BACKEND_URL = 'http://127.0.0.1:5001'
-BACKEND_REALM = 'https://hub.actuated.test/token'  # as written in the backend config by start.sh
-REGISTRY_NAME = 'hub.actuated.test'  # the registry's name (Docker Hub: registry-1.docker.io)
-AUTH_NAME = 'auth.actuated.test'  # the token service's (Docker Hub: auth.docker.io); same registrable domain
-ISSUER = 'auth.docker.io'
-SERVICE = 'registry.docker.io'
+# Who this fake registry stands for (the defaults: Docker Hub; world-ghcr sets its own, see world/containers.py).
+REGISTRY_NAME = os.environ.get('HUB_REGISTRY_NAME', 'hub.actuated.test')  # the registry's name (registry-1.docker.io)
+# The token service's name (Docker Hub: auth.docker.io, another host of the same registrable domain); empty: the realm
+# is on the registry's own host, as ghcr.io's is.
+AUTH_NAME = os.environ.get('HUB_AUTH_NAME', 'auth.actuated.test')
+ISSUER = os.environ.get('HUB_ISSUER', 'auth.docker.io')
+SERVICE = os.environ.get('HUB_SERVICE', 'registry.docker.io')
+BACKEND_REALM = 'https://%s/token' % REGISTRY_NAME  # as written in the backend config by start.sh
 TOKEN_TTL = 300
 RATE_WINDOW = 21600  # Docker Hub's window (6 h), only shown in the ratelimit headers
 CHUNK = 256 * 1024
@@ -428,7 +431,7 @@ class FrontHandler(JsonHandler):
         realm, or to the registry's own host:port). Clients that reached us by address get the same host:port."""
         host = self.host()
         name, sep, port = host.partition(':')
-        if name == REGISTRY_NAME:
+        if name == REGISTRY_NAME and AUTH_NAME:
             host = AUTH_NAME + sep + port
         return 'https://%s/token' % host
 

@@ -46,6 +46,8 @@ SMALL_IMAGES = ('small1', 'small2', 'small3')
 FILL_IMAGES = tuple('fill%d' % number for number in range(1, 7))
 FILL_LAYER_MB = 8
 ALPINE_TAGS = ('latest', '3.20')
+# HUB_SEED=minimal (world-ghcr): alpine and small1..3 only.
+MINIMAL = os.environ.get('HUB_SEED', 'full') == 'minimal'
 APPLETS = ('[', 'ash', 'basename', 'cat', 'chmod', 'cp', 'cut', 'date', 'df', 'dirname', 'du', 'echo', 'env', 'false',
            'find', 'grep', 'head', 'hostname', 'id', 'ln', 'ls', 'mkdir', 'mv', 'printf', 'ps', 'pwd', 'rm', 'sed',
            'sh', 'sleep', 'sort', 'tail', 'tar', 'test', 'touch', 'tr', 'true', 'uname', 'uniq', 'wc', 'wget', 'which')
@@ -84,7 +86,13 @@ def recipe_hash() -> str:
         digest.update(source.read())
     for arch, path in sorted(busybox_debs().items()):
         digest.update(('%s %s %d\n' % (arch, os.path.basename(path), os.path.getsize(path))).encode())
+    digest.update(b'minimal' if MINIMAL else b'full')
     return digest.hexdigest()
+
+
+def repositories() -> tuple:
+    """The repositories (under library/) this seed set holds."""
+    return ('alpine',) + SMALL_IMAGES + (() if MINIMAL else ('big',) + FILL_IMAGES)
 
 
 def seeded() -> bool:
@@ -96,7 +104,7 @@ def seeded() -> bool:
     except OSError:
         return False
     repos = os.path.join(STORAGE, 'docker', 'registry', 'v2', 'repositories', 'library')
-    return all(os.path.isdir(os.path.join(repos, name)) for name in ('alpine', 'big') + SMALL_IMAGES + FILL_IMAGES)
+    return all(os.path.isdir(os.path.join(repos, name)) for name in repositories())
 
 
 def make_rootfs(deb: str, arch: str, dest: str) -> None:
@@ -261,28 +269,33 @@ def seed(registry: str) -> None:
         say('building library/alpine')
         alpine = build_alpine(layout, work, rootfs)
         add_index(layout, 'alpine', alpine)
-        say('building library/big (%d x %d MiB random layers)' % (BIG_LAYERS, BIG_LAYER_MB))
-        add_index(layout, 'big', build_big(layout, work, alpine))
+        fills = () if MINIMAL else FILL_IMAGES
+        if not MINIMAL:
+            say('building library/big (%d x %d MiB random layers)' % (BIG_LAYERS, BIG_LAYER_MB))
+            add_index(layout, 'big', build_big(layout, work, alpine))
         small = [(name, build_small(layout, work, name)) for name in SMALL_IMAGES]
-        say('building library/fill1..%d (one %d MiB random layer each)' % (len(FILL_IMAGES), FILL_LAYER_MB))
-        for name in FILL_IMAGES:
+        if fills:
+            say('building library/fill1..%d (one %d MiB random layer each)' % (len(fills), FILL_LAYER_MB))
+        for name in fills:
             add_index(layout, name, build_big(layout, work, alpine, name, 1, FILL_LAYER_MB))
         run('umoci', 'gc', '--layout', layout)
         say('built in %.1f s; pushing to %s' % (time.monotonic() - started, registry))
 
         for repo_tag in ALPINE_TAGS:
             push(layout, 'alpine', registry, 'library/alpine', repo_tag)
-        push(layout, 'big', registry, 'library/big', 'latest')
+        if not MINIMAL:
+            push(layout, 'big', registry, 'library/big', 'latest')
         for name, tag in small:
             push(layout, tag, registry, 'library/' + name, 'latest')
-        for name in FILL_IMAGES:
+        for name in fills:
             push(layout, name, registry, 'library/' + name, 'latest')
 
         images = {}
         for repo_tag in ALPINE_TAGS:
             images['library/alpine:' + repo_tag] = describe(registry, 'library/alpine', repo_tag)
-        images['library/big:latest'] = describe(registry, 'library/big', 'latest')
-        for name in SMALL_IMAGES + FILL_IMAGES:
+        if not MINIMAL:
+            images['library/big:latest'] = describe(registry, 'library/big', 'latest')
+        for name in SMALL_IMAGES + fills:
             images['library/%s:latest' % name] = describe(registry, 'library/' + name, 'latest')
         with open(SEED_JSON + '.tmp', 'w', encoding='utf-8') as handle:
             json.dump({'recipe': recipe, 'seeded_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),

@@ -99,9 +99,9 @@ EOF
         cat <<EOF
 auth:
   token:
-    realm: https://hub.actuated.test/token
-    service: registry.docker.io
-    issuer: auth.docker.io
+    realm: https://${HUB_REGISTRY_NAME:-hub.actuated.test}/token
+    service: ${HUB_SERVICE:-registry.docker.io}
+    issuer: ${HUB_ISSUER:-auth.docker.io}
     rootcertbundle: $STATE/auth/signing.crt
 EOF
     fi

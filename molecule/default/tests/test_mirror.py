@@ -39,10 +39,10 @@ def test_service_is_active_enabled_and_not_root(host):
 
 
 def test_listens_only_on_the_bridge(host):
-    # Every TCP listener but Docker's embedded DNS (127.0.0.11): the mirror, only on the bridge, and the supervisor's
-    # notifications and metrics, only on loopback.
+    # Every TCP listener but Docker's embedded DNS (127.0.0.11): the mirrors (Docker Hub, and ghcr.io's stand-in on
+    # 5010), only on the bridge, and their supervisors' notifications and metrics, only on loopback.
     listeners = host.check_output("ss -Hltn | awk '{print $4}' | grep -v '^127.0.0.11:'").split()
-    assert sorted(listeners) == sorted([f"{ADDRESS}:5000", "127.0.0.1:5002"])
+    assert sorted(listeners) == sorted([f"{ADDRESS}:5000", "127.0.0.1:5002", f"{ADDRESS}:5010", "127.0.0.1:5012"])
 
 
 def test_sandbox_exposure_is_low(host):
@@ -114,12 +114,13 @@ def test_off_network_client_cannot_connect(offnet):
     assert tried.returncode in {7, 28}, (tried.returncode, tried.stderr)
 
 
-def test_token_absent_from_journal_and_world_readable_files(host):
-    assert TOKEN not in host.check_output("journalctl --no-pager -o cat -u registry -u registry-cert-reload")
-    found = host.run(f"grep -rlF {TOKEN} /etc /run /var/lib/registry /usr/local /var/log /tmp /root").stdout.split()
-    assert found == ["/etc/registry/proxy.env"]
-    env_file = host.file("/etc/registry/proxy.env")
-    assert env_file.user == "root" and env_file.mode == 0o600
+@pytest.mark.parametrize(("token", "env_file"), [(TOKEN, "/etc/registry/proxy.env"),
+                                                 (world.GHCR_TOKEN, "/etc/registry/upstreams/ghcr/proxy.env")])
+def test_token_absent_from_journal_and_world_readable_files(host, token, env_file):
+    assert token not in host.check_output("journalctl --no-pager -o cat -u registry -u registry-cert-reload")
+    found = host.run(f"grep -rlF {token} /etc /run /var/lib/registry /var/lib/registry-ghcr /usr/local /var/log /tmp /root")
+    assert found.stdout.split() == [env_file]
+    assert host.file(env_file).user == "root" and host.file(env_file).mode == 0o600
 
 
 @amd64_only
@@ -128,3 +129,4 @@ def test_converged_check_diff_at_vvv_changes_nothing_and_never_shows_the_token(c
     assert result.returncode == 0, result.stdout[-3000:]
     assert recap(result.stdout)["changed"] == 0
     assert TOKEN not in result.stdout + result.stderr
+    assert world.GHCR_TOKEN not in result.stdout + result.stderr

@@ -21,6 +21,32 @@ def test_auto_picked_the_cloud_hypervisor_bridge(host):
     assert sorted(listeners) == sorted([f"{ADDRESS}:5000", "127.0.0.1:5002"])  # the supervisor's: loopback only
 
 
+def test_without_further_upstreams_the_unit_runs_one_mirror_as_before(host):
+    exec_start = host.check_output("systemctl show -p ExecStart --value registry")
+    assert exec_start.count(".json") == 1 and "/etc/registry/supervisor.json" in exec_start
+    assert not host.file("/etc/registry/upstreams").exists
+    assert "name" not in json.loads(host.file("/etc/registry/supervisor.json").content_string)
+    assert host.check_output("ps -eo args= | grep -c '[r]egistry serve'") == "1"
+
+
+def test_an_upstream_added_then_removed_leaves_one_mirror_and_keeps_its_cache(host, vm, ghcr, converge):
+    upstream = {"name": "ghcr", "url": world.GHCR_URL, "registry": "ghcr.io", "port": 5010}
+    added = converge("-e", json.dumps({"registry_mirror_upstreams": [upstream]}))
+    assert added.returncode == 0, added.stdout[-3000:]
+    ghcr_mirror = f"{ADDRESS}:5010"
+    ghcr.reset()
+    pulled = vm.pull(f"{ghcr_mirror}/library/small1:latest", "amd64", "/tmp/added-ghcr")
+    assert pulled.returncode == 0, pulled.stderr
+    assert ghcr.pulls().get("anonymous", 0) == 1  # no credentials: anonymous, as configured
+    removed = converge()
+    assert removed.returncode == 0, removed.stdout[-3000:]
+    assert not host.file("/etc/registry/upstreams").exists
+    assert host.check_output("systemctl show -p ExecStart --value registry").count(".json") == 1
+    assert vm.sh(f"curl -sS --connect-timeout 3 https://{ghcr_mirror}/v2/", check=False).returncode == 7  # refused
+    assert host.file("/var/lib/registry-ghcr/docker/registry/v2/repositories/library/small1").is_directory  # cache kept
+    host.check_output("rm -rf /var/lib/registry-ghcr")  # the bad-input fingerprint includes /var/lib
+
+
 def test_host_side_download_kept_the_verified_tarball_on_the_host(host):
     arch = host.check_output("dpkg --print-architecture")
     tarball = host.file(f"/usr/local/lib/registry-mirror/{DEFAULT_VERSION}-{arch}/registry_{DEFAULT_VERSION}_linux_{arch}.tar.gz")
@@ -148,6 +174,17 @@ BAD_INPUT = {
     "boolean that is not one": (["registry_mirror_troubleshooting=perhaps"], "registry_mirror_troubleshooting", "bool"),
     "metrics on the mirror's port": (['{"registry_mirror_metrics_enabled": true, "registry_mirror_metrics_port": 5000}'],
                                      "registry_mirror_metrics_port", "a port of its own"),
+    "upstream storage owned by another user": (
+        [json.dumps({"registry_mirror_upstreams": [{"name": "ghcr", "url": "https://ghcr.io", "port": 5010,
+                                                    "storage_dir": "/srv/foreign"}]})],
+        "registry_mirror_upstreams[ghcr].storage_dir", "belongs to nobody:nogroup"),
+    "upstream on the Docker Hub mirror's port": (
+        [json.dumps({"registry_mirror_upstreams": [{"name": "ghcr", "url": "https://ghcr.io", "port": 5000}]})],
+        "registry_mirror_upstreams[ghcr].port", "registry_mirror_port"),
+    "upstream token without user": (
+        [json.dumps({"registry_mirror_upstreams": [{"name": "quay", "url": "https://quay.io", "port": 5020,
+                                                    "password": SECRET}]})],
+        "registry_mirror_upstreams[quay]", "username"),
 }
 # What bad_input_runs makes on the host before the first fingerprint, and removes after the last.
 HOST_SETUP = """

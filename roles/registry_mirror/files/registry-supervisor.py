@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: MIT
 """registry.service's main process: keeps the mirror serving whether or not Docker Hub answers.
 
-Usage: registry-supervisor SETTINGS.json
+Usage: registry-supervisor SETTINGS.json [SETTINGS.json ...]
 
 distribution in pull-through mode contacts its upstream while starting and exits when it cannot, so a mirror
 (re)started during an upstream outage (a reboot, a certificate renewal, an upgrade) would serve nothing, although its
@@ -43,10 +43,21 @@ which images are used from distribution's pull notifications, which the config s
 its loopback port (port), and keeps those times in the cache directory (registry_cache.USAGE_FILE).
 The same port serves its
 Prometheus metrics (/metrics), followed by distribution's own when registry_metrics_url names them.
+
+Group mode (several SETTINGS files: one mirror per upstream, as distribution proxies one upstream per process): all
+files are validated first (an invalid one: exit 2, nothing started), then each gets a child supervisor of its own
+(this program with that one file) under the one unit, whose lines go to the journal prefixed with "[NAME] " (the
+setting name, else the file's path). A child that exits is restarted after a back-off (2 s doubling up to 60 s,
+2 s again once it ran 60 s): one mirror that cannot start never stops the others. SIGTERM and SIGUSR1 are forwarded
+to every child. The first file is the primary (Docker Hub): its child gets the unit's environment as in single mode.
+The others get none of its REGISTRY_* variables, and REGISTRY_PROXY_USERNAME / _PASSWORD from PREFIX_USERNAME /
+PREFIX_PASSWORD when their setting credentials names PREFIX (REGISTRY_MIRROR_...): each credential reaches only its
+own registry.
 """
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import gzip
 import http.client
@@ -66,12 +77,14 @@ import typing
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import registry_cache
 
 PROG = "registry-supervisor"
+PROGRAM = os.path.abspath(__file__)  # what group mode runs for each mirror
 PUBLIC_SUFFIX_LIST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "public_suffix_list.dat.gz")
 # Read-only mode: the same config without the proxy section, storage read-only, no upstream credentials.
 LOCAL_ENV = {
@@ -79,6 +92,8 @@ LOCAL_ENV = {
     "REGISTRY_STORAGE_MAINTENANCE": "{readonly: {enabled: true}}",
 }
 CREDENTIAL_ENV = ("REGISTRY_PROXY_USERNAME", "REGISTRY_PROXY_PASSWORD")
+# The name the role gives the Docker Hub mirror in group mode (validate_inputs keeps it from registry_mirror_upstreams).
+PRIMARY_NAME = "docker-hub"
 # The first distribution release that restricts where the proxy sends its upstream credentials: only to a token realm
 # on the upstream's host and port or on the upstream's registrable domain, and that also answers Basic challenges.
 # Earlier releases send them to any token realm the upstream names and never to a Basic challenge.
@@ -101,6 +116,20 @@ LAUNCHER = ('fd=$1; shift; [ "$fd" = 3 ] || { eval "exec 3<&$fd $fd<&-"; }; '
 LISTEN_BACKLOG = 1024
 # The biggest notification body accepted (distribution sends a few events per request).
 MAX_EVENTS_BODY = 1 << 20
+# Group mode: a child that exits is restarted after BACKOFF_MIN seconds, doubled at each exit up to BACKOFF_MAX, and
+# BACKOFF_MIN again once a child ran BACKOFF_RESET seconds. GROUP_TICK: how often the children are looked at (and how
+# soon SIGTERM ends a back-off). At stop, the children get the largest stop_timeout plus GROUP_STOP_MARGIN seconds.
+BACKOFF_MIN = 2.0
+BACKOFF_MAX = 60.0
+BACKOFF_RESET = 60.0
+GROUP_TICK = 0.1
+GROUP_STOP_MARGIN = 5.0
+# The further mirrors' upstream credentials in the unit's environment (PREFIX_USERNAME, PREFIX_PASSWORD): each reaches
+# only the child whose settings name PREFIX (credentials), as REGISTRY_PROXY_USERNAME / REGISTRY_PROXY_PASSWORD.
+CREDENTIALS_PREFIX = re.compile(r"REGISTRY_MIRROR_[A-Z0-9_]+")
+MIRROR_CREDENTIAL_ENV = re.compile(r"REGISTRY_MIRROR_[A-Z0-9_]+_(USERNAME|PASSWORD)")
+# Lines of the journal are written whole: group mode writes its children's from several threads.
+OUTPUT_LOCK = threading.Lock()
 
 
 class SettingsError(Exception):
@@ -162,6 +191,11 @@ class Settings:
     cache_check_interval: float = 30.0
     collect_interval: float = 86400.0
     collect_grace: float = 600.0
+    # The upstream's short name (ghcr, quay, ...): the prefix of the mirror's lines in group mode, and in messages.
+    name: str = ""
+    # Group mode, a mirror other than the first: the prefix (REGISTRY_MIRROR_...) of the unit's environment variables
+    # PREFIX_USERNAME and PREFIX_PASSWORD, its upstream credentials. No effect in single mode.
+    credentials: str = ""
 
     @classmethod
     def load(cls, path: str) -> Settings:
@@ -199,6 +233,11 @@ class Settings:
                 raise SettingsError(f"{path}: {key} must be at most {top}, not {values[key]!r}")
         if values.get("low_water_percent") == 0:
             raise SettingsError(f"{path}: low_water_percent must be at least 1")
+        if "name" in values and not re.fullmatch(r"[^\s\x00-\x1f\x7f]+", values["name"]):
+            raise SettingsError(f"{path}: name must have no spaces or control characters, not {values['name']!r}")
+        if "credentials" in values and not CREDENTIALS_PREFIX.fullmatch(values["credentials"]):
+            raise SettingsError(f"{path}: credentials must be an environment variable prefix REGISTRY_MIRROR_ followed "
+                                f"by capital letters, digits and _, not {values['credentials']!r}")
         settings = cls(**values)
         parse_version(settings.version)
         return settings
@@ -350,7 +389,8 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
 
 def say(message: str) -> None:
     """One line in the journal."""
-    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+    with OUTPUT_LOCK:
+        print(f"{PROG}: {message}", file=sys.stderr, flush=True)
 
 
 def describe(image: registry_cache.Image) -> str:
@@ -631,11 +671,18 @@ class Supervisor:
             say(f"upstream token service accepts {who}")
         except urllib.error.HTTPError as exc:
             say(f"ERROR: upstream token service {realm} refuses {who} (HTTP {exc.code}): pulls of images that are not "
-                "cached will fail (clients see 'manifest unknown'); check registry_mirror_dockerhub_username/token")
+                f"cached will fail (clients see 'manifest unknown'); check {self.credential_variables()}")
         except (OSError, ValueError) as exc:
             say(f"upstream token service {realm} did not answer ({exc})")
         except Stopping:
             return
+
+    def credential_variables(self) -> str:
+        """The role's variables that hold this upstream's credentials."""
+        name = self.settings.name
+        if self.settings.credentials or (name and name != PRIMARY_NAME):  # a further upstream, not Docker Hub
+            return f"registry_mirror_upstreams[{name}].username/password"
+        return "registry_mirror_dockerhub_username/token"
 
     def start(self, local: bool, debug: bool = True) -> subprocess.Popen[bytes]:
         """The registry, in pull-through mode or read-only without the proxy; without its debug (metrics) listener
@@ -961,13 +1008,196 @@ def stop(child: subprocess.Popen[bytes]) -> None:
         child.send_signal(signal.SIGTERM)
 
 
+# --- Group mode: one child supervisor per mirror ----------------------------------------------------------------------
+
+def child_environment(parent: Mapping[str, str], settings: Settings, primary: bool) -> tuple[dict[str, str], str]:
+    """The environment of a child supervisor in group mode, and what to say about its credentials ("": nothing). The
+    PRIMARY's is PARENT's without the other mirrors' credentials; another's has none of PARENT's REGISTRY_* variables
+    (the unit's credentials and overrides are the primary's), but its own credentials when its settings name them."""
+    if primary:
+        return {name: value for name, value in parent.items() if not MIRROR_CREDENTIAL_ENV.fullmatch(name)}, ""
+    env = {name: value for name, value in parent.items() if not name.startswith("REGISTRY_")}
+    if not settings.credentials:
+        return env, ""
+    names = [f"{settings.credentials}_{part}" for part in ("USERNAME", "PASSWORD")]
+    values = [parent.get(name, "") for name in names]
+    if not all(values):
+        unset = " and ".join(name for name, value in zip(names, values) if not value)
+        return env, f"{unset} not set in the unit's environment: pulling from the upstream anonymously"
+    env.update(zip(CREDENTIAL_ENV, values))
+    return env, ""
+
+
+class Member:
+    """One mirror of a group: its settings, its child supervisor, and when to start that again."""
+
+    def __init__(self, path: str, settings: Settings, parent: Mapping[str, str], primary: bool) -> None:
+        self.path, self.settings = path, settings
+        self.env, self.note = child_environment(parent, settings, primary)
+        self.label = settings.name or path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.relay: threading.Thread | None = None
+        self.started = 0.0  # time.monotonic()
+        self.restart_at = 0.0
+        self.backoff = BACKOFF_MIN
+
+    def tell(self, message: str) -> None:
+        """A line of the group's own about this mirror."""
+        relay_line(f"[{self.label}] {PROG}: {message}")
+
+
+def relay_line(line: str) -> None:
+    """Write LINE whole to the journal; a journal that is gone loses it (a child must never block on its pipe)."""
+    with OUTPUT_LOCK:
+        try:
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def relay(label: str, stream: typing.IO[bytes]) -> None:
+    """Copy STREAM (a child's output) to the journal line by line, each prefixed with [LABEL]."""
+    with stream:
+        for raw in iter(stream.readline, b""):
+            relay_line(f"[{label}] " + raw.decode("utf-8", "replace").rstrip("\n"))
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """Kill whatever is left of PROC's process group (PROC and the registries it started)."""
+    with contextlib.suppress(OSError):  # nothing left
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+class Group:
+    """Runs one child supervisor per mirror until systemd stops the unit, restarting each that exits."""
+
+    def __init__(self, members: list[Member]) -> None:
+        self.members = members
+        self.stopping = False
+        self.collect_requested = False
+
+    def on_term(self, _signum: int, _frame: types.FrameType | None) -> None:
+        """systemd stops the unit (KillMode=mixed: the children hear it from here)."""
+        self.stopping = True
+
+    def on_usr1(self, _signum: int, _frame: types.FrameType | None) -> None:
+        """An operator asks every mirror for a collection now."""
+        self.collect_requested = True
+
+    def run(self) -> int:
+        """Supervise the children until SIGTERM; always 0: no child's failure is the group's."""
+        signal.signal(signal.SIGTERM, self.on_term)
+        signal.signal(signal.SIGINT, self.on_term)
+        signal.signal(signal.SIGUSR1, self.on_usr1)
+        say(f"{len(self.members)} mirrors, a supervisor each: {', '.join(member.label for member in self.members)}")
+        for member in self.members:
+            if member.note:
+                member.tell(member.note)
+        try:
+            while not self.stopping:
+                if self.collect_requested:
+                    self.collect_requested = False
+                    self.signal_all(signal.SIGUSR1)
+                for member in self.members:
+                    if member.proc is None:
+                        if time.monotonic() >= member.restart_at and not self.stopping:
+                            self.start(member)
+                    elif member.proc.poll() is not None:
+                        self.exited(member)
+                time.sleep(GROUP_TICK)
+        finally:
+            self.stop_all()
+        return 0
+
+    def start(self, member: Member) -> None:
+        """Start MEMBER's child supervisor (its own process group: what it leaves behind can be killed). It starts
+        with SIGUSR1 ignored, until it handles it: SIGUSR1's default action would end it."""
+        member.started = time.monotonic()
+        handler = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        try:
+            member.proc = subprocess.Popen([sys.executable, PROGRAM, member.path], env=member.env,
+                                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                           stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as exc:
+            member.tell(f"cannot start the mirror's supervisor ({exc})")
+            self.schedule(member)
+            return
+        finally:
+            signal.signal(signal.SIGUSR1, handler)
+        assert member.proc.stdout is not None
+        member.relay = threading.Thread(target=relay, args=(member.label, member.proc.stdout), daemon=True)
+        member.relay.start()
+
+    def exited(self, member: Member) -> None:
+        """MEMBER's child supervisor exited: say so after its last lines, and start it again after the back-off."""
+        assert member.proc is not None
+        kill_group(member.proc)  # a registry a crashed supervisor left would hold the mirror's port and the pipe
+        if member.relay is not None:
+            member.relay.join(timeout=1)
+        status = member.proc.returncode
+        member.proc = member.relay = None
+        delay = self.schedule(member)
+        member.tell(f"the mirror's supervisor exited with status {status}; restarting in {delay:g} s")
+
+    def schedule(self, member: Member) -> float:
+        """When MEMBER starts again: the back-off, reset by a long enough run, then doubled for the next time."""
+        if time.monotonic() - member.started >= BACKOFF_RESET:
+            member.backoff = BACKOFF_MIN
+        delay = member.backoff
+        member.backoff = min(delay * 2, BACKOFF_MAX)
+        member.restart_at = time.monotonic() + delay
+        return delay
+
+    def signal_all(self, signum: int) -> None:
+        """Send SIGNUM to every child supervisor that runs (not to its registries: they hear from it)."""
+        for member in self.members:
+            if member.proc is not None:
+                member.proc.send_signal(signum)  # nothing when it has exited
+
+    def stop_all(self) -> None:
+        """Stop every child (each stops its registries); kill what still runs after the largest stop_timeout plus a
+        margin."""
+        self.signal_all(signal.SIGTERM)
+        limit = max(member.settings.stop_timeout for member in self.members) + GROUP_STOP_MARGIN
+        deadline = time.monotonic() + limit
+        for member in self.members:
+            if member.proc is None:
+                continue
+            try:
+                member.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                member.tell(f"still running {limit:g} s after SIGTERM: killed")
+            kill_group(member.proc)
+            member.proc.wait()
+        for member in self.members:
+            if member.relay is not None:
+                member.relay.join(timeout=1)
+
+
+def load_group(paths: list[str], parent: Mapping[str, str]) -> list[Member] | None:
+    """The mirrors of group mode, the first file the primary; None when a file is invalid (said, each)."""
+    members: list[Member] = []
+    for index, path in enumerate(paths):
+        try:
+            members.append(Member(path, Settings.load(path), parent, primary=index == 0))
+        except SettingsError as exc:
+            message = str(exc)
+            say(f"ERROR: {message if path in message else f'{path}: {message}'}")
+    return members if len(members) == len(paths) else None
+
+
 def main(argv: list[str]) -> int:
-    """Read the settings named on the command line and supervise."""
-    if len(argv[1:]) != 1:
-        print(f"usage: {PROG} SETTINGS.json", file=sys.stderr)
+    """Read the settings named on the command line and supervise: one mirror, or a group of them."""
+    paths = argv[1:]
+    if not paths:
+        print(f"usage: {PROG} SETTINGS.json [SETTINGS.json ...]", file=sys.stderr)
         return 2
+    if len(paths) > 1:
+        members = load_group(paths, os.environ)
+        return Group(members).run() if members is not None else 2
     try:
-        settings = Settings.load(argv[-1])
+        settings = Settings.load(paths[0])
     except SettingsError as exc:
         say(f"ERROR: {exc}")
         return 2

@@ -4,7 +4,8 @@
 connections), hanging, resetting connections or refusing tokens, and a fake `registry` binary (a small Python program)
 that records how it was started, the signals it got and when it exited, listens on its ports like distribution
 (and fails when a port is taken), and contacts the upstream at start in pull-through mode (exiting when it cannot);
-and a storage directory whose free space the test sets (FakeDisk)."""
+and a storage directory whose free space the test sets (FakeDisk). A supervisor runs with one mirror's files
+(SupervisorRun), or in group mode with several (Mirror, GroupRun)."""
 from __future__ import annotations
 
 import importlib.util
@@ -202,6 +203,7 @@ def on_term(signum, _frame):
 
 
 signal.signal(signal.SIGTERM, on_term)
+record("environ", names=sorted(os.environ))
 import json, socket, urllib.error, urllib.request
 
 with open(sys.argv[2], encoding="utf-8") as handle:
@@ -242,6 +244,8 @@ except OSError as exc:
     sys.exit(1)
 record("listening", debug=debug_addr)
 state["serving"] = True
+for number in range(CONFIG.get("chatter", 0)):  # log lines, to stdout and stderr by turns, each in one write
+    os.write(1 + number % 2, b"chatter %d %s\n" % (number, b"x" * (number % 200)))
 listener.settimeout(0.02)
 while not state["term"]:  # accept connections (and close them) until SIGTERM, as distribution stops accepting then
     try:
@@ -315,53 +319,10 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 '''
 
 
-class SupervisorRun:
-    """registry-supervisor running as a program with a fake registry and an upstream, and what happened."""
+class RegistryLog:
+    """What the fake registries that record to LOG did (start, listening, signal, exit...), each record with its pid."""
 
-    def __init__(self, tmp_path: Path, upstream: FakeUpstream, *, drain: float = 0.0, metrics: bool = False,
-                 credentials: tuple[str, str] | None = ("mirror-user", "s3cret"), **settings: Any) -> None:
-        self.log = tmp_path / "registry.log"
-        binary = tmp_path / "registry"
-        binary.write_text(FAKE_REGISTRY_WRAPPER, encoding="utf-8")
-        binary.chmod(0o755)
-        (tmp_path / "registry.py").write_text(FAKE_REGISTRY, encoding="utf-8")
-        self.debug_addr = f"127.0.0.1:{free_port()}" if metrics else ""
-        config = tmp_path / "config.json"
-        self.addr = f"127.0.0.1:{free_port()}"
-        if settings.pop("activation", False):  # the supervisor listens, and hands the socket to each registry
-            settings["listen"] = self.addr
-        config.write_text(json.dumps({"addr": self.addr,
-                                      "debug_addr": self.debug_addr, "upstream": upstream.url,
-                                      "upstream_timeout": 2, "drain": drain}), encoding="utf-8")
-        values = {"_comment": "test", "binary": str(binary), "config": str(config), "upstream": upstream.url + "/",
-                  "version": "3.1.1", "metrics": metrics, **FAST, **settings}
-        self.settings = tmp_path / "supervisor.json"
-        self.settings.write_text(json.dumps(values), encoding="utf-8")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-        env.update(FAKE_REGISTRY_LOG=str(self.log), FAKE_REGISTRY_PYTHON=sys.executable)
-        if credentials:
-            env.update(REGISTRY_PROXY_USERNAME=credentials[0], REGISTRY_PROXY_PASSWORD=credentials[1])
-        self.lines: list[tuple[float, str]] = []
-        self.started = time.time()
-        self.proc = subprocess.Popen(self.command(env), env=env, stderr=subprocess.PIPE, text=True)
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def command(self, _env: dict[str, str]) -> list[str]:
-        """The supervisor's command line (ENV: its environment, to add to)."""
-        return [sys.executable, str(SUPERVISOR), str(self.settings)]
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append((time.time(), line.rstrip("\n")))
-
-    def journal(self) -> str:
-        """What the supervisor wrote (to the journal, under systemd)."""
-        return "\n".join(line for _time, line in self.lines)
-
-    def said(self, text: str) -> float | None:
-        """When the supervisor first wrote a line containing TEXT."""
-        return next((t for t, line in self.lines if text in line), None)
+    log: Path
 
     def events(self, event: str | None = None, pid: int | None = None) -> list[dict[str, Any]]:
         """The fake registries' records, oldest first."""
@@ -388,11 +349,102 @@ class SupervisorRun:
                 else None
         return wait_for(f"registry #{count} to listen", listening, timeout)
 
+
+class Mirror(RegistryLog):
+    """A mirror's files in DIRECTORY: a fake registry (recording to DIRECTORY/registry.log), its config (its own
+    address, its upstream) and the supervisor's settings (supervisor.json), FAST timings unless SETTINGS say."""
+
+    def __init__(self, directory: Path, upstream: FakeUpstream, *, drain: float = 0.0, metrics: bool = False,
+                 chatter: int = 0, **settings: Any) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.log = directory / "registry.log"
+        binary = directory / "registry"
+        own_log = f"#!/bin/sh\nFAKE_REGISTRY_LOG='{self.log}'; export FAKE_REGISTRY_LOG\n"
+        binary.write_text(FAKE_REGISTRY_WRAPPER.replace("#!/bin/sh\n", own_log, 1), encoding="utf-8")
+        binary.chmod(0o755)
+        (directory / "registry.py").write_text(FAKE_REGISTRY, encoding="utf-8")
+        self.debug_addr = f"127.0.0.1:{free_port()}" if metrics else ""
+        self.config = directory / "config.json"
+        self.addr = f"127.0.0.1:{free_port()}"
+        if settings.pop("activation", False):  # the supervisor listens, and hands the socket to each registry
+            settings["listen"] = self.addr
+        config = {"addr": self.addr, "debug_addr": self.debug_addr, "upstream": upstream.url, "upstream_timeout": 2,
+                  "drain": drain}
+        if chatter:  # CHATTER lines of the registry's own once it listens ("chatter NUMBER xxx...")
+            config["chatter"] = chatter
+        self.config.write_text(json.dumps(config), encoding="utf-8")
+        values = {"_comment": "test", "binary": str(binary), "config": str(self.config), "upstream": upstream.url + "/",
+                  "version": "3.1.1", "metrics": metrics, **FAST, **settings}
+        self.settings = directory / "supervisor.json"
+        self.settings.write_text(json.dumps(values), encoding="utf-8")
+
+
+class Journal:
+    """A program started with stderr=PIPE (proc), and the lines it writes there, read as they come."""
+
+    proc: subprocess.Popen[str]
+    lines: list[tuple[float, str]]
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append((time.time(), line.rstrip("\n")))
+
+    def journal(self) -> str:
+        """What the supervisor wrote (to the journal, under systemd)."""
+        return "\n".join(line for _time, line in self.lines)
+
+    def said(self, text: str) -> float | None:
+        """When the supervisor first wrote a line containing TEXT."""
+        return next((t for t, line in self.lines if text in line), None)
+
     def stop(self, timeout: float = 10) -> int:
         """SIGTERM, as systemd stops the unit; the exit status."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=timeout)
+
+
+class SupervisorRun(Mirror, Journal):
+    """registry-supervisor running as a program with a fake registry and an upstream, and what happened."""
+
+    def __init__(self, tmp_path: Path, upstream: FakeUpstream, *, drain: float = 0.0, metrics: bool = False,
+                 credentials: tuple[str, str] | None = ("mirror-user", "s3cret"), **settings: Any) -> None:
+        super().__init__(tmp_path, upstream, drain=drain, metrics=metrics, **settings)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+        env.update(FAKE_REGISTRY_LOG=str(self.log), FAKE_REGISTRY_PYTHON=sys.executable)
+        if credentials:
+            env.update(REGISTRY_PROXY_USERNAME=credentials[0], REGISTRY_PROXY_PASSWORD=credentials[1])
+        self.lines = []
+        self.started = time.time()
+        self.proc = subprocess.Popen(self.command(env), env=env, stderr=subprocess.PIPE, text=True)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def command(self, _env: dict[str, str]) -> list[str]:
+        """The supervisor's command line (ENV: its environment, to add to)."""
+        return [sys.executable, str(SUPERVISOR), str(self.settings)]
+
+
+class GroupRun(Journal):
+    """registry-supervisor in group mode with the settings files of MIRRORS (the first the primary), or SETTINGS; its
+    environment is the test's without REGISTRY_* variables, plus ENV. What it writes to stdout is kept too (stdout)."""
+
+    def __init__(self, mirrors: list[Mirror], env: dict[str, str] | None = None,
+                 settings: list[Path] | None = None) -> None:
+        variables = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+        variables.update(FAKE_REGISTRY_PYTHON=sys.executable, **(env or {}))
+        self.lines = []
+        self.stdout: list[str] = []
+        self.started = time.time()
+        paths = settings if settings is not None else [mirror.settings for mirror in mirrors]
+        self.proc = subprocess.Popen([sys.executable, str(SUPERVISOR), *map(str, paths)], env=variables,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self._read_stdout, daemon=True).start()
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        self.stdout.extend(self.proc.stdout)
 
 
 class SupervisorOnDisk(SupervisorRun):

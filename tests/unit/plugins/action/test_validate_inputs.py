@@ -28,13 +28,28 @@ TOKEN = "dckr_pat_T0PS3CRET"
 
 
 class Templar:
-    """Templates nothing, except that a value "{{ broken }}" cannot be templated."""
+    """Templates nothing, except that a value "{{ broken }}" (or a list or dictionary holding one) cannot be templated."""
 
-    @staticmethod
-    def template(value: t.Any) -> t.Any:
+    @classmethod
+    def template(cls, value: t.Any) -> t.Any:
         if value == "{{ broken }}":
             raise ValueError("'broken' is undefined: {{ broken }}")
+        for item in value.values() if isinstance(value, dict) else value if isinstance(value, list) else ():
+            cls.template(item)
         return value
+
+
+class Vaulted:
+    """A stand-in for a vaulted string after templating: not a str, decrypted by str() (or failing there, without
+    the vault password)."""
+
+    def __init__(self, plaintext: str | None) -> None:
+        self.plaintext = plaintext
+
+    def __str__(self) -> str:
+        if self.plaintext is None:
+            raise ValueError("Decryption failed (no vault secrets were found that could decrypt)")
+        return self.plaintext
 
 
 def action(args: dict[str, t.Any] | None = None, role: bool = True) -> ActionModule:
@@ -112,6 +127,102 @@ def test_the_host_checks_report_what_the_host_has() -> None:
     assert result["msg"].startswith("1 problem with the registry_mirror host; nothing was changed:")
 
 
+# ---- registry_mirror_upstreams ------------------------------------------------------------------------------------
+
+UP_USER = "ghcr-bot-Q7ZX"
+UP_PASSWORD = "ghp_UPSTR3AMS3CRET42"
+GHCR = {"name": "ghcr", "url": "https://ghcr.io/", "port": 5010}
+GHCR_NORMALISED = {"name": "ghcr", "url": "https://ghcr.io", "registry": "ghcr.io", "port": 5010, "metrics_port": 5011,
+                   "supervisor_port": 5012, "ttl": "168h", "storage_dir": "/var/lib/registry-ghcr", "cache_budget_mb": 40960,
+                   "cache_budget_percent": 10, "allow_http": False, "credentials": True, "credentials_env": "REGISTRY_MIRROR_GHCR"}
+
+
+def test_upstreams_are_returned_normalised_without_secrets() -> None:
+    result = run({"registry_mirror_upstreams": [{**GHCR, "username": UP_USER, "password": Vaulted(UP_PASSWORD)},
+                                                {"name": "quay", "url": "https://quay.io", "port": "5020"}]})
+    assert not result.get("failed") and result["errors"] == []
+    assert result["upstreams"] == [GHCR_NORMALISED, {
+        "name": "quay", "url": "https://quay.io", "registry": "quay.io", "port": 5020, "metrics_port": 5021, "supervisor_port": 5022,
+        "ttl": "168h", "storage_dir": "/var/lib/registry-quay", "cache_budget_mb": 40960, "cache_budget_percent": 10,
+        "allow_http": False, "credentials": False, "credentials_env": "REGISTRY_MIRROR_QUAY"}]
+    dumped = json.dumps(result)
+    assert UP_USER not in dumped and UP_PASSWORD not in dumped
+
+
+def test_without_upstreams_the_list_is_empty() -> None:
+    assert run({})["upstreams"] == []
+
+
+@pytest.mark.parametrize("password", [UP_PASSWORD + "\n", UP_PASSWORD + " x", "'" + UP_PASSWORD + '"', Vaulted(UP_PASSWORD + "$"),
+                                      {"value": UP_PASSWORD}, "", Vaulted(None), "{{ broken }}"])
+def test_an_upstream_secret_never_reaches_the_result(password: t.Any) -> None:
+    result = run({"registry_mirror_upstreams": [{**GHCR, "port": 5000, "username": UP_USER, "password": password}]})
+    assert result["failed"] and "upstreams" not in result
+    dumped = json.dumps(result)
+    assert UP_USER not in dumped and UP_PASSWORD not in dumped and "broken" not in dumped and "Decryption" not in dumped
+    assert any(error.startswith("registry_mirror_upstreams[ghcr].") for error in result["errors"]), result["errors"]
+
+
+@pytest.mark.parametrize("upstreams,errors", [
+    ([{**GHCR, "username": UP_USER, "password": "{{ broken }}"}], ["registry_mirror_upstreams[ghcr].password could not be evaluated"]),
+    ([{**GHCR, "username": UP_USER, "password": Vaulted(None)}], ["registry_mirror_upstreams[ghcr].password could not be evaluated"]),
+    ([GHCR, {"name": "quay", "url": "{{ broken }}", "port": 5020}],
+     ["registry_mirror_upstreams[quay].url could not be evaluated: 'broken' is undefined: {{ broken }}"]),
+    ([{**GHCR, "tokn": "{{ broken }}"}], ["registry_mirror_upstreams[ghcr].tokn could not be evaluated"]),
+    ([{**GHCR, "name": "{{ broken }}"}], ["registry_mirror_upstreams[0].name could not be evaluated: 'broken' is undefined: {{ broken }}"]),
+    ("{{ broken }}", ["registry_mirror_upstreams could not be evaluated"]),
+], ids=["password", "vaulted password", "url", "unknown key", "name", "the whole list"])
+def test_an_upstream_that_cannot_be_templated_is_named(upstreams: t.Any, errors: list[str]) -> None:
+    result = run({"registry_mirror_upstreams": upstreams})
+    assert result["failed"] and result["errors"] == errors
+    assert UP_USER not in json.dumps(result)
+
+
+def test_upstream_problems_fail_with_every_one_named() -> None:
+    result = run({"registry_mirror_upstreams": [{**GHCR, "port": 5000, "url": "http://ghcr.io"}, "quay"],
+                  "registry_mirror_metrics_enabled": True})
+    assert result["failed"] and "upstreams" not in result
+    assert result["msg"].splitlines()[1:] == ["- " + error for error in result["errors"]]
+    assert result["errors"] == [
+        "registry_mirror_upstreams[ghcr].url is 'http://ghcr.io', a plain http:// URL: the upstream must use https://, or set "
+        "registry_mirror_upstreams[ghcr].allow_http: true for a lab upstream you control",
+        "registry_mirror_upstreams[1] must be a dictionary with name, url and port (got str)",
+        "registry_mirror_upstreams[ghcr].port is 5000, the same as registry_mirror_port: every listener needs a port of its own",
+        "registry_mirror_upstreams[ghcr].supervisor_port (not set: port + 2 by default) is 5002, the same as "
+        "registry_mirror_supervisor_port: every listener needs a port of its own",
+        "registry_mirror_upstreams[ghcr].metrics_port (not set: port + 1 by default) is 5001, the same as "
+        "registry_mirror_metrics_port: every listener needs a port of its own"]
+
+
+def test_the_budget_warning_does_not_fail() -> None:
+    result = run({"registry_mirror_upstreams": [{**GHCR, "cache_budget_percent": 70}]})
+    assert not result.get("failed") and result["upstreams"][0]["cache_budget_percent"] == 70
+    assert result["warnings"][0].startswith("registry_mirror_upstreams: the caches' budgets add up to 95 percent")
+
+
+GOOD_HOST = ("user\tregistry:x:998:998:distribution registry mirror:/var/lib/registry:/usr/sbin/nologin\n"
+             "group\tregistry:x:998:\nunit\tinstalled\tactive\n"
+             "path\t/var/lib/registry\t/var/lib/registry\t-\tdirectory\t998\t998\tregistry\tregistry\t/var/lib/registry\tdirectory\n"
+             "path\t/etc/registry\t/etc/registry\t-\tdirectory\t0\t998\troot\tregistry\t/etc/registry\tdirectory\n")
+
+
+def test_the_host_checks_check_each_upstreams_storage() -> None:
+    upstreams = [{**GHCR, "username": UP_USER, "password": UP_PASSWORD}]
+    fine = run({"registry_mirror_upstreams": upstreams}, {"host_report": GOOD_HOST + (
+        "path\t/var/lib/registry-ghcr\t/var/lib/registry-ghcr\t-\tdirectory\t998\t998\tregistry\tregistry\t"
+        "/var/lib/registry-ghcr\tdirectory\n")})
+    assert not fine.get("failed") and fine["upstreams"] == [GHCR_NORMALISED]
+    taken = run({"registry_mirror_upstreams": upstreams}, {"host_report": GOOD_HOST + (
+        "path\t/var/lib/registry-ghcr\t/var/lib/registry-ghcr\t-\tdirectory\t1000\t1000\tjane\tjane\t"
+        "/var/lib/registry-ghcr\tdirectory\n")})
+    assert taken["failed"] and "upstreams" not in taken and taken["errors"] == [
+        "registry_mirror_upstreams[ghcr].storage_dir is /var/lib/registry-ghcr, which exists and belongs to jane:jane (uid 1000, "
+        "gid 1000), not to the service user registry: the role only takes over directories it created for the mirror; choose a "
+        "directory that does not exist yet"]
+    assert taken["msg"].startswith("1 problem with the registry_mirror host; nothing was changed:")
+    assert UP_PASSWORD not in json.dumps(taken) + json.dumps(fine)
+
+
 # ---- Through the role, without a target ---------------------------------------------------------------------------
 
 # host name: (variables, variable the error names, problem); the variables are YAML (a vaulted value is added below).
@@ -151,9 +262,31 @@ E2E: dict[str, tuple[dict[str, t.Any], str, str]] = {
     "storage-is-config": ({"registry_mirror_storage_dir": "/srv/mirror", "registry_mirror_config_dir": "/srv/mirror"},
                           "registry_mirror_storage_dir", "are both /srv/mirror"),
     "start-timeout": ({"registry_mirror_start_timeout": 0}, "registry_mirror_start_timeout", "between 1 and 3600"),
+    # registry_mirror_upstreams: the role's argument_specs accept these (strings for numbers and booleans, a vaulted
+    # password), then validate_inputs names the entry and the key ...
+    "upstream-name": ({"registry_mirror_upstreams": [{"name": "GHCR", "url": "https://ghcr.io", "port": "5010", "allow_http": "no",
+                                                      "ttl": "24h", "registry": "ghcr.io", "cache_budget_percent": "5"}]},
+                      "registry_mirror_upstreams[0].name", "not a valid upstream name"),
+    "upstreams-port": ({"registry_mirror_upstreams": [{"name": "ghcr", "url": "https://ghcr.io", "port": 5000}]},
+                       "registry_mirror_upstreams[ghcr].port", "is 5000, the same as registry_mirror_port"),
+    "upstream-storage": ({"registry_mirror_upstreams": [{"name": "ghcr", "url": "https://ghcr.io", "port": 5010,
+                                                         "storage_dir": "/var/lib/registry/ghcr"}]},
+                         "registry_mirror_upstreams[ghcr].storage_dir", "nested in registry_mirror_storage_dir"),
+    "upstream-vaulted": ({}, "registry_mirror_upstreams[ghcr].password", "contains whitespace (its value is not shown)"),
+    # ... and refuse these themselves (ansible's words), without a value either.
+    "upstream-no-port": ({"registry_mirror_upstreams": [{"name": "ghcr", "url": "https://ghcr.io"}]}, "registry_mirror_upstreams",
+                         "missing required arguments: port"),
+    "upstream-misspelt": ({"registry_mirror_upstreams": [{"name": "ghcr", "url": "https://ghcr.io", "port": 5010,
+                                                          "username": "someone", "passwrod": "misspelt-S3CRET-key"}]},
+                          "registry_mirror_upstreams.passwrod", "Supported parameters include"),
 }
 VAULTED_TOKEN = TOKEN + " with a space"
-SECRETS = (TOKEN, VAULTED_TOKEN, "someone")
+VAULTED_UP_PASSWORD = UP_PASSWORD + " with a space"
+SECRETS = (TOKEN, VAULTED_TOKEN, "someone", UP_USER, UP_PASSWORD, "misspelt-S3CRET-key")
+# The hosts whose role run must get past argument_specs and fail at validate_inputs (ok=1).
+PAST_ARGUMENT_SPECS = ("upstream-name", "upstreams-port", "upstream-storage", "upstream-vaulted")
+# A valid list with a vaulted password, through the action alone: what the role's tasks get.
+UPSTREAMS_OK = {"name": "ghcr", "url": "https://GHCR.io/", "port": "5010", "username": UP_USER, "allow_http": "false"}
 
 
 @pytest.fixture(scope="module")
@@ -169,18 +302,28 @@ def playbook_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, t.Any]:
     (tmp / "vault-password").write_text("test-only\n")
     env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(tmp), "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0",
            "ANSIBLE_LOCAL_TEMP": str(tmp / "tmp"), "ANSIBLE_RETRY_FILES_ENABLED": "0", "ANSIBLE_CONFIG": str(tmp / "none.cfg")}
-    vaulted = subprocess.run([str(BIN / "ansible-vault"), "encrypt_string", "--vault-password-file", str(tmp / "vault-password"),
-                              VAULTED_TOKEN], check=True, capture_output=True, text=True, env=env).stdout
+
+    def vault(plaintext: str) -> str:
+        return subprocess.run([str(BIN / "ansible-vault"), "encrypt_string", "--vault-password-file", str(tmp / "vault-password"),
+                               plaintext], check=True, capture_output=True, text=True, env=env).stdout
+
+    vaulted = vault(VAULTED_TOKEN)
     hosts = {name: dict(variables) for name, (variables, _v, _p) in E2E.items()}
     inventory = yaml.safe_dump({"all": {
         "vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
                  "registry_mirror_local_cache_dir": str(tmp / "cache")},
         "children": {"role": {"hosts": hosts},
                      "direct": {"hosts": {"warn": {"registry_mirror_bind_adress": "192.168.128.1",
-                                                   "registry_mirror_unknown_variables": "warn"}}}}}})
+                                                   "registry_mirror_unknown_variables": "warn"},
+                                          "upstreams-ok": {}}}}}})
     # The vaulted token, as a user writes it in host_vars (next to the inventory).
     (tmp / "host_vars").mkdir()
     (tmp / "host_vars" / "token-vaulted.yml").write_text("registry_mirror_dockerhub_token: " + vaulted)
+    # Vaulted upstream passwords, inside an entry of the list.
+    for host, entry, password in (("upstream-vaulted", {"name": "ghcr", "url": "https://ghcr.io", "port": 5010, "username": UP_USER},
+                                   VAULTED_UP_PASSWORD), ("upstreams-ok", UPSTREAMS_OK, UP_PASSWORD)):
+        entry_yaml = "".join(f"    {key}: {json.dumps(value)}\n" for key, value in entry.items())
+        (tmp / "host_vars" / f"{host}.yml").write_text("registry_mirror_upstreams:\n  - password: " + vault(password) + entry_yaml)
     assert "$ANSIBLE_VAULT" in vaulted
     (tmp / "inventory.yml").write_text(inventory)
     (tmp / "playbook.yml").write_text(yaml.safe_dump([
@@ -219,6 +362,21 @@ def test_each_wrong_value_stops_the_role_before_the_host_naming_it(host: str, pl
     failure = playbook_run["failures"][host]
     errors = failure.get("errors") or failure.get("argument_errors") or [failure.get("msg", "")]
     assert any(variable in error and problem in error for error in errors), errors
+
+
+@pytest.mark.parametrize("host", PAST_ARGUMENT_SPECS)
+def test_valid_upstream_shapes_pass_argument_specs(host: str, playbook_run: dict[str, t.Any]) -> None:
+    assert playbook_run["recap"][host]["ok"] == 1, playbook_run["recap"][host]
+    assert "errors" in playbook_run["failures"][host]
+
+
+def test_upstreams_through_ansible(playbook_run: dict[str, t.Any]) -> None:
+    """A real run (vaulted password, numbers and booleans as strings): the action returns the list normalised."""
+    assert playbook_run["recap"]["upstreams-ok"] == {**playbook_run["recap"]["upstreams-ok"], "ok": 1, "failed": 0}
+    match = re.search(r"^ok: \[upstreams-ok\] => ", playbook_run["output"], re.M)
+    assert match, playbook_run["output"][-3000:]
+    result = json.JSONDecoder().raw_decode(playbook_run["output"], match.end())[0]
+    assert result["upstreams"] == [GHCR_NORMALISED]
 
 
 def test_no_secret_at_any_verbosity(playbook_run: dict[str, t.Any]) -> None:

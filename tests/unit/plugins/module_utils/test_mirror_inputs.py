@@ -8,6 +8,7 @@ problem, that every error starts with the name of a variable, and that no messag
 
 from __future__ import annotations
 
+import re
 import subprocess
 import typing as t
 from pathlib import Path
@@ -224,11 +225,171 @@ BAD_INPUT: dict[str, tuple[dict[str, t.Any], str, str]] = {
     "unknown log level": ({"registry_mirror_log_level": "verbose"}, "registry_mirror_log_level", "must be one of error, warn"),
     "unknown-variable mode": ({"registry_mirror_unknown_variables": "ignore"}, "registry_mirror_unknown_variables", "must be one of"),
 }
-SECRETS = (TOKEN, USER)
+
+
+# ---- registry_mirror_upstreams -----------------------------------------------------------------------------------
+
+UP_USER = "ghcr-bot-Q7ZX"  # valid, distinctive: no message may hold them, whatever else is wrong
+UP_PASSWORD = "ghp_UPSTR3AMS3CRET42"
+GHCR = {"name": "ghcr", "url": "https://ghcr.io", "port": 5010}
+U = "registry_mirror_upstreams"
+
+
+def up(**keys: t.Any) -> dict[str, t.Any]:
+    """The ghcr entry with KEYS changed (a value of None removes the key)."""
+    entry = {**GHCR, **keys}
+    return {key: value for key, value in entry.items() if value is not None}
+
+
+def ups(*entries: t.Any, **overrides: t.Any) -> dict[str, t.Any]:
+    """The overrides that set registry_mirror_upstreams to ENTRIES."""
+    return {U: list(entries), **overrides}
+
+
+QUAY = {"name": "quay", "url": "https://quay.io", "port": 5020}
+CREDS = {"username": UP_USER, "password": UP_PASSWORD}
+
+UPSTREAM_BAD_INPUT: dict[str, tuple[dict[str, t.Any], str, str]] = {
+    # --- shape
+    "upstreams a dictionary": ({U: GHCR}, U, "must be a list"),
+    "upstream a string": (ups("ghcr"), f"{U}[0]", "must be a dictionary with name, url and port (got str)"),
+    "upstream a list": (ups(["ghcr", "https://ghcr.io"]), f"{U}[0]", "must be a dictionary"),
+    "upstream without a port": (ups(up(port=None)), f"{U}[ghcr].port", "is missing: every upstream needs name, url and port"),
+    "upstream without a name": (ups(up(name=None)), f"{U}[0].name", "is missing"),
+    "upstream without a url": (ups(up(url=None, **CREDS)), f"{U}[ghcr].url", "is missing"),
+    "upstream with an empty url": (ups(up(url="")), f"{U}[ghcr].url", "is empty"),
+    "upstream with a misspelt key": (ups(up(usrname=UP_USER, password=UP_PASSWORD)), f"{U}[ghcr]",
+                                     "has the key 'usrname', which is not an option of an upstream; did you mean username?"),
+    "upstream with a token key": (ups(up(username=UP_USER, token=UP_PASSWORD)), f"{U}[ghcr]", "'token'"
+                                  ", which is not an option of an upstream; did you mean password?"),
+    "upstream with an unrelated key": (ups(up(colour="blue")), f"{U}[ghcr]", "not an option of an upstream (name, url,"),
+    # --- name
+    "upstream name in capitals": (ups(up(name="GHCR")), f"{U}[0].name", "'GHCR', which is not a valid upstream name"),
+    "upstream name ending in -": (ups(up(name="ghcr-")), f"{U}[0].name", "not ending in -"),
+    "upstream name starting with a digit": (ups(up(name="1ghcr")), f"{U}[0].name", "not a valid upstream name"),
+    "upstream name of 32 characters": (ups(up(name="g" * 32)), f"{U}[0].name", "not a valid upstream name"),
+    "upstream name with a slash": (ups(up(name="../etc")), f"{U}[0].name", "not a valid upstream name"),
+    "upstream name with a newline": (ups(up(name="ghcr\nx")), f"{U}[0].name", "not a valid upstream name"),
+    "upstream named docker-hub": (ups(up(name="docker-hub")), f"{U}[0].name", "the name of the Docker Hub mirror"),
+    "upstream name a number": (ups(up(name=7)), f"{U}[0].name", "not a valid upstream name"),
+    "two upstreams of one name": (ups(GHCR, up(url="https://quay.io", port=5020)), f"{U}[1].name",
+                                  "is 'ghcr', the same as registry_mirror_upstreams[ghcr].name"),
+    # --- url
+    "upstream over http": (ups(up(url="http://ghcr.lab.test")), f"{U}[ghcr].url",
+                           "a plain http:// URL: the upstream must use https://, or set registry_mirror_upstreams[ghcr].allow_http: true"),
+    "upstream with a path": (ups(up(url="https://ghcr.io/v2/")), f"{U}[ghcr].url", "with no path"),
+    "upstream with a password in the url": (ups(up(url=f"https://{UP_USER}:{UP_PASSWORD}@ghcr.io")), f"{U}[ghcr].url",
+                                            "(use registry_mirror_upstreams[ghcr].username and registry_mirror_upstreams[ghcr].password)"),
+    "upstream over ftp": (ups(up(url="ftp://ghcr.io")), f"{U}[ghcr].url", "the scheme ftp://"),
+    "upstream without a scheme": (ups(up(url="ghcr.io")), f"{U}[ghcr].url", "not a URL"),
+    "upstream on port 0": (ups(up(url="https://ghcr.io:0")), f"{U}[ghcr].url", "between 1 and 65535"),
+    "upstream with a query": (ups(up(url="https://ghcr.io?x=1")), f"{U}[ghcr].url", "query or fragment"),
+    "upstream url a list": (ups(up(url=["https://ghcr.io"])), f"{U}[ghcr].url", "must be a string (got a list)"),
+    "upstream is Docker Hub's": (ups(up(url="https://registry-1.docker.io")), f"{U}[ghcr].url",
+                                 "is https://registry-1.docker.io, the same as registry_mirror_upstream_url"),
+    "upstream is Docker Hub's, spelt otherwise": (ups(up(url="HTTPS://Registry-1.Docker.IO/")), f"{U}[ghcr].url",
+                                                  "the same as registry_mirror_upstream_url"),
+    "two upstreams of one url": (ups(GHCR, {**QUAY, "url": "https://GHCR.io/"}), f"{U}[quay].url",
+                                 "is https://ghcr.io, the same as registry_mirror_upstreams[ghcr].url"),
+    # --- registry
+    "upstream registry with a port": (ups(up(registry="ghcr.io:443")), f"{U}[ghcr].registry", "not a host name"),
+    "upstream registry docker.io": (ups(up(registry="docker.io")), f"{U}[ghcr].registry", "is docker.io, which is Docker Hub"),
+    "upstream registry Docker.IO.": (ups(up(registry="Docker.IO.")), f"{U}[ghcr].registry", "which is Docker Hub"),
+    "upstream on an IPv6 address without a registry": (ups(up(url="https://[fd00::1]:8443")), f"{U}[ghcr].registry",
+                                                       "is not set, and the host of url ([fd00::1]) is not a host name"),
+    "two upstreams of one registry": (ups(up(registry="GHCR.io"), {**QUAY, "registry": "ghcr.io"}), f"{U}[quay].registry",
+                                      "is ghcr.io, the same as registry_mirror_upstreams[ghcr].registry"),
+    "two upstreams of one default registry": (ups(GHCR, {**QUAY, "url": "https://ghcr.io:8443"}),
+                                              f"{U}[quay].registry (not set: the host of url by default)",
+                                              "is ghcr.io, the same as registry_mirror_upstreams[ghcr].registry"),
+    # --- credentials
+    "upstream user name without password": (ups(up(username=UP_USER)), f"{U}[ghcr].password",
+                                            "is empty while registry_mirror_upstreams[ghcr].username is set"),
+    "upstream password without user name": (ups(up(password=UP_PASSWORD)), f"{U}[ghcr].username",
+                                            "is empty while registry_mirror_upstreams[ghcr].password is set"),
+    "upstream password with a newline": (ups(up(username=UP_USER, password=UP_PASSWORD + "\nX=1")), f"{U}[ghcr].password",
+                                         "contains a newline (its value is not shown)"),
+    "upstream password with a space": (ups(up(username=UP_USER, password=UP_PASSWORD + " x")), f"{U}[ghcr].password",
+                                       "contains whitespace"),
+    "upstream password with a quote": (ups(up(username=UP_USER, password='"' + UP_PASSWORD)), f"{U}[ghcr].password",
+                                       "a quote, backslash, dollar sign or backtick"),
+    "upstream password with a control character": (ups(up(username=UP_USER, password=UP_PASSWORD + "\x07")),
+                                                   f"{U}[ghcr].password", "a control character"),
+    "upstream password with an accent": (ups(up(username=UP_USER, password=UP_PASSWORD + "\u00e9")), f"{U}[ghcr].password",
+                                         "a non-ASCII character"),
+    "upstream password a dictionary": (ups(up(username=UP_USER, password={"value": UP_PASSWORD})), f"{U}[ghcr].password",
+                                       "must be a string (got a dictionary)"),
+    "upstream user name with @": (ups(up(username=UP_USER + "@example.com", password=UP_PASSWORD)), f"{U}[ghcr].username",
+                                  "a character other than letters, digits"),
+    "upstream user name with a newline": (ups(up(username=UP_USER + "\n", password=UP_PASSWORD)), f"{U}[ghcr].username",
+                                          "contains a newline"),
+    # --- the other keys
+    "upstream port 80": (ups(up(port=80, **CREDS)), f"{U}[ghcr].port", "below 1024"),
+    "upstream port 70000": (ups(up(port=70000)), f"{U}[ghcr].port", "between 1024 and 65535"),
+    "upstream port not a number": (ups(up(port="http", **CREDS)), f"{U}[ghcr].port", "must be an integer (got 'http')"),
+    "upstream port true": (ups(up(port=True)), f"{U}[ghcr].port", "must be an integer"),
+    "upstream port 65535 (metrics beyond)": (ups(up(port=65535)), f"{U}[ghcr].metrics_port (not set: port + 1 by default)",
+                                             "is 65536: a port must be between 1024 and 65535"),
+    "upstream supervisor port 22": (ups(up(supervisor_port=22)), f"{U}[ghcr].supervisor_port", "below 1024"),
+    "upstream metrics port 70000": (ups(up(metrics_port=70000)), f"{U}[ghcr].metrics_port", "between 1024 and 65535"),
+    "upstream ttl in words": (ups(up(ttl="1 week", **CREDS)), f"{U}[ghcr].ttl", "not a Go duration"),
+    "upstream budget -1 MiB": (ups(up(cache_budget_mb=-1)), f"{U}[ghcr].cache_budget_mb", "between 0 and 1073741824 MiB"),
+    "upstream budget 95 percent": (ups(up(cache_budget_percent=95)), f"{U}[ghcr].cache_budget_percent",
+                                   "between 0 and 90 percent"),
+    "upstream allow_http perhaps": (ups(up(allow_http="perhaps")), f"{U}[ghcr].allow_http", "must be true or false"),
+    # --- storage
+    "upstream storage relative": (ups(up(storage_dir="var/lib/ghcr")), f"{U}[ghcr].storage_dir", "a relative path"),
+    "upstream storage /etc": (ups(up(storage_dir="/etc")), f"{U}[ghcr].storage_dir", "a system directory"),
+    "upstream storage under /tmp": (ups(up(storage_dir="/tmp/ghcr", **CREDS)), f"{U}[ghcr].storage_dir", "PrivateTmp"),
+    "upstream storage with a space": (ups(up(storage_dir="/srv/gh cr")), f"{U}[ghcr].storage_dir", "contains whitespace"),
+    "upstream default storage a system directory": (ups(up(name="mirror")),
+                                                    f"{U}[mirror].storage_dir (not set: registry_mirror_storage_dir + '-' + name by default)",
+                                                    "is /var/lib/registry-mirror, a system directory"),
+    "upstream storage is the Docker Hub cache": (ups(up(storage_dir="/var/lib/registry", **CREDS)), f"{U}[ghcr].storage_dir",
+                                                 "is /var/lib/registry, the same as registry_mirror_storage_dir"),
+    "upstream storage in the Docker Hub cache": (ups(up(storage_dir="/var/lib/registry/ghcr")), f"{U}[ghcr].storage_dir",
+                                                 "is /var/lib/registry/ghcr, nested in registry_mirror_storage_dir (/var/lib/registry)"),
+    "upstream storage holds the Docker Hub cache": (ups(up(storage_dir="/srv/cache"), registry_mirror_storage_dir="/srv/cache/hub"),
+                                                    f"{U}[ghcr].storage_dir",
+                                                    "is /srv/cache, which contains registry_mirror_storage_dir (/srv/cache/hub)"),
+    "upstream storage is the configuration": (ups(up(storage_dir="/etc/registry")), f"{U}[ghcr].storage_dir",
+                                              "the same as registry_mirror_config_dir"),
+    "upstream storage in the configuration": (ups(up(storage_dir="/etc/registry/upstreams/ghcr")), f"{U}[ghcr].storage_dir",
+                                              "nested in registry_mirror_config_dir (/etc/registry)"),
+    "upstream default storage in the configuration": (ups(GHCR, registry_mirror_storage_dir="/srv/reg",
+                                                          registry_mirror_config_dir="/srv/reg-ghcr/etc"),
+                                                      f"{U}[ghcr].storage_dir (not set: registry_mirror_storage_dir + '-' + name by default)",
+                                                      "is /srv/reg-ghcr, which contains registry_mirror_config_dir (/srv/reg-ghcr/etc)"),
+    "two upstreams of one storage": (ups(up(storage_dir="/srv/c"), {**QUAY, "storage_dir": "/srv/c"}), f"{U}[quay].storage_dir",
+                                     "is /srv/c, the same as registry_mirror_upstreams[ghcr].storage_dir"),
+    "upstream storage in another's": (ups(up(storage_dir="/srv/c"), {**QUAY, "storage_dir": "/srv/c/quay"}),
+                                      f"{U}[quay].storage_dir", "nested in registry_mirror_upstreams[ghcr].storage_dir (/srv/c)"),
+    "upstream storage holding another's": (ups(up(storage_dir="/srv/c/ghcr"), {**QUAY, "storage_dir": "/srv/c"}),
+                                           f"{U}[quay].storage_dir",
+                                           "which contains registry_mirror_upstreams[ghcr].storage_dir (/srv/c/ghcr)"),
+    # --- ports of every listener
+    "upstream on the mirror's port": (ups(up(port=5000, **CREDS)), f"{U}[ghcr].port",
+                                      "is 5000, the same as registry_mirror_port: every listener needs a port of its own"),
+    "upstream on the supervisor's port": (ups(up(port=5002)), f"{U}[ghcr].port", "is 5002, the same as registry_mirror_supervisor_port"),
+    "upstream's default supervisor port taken": (ups(up(port=4998)), f"{U}[ghcr].supervisor_port (not set: port + 2 by default)",
+                                                 "is 5000, the same as registry_mirror_port"),
+    "upstream on the metrics port": (ups(up(port=5001), registry_mirror_metrics_enabled=True), f"{U}[ghcr].port",
+                                     "is 5001, the same as registry_mirror_metrics_port"),
+    "upstream metrics on the mirror's port": (ups(up(metrics_port=5000), registry_mirror_metrics_enabled=True),
+                                              f"{U}[ghcr].metrics_port", "is 5000, the same as registry_mirror_port"),
+    "upstream supervisor on another's port": (ups(GHCR, {**QUAY, "supervisor_port": 5010}), f"{U}[quay].supervisor_port",
+                                              "is 5010, the same as registry_mirror_upstreams[ghcr].port"),
+    "upstream on another's default supervisor port": (ups(GHCR, {**QUAY, "port": 5012}), f"{U}[quay].port",
+                                                      "is 5012, the same as registry_mirror_upstreams[ghcr].supervisor_port"),
+    "upstream on another's default metrics port": (ups(GHCR, {**QUAY, "port": 5011}, registry_mirror_metrics_enabled=True),
+                                                   f"{U}[quay].port", "is 5011, the same as registry_mirror_upstreams[ghcr].metrics_port"),
+}
+BAD_INPUT.update(UPSTREAM_BAD_INPUT)
+SECRETS = (TOKEN, USER, UP_USER, UP_PASSWORD)
 
 
 def test_the_defaults_pass() -> None:
-    assert run({}) == rules.Report([], [])
+    assert run({}) == rules.Report([], [], [])
 
 
 @pytest.mark.parametrize("overrides", [
@@ -269,7 +430,10 @@ def test_bad_input_names_the_variable_and_the_problem(case: str) -> None:
     assert any(error.startswith(variable + " ") and problem in error for error in errors), errors
     known = tuple(SPEC) + tuple(name for name in overrides if name not in SPEC)
     for error in errors:
-        assert error.split(" ", 1)[0] in known, f"an error that does not start with a variable's name: {error}"
+        first = error.split(" ", 1)[0]
+        # An upstream's problem names the entry (by name, or by index without a valid one of its own) and the key.
+        assert first in known or re.fullmatch(r"registry_mirror_upstreams\[([a-z][a-z0-9-]*|[0-9]+)\](\.[a-z_]+)?", first), (
+            f"an error that does not start with a variable's name: {error}")
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUT))
@@ -331,6 +495,127 @@ def test_a_url_with_a_password_is_shown_without_it() -> None:
 def test_secret_problems_name_a_class_not_the_character(value: str) -> None:
     for text in rules.secret_problems(value, username=False):
         assert text.startswith(("a ", "whitespace")) and value not in text
+
+
+# ---- registry_mirror_upstreams: what passes, and what the role gets -------------------------------------------
+
+
+@pytest.mark.parametrize("entries,overrides", [
+    ([GHCR], {}),
+    ([{**GHCR, **CREDS}, QUAY, {"name": "k8s", "url": "https://registry.k8s.io", "port": 5030}], {}),
+    ([{"name": "lab", "url": "http://registry.lab.test:8080", "port": "5040", "allow_http": "yes"}], {}),
+    ([{"name": "v6", "url": "https://[fd00::1]:8443/", "port": 5050, "registry": "v6.lab.test"}], {}),
+    ([{"name": "ip", "url": "https://10.0.0.5:8443", "port": 5060}], {}),
+    ([{"name": "a" + "-b" * 15, "url": "https://a.example.com", "port": 6000}], {}),
+    ([{**GHCR, "registry": None, "ttl": None, "username": None, "password": None, "storage_dir": None}], {}),
+    ([{**GHCR, **CREDS, "registry": "ghcr.io", "ttl": "0", "storage_dir": "/srv/ghcr", "cache_budget_mb": 0,
+       "cache_budget_percent": 0, "metrics_port": 6001, "supervisor_port": 6002, "allow_http": False}], {}),
+    # Metrics off: nothing listens on an upstream's metrics port, so another may use it.
+    ([GHCR, {**QUAY, "port": 5011}], {}),
+    ([GHCR, {**QUAY, "metrics_port": 5013, "port": 5014}], {"registry_mirror_metrics_enabled": True}),
+    # Next to the Docker Hub cache, and next to each other, but never inside one another.
+    ([{**GHCR, "storage_dir": "/srv/cache/ghcr"}, {**QUAY, "storage_dir": "/srv/cache/quay"}],
+     {"registry_mirror_storage_dir": "/srv/cache/hub"}),
+], ids=["one", "three with credentials", "http lab", "IPv6 with a registry", "IPv4", "31 characters", "nulls", "every key",
+        "metrics off", "metrics on", "siblings"])
+def test_good_upstreams_pass(entries: list[dict[str, t.Any]], overrides: dict[str, t.Any]) -> None:
+    report = run({**ups(*entries), **overrides})
+    assert report.errors == [] and report.warnings == []
+    assert [entry["name"] for entry in report.upstreams] == [entry["name"] for entry in entries]
+
+
+def test_upstreams_are_normalised_with_every_default() -> None:
+    report = run(ups({**GHCR, "url": "HTTPS://GHCR.io/", **CREDS},
+                     {"name": "k8s-io", "url": "https://registry.k8s.io:443", "port": "5030", "ttl": "72h",
+                      "storage_dir": "/srv/k8s", "cache_budget_mb": "100", "cache_budget_percent": 5, "metrics_port": 6031,
+                      "supervisor_port": 6032, "allow_http": "no", "registry": "Registry.K8s.IO"},
+                     registry_mirror_proxy_ttl="24h", registry_mirror_storage_dir="/srv/hub", registry_mirror_cache_budget_mb=2048))
+    assert report.errors == []
+    assert report.upstreams == [
+        {"name": "ghcr", "url": "https://ghcr.io", "registry": "ghcr.io", "port": 5010, "metrics_port": 5011,
+         "supervisor_port": 5012, "ttl": "24h", "storage_dir": "/srv/hub-ghcr", "cache_budget_mb": 2048,
+         "cache_budget_percent": 10, "allow_http": False, "credentials": True, "credentials_env": "REGISTRY_MIRROR_GHCR"},
+        {"name": "k8s-io", "url": "https://registry.k8s.io:443", "registry": "registry.k8s.io", "port": 5030,
+         "metrics_port": 6031, "supervisor_port": 6032, "ttl": "72h", "storage_dir": "/srv/k8s", "cache_budget_mb": 100,
+         "cache_budget_percent": 5, "allow_http": False, "credentials": False, "credentials_env": "REGISTRY_MIRROR_K8S_IO"},
+    ]
+    # Every key, in the same order, whatever the entry sets; never a secret.
+    for entry in report.upstreams:
+        assert list(entry) == [key for key in rules.UPSTREAM_OPTIONS if key not in rules.UPSTREAM_SECRETS] + [
+            "credentials", "credentials_env"]
+    assert UP_USER not in repr(report) and UP_PASSWORD not in repr(report)
+
+
+def test_no_upstreams_is_docker_hub_alone() -> None:
+    assert run({}).upstreams == [] and run({U: None}).upstreams == [] and run({U: []}) == rules.Report([], [], [])
+
+
+def test_the_normalisation_depends_on_the_variables_alone() -> None:
+    """The host checks normalise again: the same variables give the same list, entry for entry."""
+    overrides = ups({**GHCR, **CREDS}, QUAY, registry_mirror_storage_dir="/srv/hub")
+    values, errors = rules.effective({**{name: option.get("default") for name, option in SPEC.items()}, **overrides}, SPEC)
+    assert errors == []
+    assert rules.normalise_upstreams(values).upstreams == run(overrides).upstreams == rules.normalise_upstreams(values).upstreams
+
+
+def test_a_bad_entry_leaves_no_list() -> None:
+    report = run(ups(GHCR, {**QUAY, "port": 80}))
+    assert report.errors and [entry["name"] for entry in report.upstreams] == ["ghcr"]
+
+
+def test_a_bad_variable_an_entry_derives_from_is_reported_once() -> None:
+    """A wrong registry_mirror_storage_dir is its own error, not one more per upstream that derives from it."""
+    errors = run(ups(GHCR, registry_mirror_storage_dir="/etc")).errors
+    assert [error.split(" ", 1)[0] for error in errors] == ["registry_mirror_storage_dir"]
+
+
+def test_every_upstream_problem_is_reported_at_once() -> None:
+    errors = run(ups({**GHCR, "port": 5000, "url": "http://ghcr.io", "ttl": "week", "colour": 1},
+                     {"name": "Quay", "url": "https://quay.io", "port": 5020, "password": UP_PASSWORD}, "k8s")).errors
+    named = [error.split(" ", 1)[0] for error in errors]
+    assert named == [f"{U}[ghcr]", f"{U}[ghcr].url", f"{U}[ghcr].ttl", f"{U}[1].name", f"{U}[1].username", f"{U}[2]",
+                     f"{U}[ghcr].port", f"{U}[ghcr].supervisor_port"]
+
+
+@pytest.mark.parametrize("shares,warned", [
+    ([10] * 6, False),  # 25 + 60
+    ([10] * 7, True),  # 25 + 70
+    ([65], False),  # 25 + 65 = 90: not more than 90
+    ([60, 6], True),
+])
+def test_cache_budgets_over_90_percent_warn(shares: list[int], warned: bool) -> None:
+    entries = [{"name": f"u{index}", "url": f"https://u{index}.example.com", "port": 6000 + 10 * index,
+                "cache_budget_percent": share, **CREDS} for index, share in enumerate(shares)]
+    report = run(ups(*entries))
+    assert report.errors == []
+    assert bool(report.warnings) == warned
+    if warned:
+        assert report.warnings[0].startswith(f"{U}: the caches' budgets add up to {25 + sum(shares)} percent")
+        assert "registry_mirror_cache_budget_percent 25" in report.warnings[0] and f"{U}[u0].cache_budget_percent" in report.warnings[0]
+        assert UP_PASSWORD not in report.warnings[0] and UP_USER not in report.warnings[0]
+
+
+@pytest.mark.parametrize("name,prefix", [("ghcr", "REGISTRY_MIRROR_GHCR"), ("k8s-io", "REGISTRY_MIRROR_K8S_IO"),
+                                         ("a-b-c9", "REGISTRY_MIRROR_A_B_C9")])
+def test_credentials_env(name: str, prefix: str) -> None:
+    assert rules.credentials_env(name) == prefix
+
+
+def test_the_upstream_keys_are_the_specs() -> None:
+    option = SPEC[U]
+    assert (option["type"], option["elements"], option["default"]) == ("list", "dict", [])
+    assert {key: sub["type"] for key, sub in option["options"].items()} == rules.UPSTREAM_OPTIONS
+    assert {key for key, sub in option["options"].items() if sub.get("required")} == set(rules.UPSTREAM_REQUIRED)
+    assert {key for key, sub in option["options"].items() if sub.get("no_log")} == {"password"}
+    assert option["options"]["cache_budget_percent"]["default"] == rules.UPSTREAM_BUDGET_PERCENT
+
+
+def test_the_primary_name_is_the_roles() -> None:
+    """No upstream may take the name the role gives the Docker Hub mirror (when the role names it)."""
+    primary = yaml.safe_load((ROLE / "vars" / "main.yml").read_text()).get("_registry_mirror_primary")
+    if primary is None:
+        pytest.skip("the role does not name the Docker Hub mirror")
+    assert primary["name"] == rules.PRIMARY_NAME
 
 
 # ---- consistency with the role ---------------------------------------------------------------------------------
@@ -430,11 +715,88 @@ def test_the_report_says_whether_the_mirror_runs() -> None:
     assert host.unit_installed and host.active == "active" and host.user and host.group
 
 
+# Each upstream's cache gets the checks of registry_mirror_storage_dir, at its normalised path (the inspection command
+# reports one path line for each).
+GHCR_DIR, QUAY_DIR = "/var/lib/registry-ghcr", "/srv/quay"
+
+
+def upstream_values(**overrides: t.Any) -> dict[str, t.Any]:
+    """Every variable as its type (as the host checks get them), with ghcr (default storage) and quay (/srv/quay)."""
+    raw = {name: option.get("default") for name, option in SPEC.items()}
+    raw.update(ups({**GHCR, **CREDS}, {**QUAY, "storage_dir": QUAY_DIR}), **overrides)
+    values, errors = rules.effective(raw, SPEC)
+    assert errors == []
+    return values
+
+
+UPSTREAM_DIRS = ABSENT.format(GHCR_DIR, "/var/lib") + ABSENT.format(QUAY_DIR, "/srv")
+
+# (report, variable, problem)
+BAD_UPSTREAM_HOST: dict[str, tuple[str, str, str]] = {
+    "upstream storage of someone else": (OURS + ROLE_DIRS + PRESENT.format(GHCR_DIR, 1000, 1000, "jane", "jane")
+                                         + ABSENT.format(QUAY_DIR, "/srv"), f"{U}[ghcr].storage_dir",
+                                         "is /var/lib/registry-ghcr, which exists and belongs to jane:jane (uid 1000, gid 1000), "
+                                         "not to the service user registry"),
+    "upstream storage of root": (OURS + ROLE_DIRS + ABSENT.format(GHCR_DIR, "/var/lib") + PRESENT.format(QUAY_DIR, 0, 0, "root", "root"),
+                                 f"{U}[quay].storage_dir", "not to the service user registry"),
+    "upstream storage existing before the user": (FRESH + NEW_DIRS + PRESENT.format(GHCR_DIR, 998, 998, "998", "998")
+                                                  + ABSENT.format(QUAY_DIR, "/srv"), f"{U}[ghcr].storage_dir",
+                                                  "not to the service user registry"),
+    "upstream storage is a link": (OURS + ROLE_DIRS + f"path\t{GHCR_DIR}\t/var/lib/registry\tlink\tdirectory\t998\t998\tregistry"
+                                   f"\tregistry\t/var/lib/registry\tdirectory\n" + ABSENT.format(QUAY_DIR, "/srv"),
+                                   f"{U}[ghcr].storage_dir", "a symbolic link on this host (to /var/lib/registry)"),
+    "upstream storage resolves to /usr": (OURS + ROLE_DIRS + ABSENT.format(GHCR_DIR, "/var/lib")
+                                          + f"path\t{QUAY_DIR}\t/usr\t-\tdirectory\t0\t0\troot\troot\t/usr\tdirectory\n",
+                                          f"{U}[quay].storage_dir", "resolves to /usr on this host"),
+    "upstream storage under a file": (OURS + ROLE_DIRS + ABSENT.format(GHCR_DIR, "/var/lib")
+                                      + f"path\t{QUAY_DIR}\t{QUAY_DIR}\t-\t-\t-\t-\t-\t-\t/srv\tregular file\n",
+                                      f"{U}[quay].storage_dir", "/srv is a regular file on this host"),
+    "upstream storage is a file": (OURS + ROLE_DIRS + PRESENT.format(GHCR_DIR, 998, 998, "registry", "registry")
+                                   .replace("directory", "regular file", 1) + ABSENT.format(QUAY_DIR, "/srv"),
+                                   f"{U}[ghcr].storage_dir", "which is a regular file on this host, not a directory"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_UPSTREAM_HOST))
+def test_bad_upstream_storage_on_the_host(case: str) -> None:
+    report, variable, problem = BAD_UPSTREAM_HOST[case]
+    errors = rules.check_host(upstream_values(), rules.parse_host_report(report))
+    assert any(error.startswith(variable + " ") and problem in error for error in errors), errors
+    assert UP_USER not in "\n".join(errors) and UP_PASSWORD not in "\n".join(errors)
+
+
+@pytest.mark.parametrize("report", [
+    FRESH + NEW_DIRS + UPSTREAM_DIRS,
+    OURS + ROLE_DIRS + PRESENT.format(GHCR_DIR, 998, 998, "registry", "registry") + PRESENT.format(QUAY_DIR, 998, 998, "registry",
+                                                                                                   "registry"),
+    # The role's older inspection command, without the upstreams' paths: nothing to check there.
+    OURS + ROLE_DIRS,
+], ids=["fresh host", "the role's own", "no path lines"])
+def test_good_upstream_storage_on_the_host(report: str) -> None:
+    assert rules.check_host(upstream_values(), rules.parse_host_report(report)) == []
+
+
+def test_the_host_checks_use_the_normalised_storage_dir() -> None:
+    """A storage_dir that derives from registry_mirror_storage_dir is looked up at the derived path."""
+    values = upstream_values(registry_mirror_storage_dir="/srv/hub")
+    report = OURS + PRESENT.format("/srv/hub", 998, 998, "registry", "registry") + PRESENT.format(CONFIG, 0, 998, "root", "registry")
+    report += PRESENT.format("/srv/hub-ghcr", 0, 0, "root", "root") + ABSENT.format(QUAY_DIR, "/srv")
+    errors = rules.check_host(values, rules.parse_host_report(report))
+    assert errors == [f"{U}[ghcr].storage_dir is /srv/hub-ghcr, which exists and belongs to root:root (uid 0, gid 0), not to the "
+                      "service user registry: the role only takes over directories it created for the mirror; choose a "
+                      "directory that does not exist yet"]
+
+
 def inspection_script() -> list[str]:
     """The argv of the role's read-only inspection command (tasks/preflight.yml), without its arguments."""
     tasks = yaml.safe_load((ROLE / "tasks" / "preflight.yml").read_text())
     task = next(task for task in tasks if task["name"].startswith("Inspect the accounts"))
-    return task["ansible.builtin.command"]["argv"][:4]
+    argv = task["ansible.builtin.command"]["argv"]
+    if isinstance(argv, list):
+        return argv[:4]
+    # argv as a template (it appends each upstream's storage_dir): the script is one of the task's vars.
+    script = next(value for value in task.get("vars", {}).values() if "printf 'path" in str(value))
+    return ["/bin/sh", "-c", script, "registry-mirror-inspect"]
 
 
 def test_the_inspection_command_reports_what_the_rules_read(tmp_path: Path) -> None:
