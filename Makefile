@@ -24,6 +24,8 @@ export WORLD_CACHE ?= /var/cache/actuated-world
 export ANSIBLE_COLLECTIONS_PATH := $(ROOT)/.cache/collections
 # Everything Ansible, ansible-lint and Molecule would write under ~/.ansible and ~/.cache stays in the repository.
 export ANSIBLE_HOME := $(ROOT)/.cache/ansible-home
+# Molecule's create and destroy playbooks run async tasks on the controller; their job files would go to ~/.ansible_async.
+export ANSIBLE_ASYNC_DIR := $(ROOT)/.cache/ansible-home/async
 export MPLCONFIGDIR := $(ROOT)/.cache/matplotlib
 export ANSIBLE_FORCE_COLOR ?= 0
 export PY_COLORS ?= 0

@@ -5,7 +5,9 @@
 1. an actuated-like host: a systemd container at 192.168.128.1 on the test world's bridge, with actuated's certs;
 2. the real playbook (playbooks/site.yml) with the inventory and vaulted token in demo/;
 3. a VM on the bridge pulls library/alpine:latest (amd64 and arm64) through the mirror with skopeo;
-4. what was pulled, what the mirror now caches, and what the (fake) Docker Hub counted.
+4. what was pulled, what the mirror now caches, and what the (fake) Docker Hub counted;
+5. a VM with Docker and containerd is pointed at both mirrors (Docker Hub's and ghcr.io's stand-in) in one step by
+   clients/registry-mirror-client.py, then pulls with `docker pull` and `ctr`; what each upstream counted.
 The host stays up afterwards for exploring; ``python3 -m world target down demo-agent`` removes it.
 Run it from the repository root: ``python3 -m demo.run``.
 """
@@ -44,6 +46,25 @@ def vm(script: str) -> str:
     return sh(["docker", "exec", world.VM_CONTAINER, "sh", "-c", script], capture_output=True).stdout
 
 
+def counted(admin_url: str) -> None:
+    """Print what a fake registry counted since its last reset, per identity (manifest GETs = pulls)."""
+    stats = json.loads(sh(["curl", "-sS", "--cacert", str(world.CA_CERT), f"{admin_url}/_world/stats"],
+                          capture_output=True).stdout)
+    for name, counters in stats["identities"].items():
+        if counters["manifest_get"] or counters["blob_get"]:
+            print(f"  {name}: {counters['manifest_get']} pull(s), {counters['blob_get']} blob GET(s)")
+
+
+def reset(admin_url: str) -> None:
+    """Zero a fake registry's counters."""
+    sh(["curl", "-sS", "-o", "/dev/null", "--cacert", str(world.CA_CERT), "-X", "POST", f"{admin_url}/_world/reset"])
+
+
+def docker_vm(script: str) -> str:
+    """Run SCRIPT in the VM with Docker and containerd (world-docker-vm) and return its output."""
+    return sh(["docker", "exec", world.DOCKER_VM_CONTAINER, "sh", "-c", script], capture_output=True).stdout
+
+
 def main() -> int:
     """Run the demo."""
     step(f"An actuated-like host ({ARCH}) at 192.168.128.1 on the VM bridge")
@@ -59,7 +80,7 @@ def main() -> int:
     print(f"converged in {time.monotonic() - started:.1f} s")
 
     step(f"A VM pulls {IMAGE} through https://{MIRROR} (skopeo, trusting actuated's CA)")
-    sh(["curl", "-sS", "-o", "/dev/null", "--cacert", str(world.CA_CERT), "-X", "POST", f"{world.HUB_LOCAL_URL}/_world/reset"])
+    reset(world.HUB_LOCAL_URL)
     for arch in ("amd64", "arm64"):
         started = time.monotonic()
         vm(f"rm -rf /tmp/demo-{arch} && skopeo copy -q --override-arch {arch} docker://{MIRROR}/{IMAGE} oci:/tmp/demo-{arch}:latest")
@@ -79,10 +100,22 @@ def main() -> int:
     print(f"/var/lib/registry on {HOST}: {cached[0]} in {cached[1]} blobs")
 
     step("What the (fake) Docker Hub counted, per identity (manifest GETs = Docker Hub pulls)")
-    stats = json.loads(sh(["curl", "-sS", "--cacert", str(world.CA_CERT), f"{world.HUB_LOCAL_URL}/_world/stats"],
-                          capture_output=True).stdout)
-    for name, counters in stats["identities"].items():
-        print(f"{name}: {counters['manifest_get']} pull(s), {counters['blob_get']} blob GET(s)")
+    counted(world.HUB_LOCAL_URL)
+
+    step("Another VM (Docker and containerd) pointed at both mirrors in one step: clients/registry-mirror-client.py")
+    sh(["docker", "cp", str(REPO / "clients" / "registry-mirror-client.py"), f"{world.DOCKER_VM_CONTAINER}:/usr/local/bin/"])
+    print(docker_vm("python3 /usr/local/bin/registry-mirror-client.py").rstrip())
+
+    step("docker pull alpine and ctr pull ghcr.io/library/alpine in that VM: through the mirrors")
+    reset(world.HUB_LOCAL_URL)
+    reset(world.GHCR_LOCAL_URL)
+    docker_vm("docker rmi -f alpine >/dev/null 2>&1; docker pull -q alpine && ctr -n demo images pull --snapshotter native "
+              "--hosts-dir /etc/containerd/certs.d ghcr.io/library/alpine:latest >/dev/null")
+    print("Docker Hub (fake) counted:")
+    counted(world.HUB_LOCAL_URL)
+    print("ghcr.io (fake) counted:")
+    counted(world.GHCR_LOCAL_URL)
+    print("(the mirrors' accounts: the VM's own clients would have been anonymous)")
     print(f"\nThe mirror keeps running on {HOST}. Explore: docker exec -it {HOST} journalctl -u registry")
     print(f"Remove it: python3 -m world target down {HOST}")
     return 0

@@ -170,7 +170,7 @@ def reconverge(converge, vm, *extra: str) -> None:
 def registry_pids(host) -> dict[str, str]:
     """The pid of each `registry serve` process, by the configuration file it serves (targets have no ps)."""
     script = ('for d in /proc/[0-9]*; do c=$(tr "\\0" " " < "$d/cmdline" 2>/dev/null) || continue; '
-              'case "$c" in *"registry serve "*) echo "${d#/proc/} $c";; esac; done')
+              'case "$c" in "/usr/local/bin/registry serve "*) echo "${d#/proc/} $c";; esac; done')
     found = {}
     for line in host.check_output(script).splitlines():
         pid, _space, args = line.strip().partition(" ")

@@ -16,10 +16,10 @@ from conftest import ADDRESS, GHCR_MIRROR, MIRROR, REPO, Client, amd64_only, run
 pytestmark = amd64_only
 
 SCRIPT = "/usr/local/bin/registry-mirror-client"
-# The VM image's own Docker settings (as world/docker-vm.sh writes them) and a mirror of its own: the script must keep
-# both.
+# The VM image's own Docker settings (as world/docker-vm.sh writes them) and a mirror of its own (one that refuses at
+# once: a name to resolve would cost every pull the internal network's DNS timeout): the script must keep both.
 OWN_DAEMON = {"storage-driver": "vfs", "iptables": False, "ip-masq": False, "bridge": "none", "log-level": "warn",
-              "registry-mirrors": ["https://mirror.example.internal"]}
+              "registry-mirrors": ["https://127.0.0.1:5999"]}
 CONFIG_DIRS = "/etc/docker /etc/buildkit /etc/containerd"
 CTR = "ctr -n mirror-test images pull --snapshotter native --hosts-dir /etc/containerd/certs.d"
 
@@ -62,7 +62,7 @@ def test_one_step_configures_docker_buildkit_and_containerd_for_every_mirror(dvm
     done = dvm.sh(f"python3 {SCRIPT}")  # the bridge, actuated's CA and the mirrors: all found by itself
     print(done.stdout)
     daemon = json.loads(read(dvm, "/etc/docker/daemon.json"))
-    assert daemon["registry-mirrors"] == [f"https://{MIRROR}", "https://mirror.example.internal"]
+    assert daemon["registry-mirrors"] == [f"https://{MIRROR}", "https://127.0.0.1:5999"]
     assert {key: daemon[key] for key in OWN_DAEMON if key != "registry-mirrors"} == {
         key: value for key, value in OWN_DAEMON.items() if key != "registry-mirrors"}
     loaded = json.loads(dvm.sh("docker info --format '{{json .RegistryConfig.Mirrors}}'").stdout)

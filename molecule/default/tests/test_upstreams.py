@@ -53,9 +53,11 @@ def counted(registry) -> dict[str, int]:
 def test_pulls_through_each_mirror_reach_its_own_upstream_with_its_own_account(vm, hub, ghcr):
     hub.reset()
     ghcr.reset()
-    pulled = vm.pull(f"{GHCR_MIRROR}/library/small2:latest", "amd64", "/tmp/ghcr-small2")
+    # Each test of this scenario pulls images no other test pulls through the same mirror (testinfra may reorder
+    # them), so that every pull here reaches the upstream.
+    pulled = vm.pull(f"{GHCR_MIRROR}/library/alpine:latest", "amd64", "/tmp/ghcr-alpine")
     assert pulled.returncode == 0, pulled.stderr
-    assert counted(ghcr) == {world.GHCR_USERNAME: 1}
+    assert set(counted(ghcr)) == {world.GHCR_USERNAME}
     assert counted(hub) == {}  # Docker Hub saw nothing of it
     ghcr.reset()
     pulled = vm.pull(f"{MIRROR}/library/fill5:latest", "amd64", "/tmp/hub-fill5")  # not cached before
@@ -63,20 +65,22 @@ def test_pulls_through_each_mirror_reach_its_own_upstream_with_its_own_account(v
     assert set(counted(hub)) == {world.HUB_USERNAME}
     assert counted(ghcr) == {}
     catalog = json.loads(vm.sh(f"curl -sS https://{GHCR_MIRROR}/v2/_catalog").stdout)["repositories"]
-    assert "library/small2" in catalog and "library/fill5" not in catalog
+    assert "library/alpine" in catalog and "library/fill5" not in catalog
 
 
 def test_each_registry_holds_only_its_own_upstreams_credentials(host):
     pids = registry_pids(host)
-    hub_env = host.check_output(f"tr '\\0' '\\n' < /proc/{pids['/etc/registry/config.yml']}/environ")
-    ghcr_env = host.check_output(f"tr '\\0' '\\n' < /proc/{pids['/etc/registry/upstreams/ghcr/config.yml']}/environ")
-    assert f"REGISTRY_PROXY_PASSWORD={world.HUB_TOKEN}" in hub_env.splitlines()
+    # As the service user: root in the target lacks CAP_SYS_PTRACE, which reading another user's environment needs.
+    hub_env = host.check_output(f"runuser -u registry -- cat /proc/{pids['/etc/registry/config.yml']}/environ")
+    ghcr_env = host.check_output(f"runuser -u registry -- cat /proc/{pids['/etc/registry/upstreams/ghcr/config.yml']}/environ")
+    assert f"REGISTRY_PROXY_PASSWORD={world.HUB_TOKEN}" in hub_env.split("\0")
     assert world.GHCR_TOKEN not in hub_env
-    assert f"REGISTRY_PROXY_PASSWORD={world.GHCR_TOKEN}" in ghcr_env.splitlines()
+    assert f"REGISTRY_PROXY_PASSWORD={world.GHCR_TOKEN}" in ghcr_env.split("\0")
     assert world.HUB_TOKEN not in ghcr_env
 
 
 def test_one_upstream_down_leaves_the_others_pulling_through(host, vm, hub, ghcr):
+    assert vm.pull(f"{GHCR_MIRROR}/library/small2:latest", "amd64", "/tmp/ghcr-down").returncode == 0  # cached
     start = since(host)
     before = registry_pids(host)
     subprocess.run(world.command("ghcr-stop"), check=True, capture_output=True)
@@ -86,7 +90,7 @@ def test_one_upstream_down_leaves_the_others_pulling_through(host, vm, hub, ghcr
         # ghcr's cache still serves; Docker Hub's mirror still pulls new content through (counted there).
         assert vm.pull(f"{GHCR_MIRROR}/library/small2:latest", "amd64", "/tmp/ghcr-down").returncode == 0
         hub.reset()
-        pulled = vm.pull(f"{MIRROR}/library/alpine:3.20", "arm64", "/tmp/hub-while-ghcr-down")
+        pulled = vm.pull(f"{MIRROR}/library/fill4:latest", "arm64", "/tmp/hub-while-ghcr-down")
         assert pulled.returncode == 0, pulled.stderr
         assert counted(hub).get(world.HUB_USERNAME, 0) >= 1
         assert registry_pids(host)["/etc/registry/config.yml"] == before["/etc/registry/config.yml"]

@@ -1,13 +1,16 @@
 # Copyright (c) actuated.registry contributors
 # SPDX-License-Identifier: MIT
 """Real distribution filesystem storages built in a temporary directory (Layout): blobs named by the sha256 of their
-content, manifests as JSON blobs, links written where and as distribution writes them. Shared by the tests of
-registry_cache and of the supervisor's collections."""
+content, manifests as JSON blobs, links written where and as distribution writes them: every file whole (written
+beside, renamed into place), an image in the order a pull through the mirror caches it. A supervisor that watches the
+storage while a test writes never sees a half-written file, or an image's bytes before its manifest. Shared by the
+tests of registry_cache and of the supervisor's collections."""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -54,10 +57,17 @@ class Layout:
 
     @staticmethod
     def write(path: Path, content: bytes, mtime: float) -> None:
-        """Write CONTENT to PATH (directories created) with the modification time MTIME."""
+        """Write CONTENT to PATH (directories created) with the modification time MTIME, at once: as distribution
+        3.1 writes a file (its filesystem driver's PutContent, and an upload's commit), into a temporary file beside
+        it (PATH.<uuid>.tmp, which the layout's walks never read) renamed into place, its time already set."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content)
-        os.utime(path, (mtime, mtime))
+        temporary = path.with_name(f"{path.name}.{uuid.uuid4()}.tmp")
+        try:
+            temporary.write_bytes(content)
+            os.utime(temporary, (mtime, mtime))
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
 
     def blob(self, content: bytes, mtime: float = T0) -> str:
         """Store CONTENT in the blob store; its digest."""
@@ -70,9 +80,11 @@ class Layout:
         self.write(path / "link", digest.encode(), mtime)
 
     def layer(self, repository: str, content: bytes, mtime: float = T0) -> str:
-        """A blob pulled through REPOSITORY: stored and linked in its _layers."""
-        digest = self.blob(content, mtime)
+        """A blob pulled through REPOSITORY: linked in its _layers and stored, the data last (distribution links it
+        right after storing it): the blob's bytes appear with everything that comes with them."""
+        digest = "sha256:" + hashlib.sha256(content).hexdigest()
         self.link(self.layer_dir(repository, digest), digest, mtime)
+        self.blob(content, mtime)
         return digest
 
     def revision(self, repository: str, manifest: dict[str, object], mtime: float = T0) -> str:
@@ -89,16 +101,21 @@ class Layout:
     def image(self, repository: str, name: str, layers: Iterable[bytes], tag: str | None = None,
               mtime: float = T0) -> str:
         """An image manifest cached in REPOSITORY with a config of its own (NAME) and LAYERS, all pulled through
-        REPOSITORY; tagged TAG when given. Its digest."""
-        config = self.layer(repository, json.dumps({"architecture": "amd64", "name": name}).encode(), mtime)
+        REPOSITORY; tagged TAG when given. Its digest. Written as a pull through the mirror caches it: the manifest
+        and its tag first (distribution stores them when the client fetches the manifest), then the config and the
+        layers (as the client fetches them), so that the image is complete when its last blob appears."""
+        blobs = [json.dumps({"architecture": "amd64", "name": name}).encode(), *layers]
+        config, *digests = ["sha256:" + hashlib.sha256(content).hexdigest() for content in blobs]
         descriptors = [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "size": len(content),
-                        "digest": self.layer(repository, content, mtime)} for content in layers]
+                        "digest": digest} for content, digest in zip(blobs[1:], digests)]
         digest = self.revision(repository, {
             "schemaVersion": 2, "mediaType": OCI_MANIFEST,
             "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 1},
             "layers": descriptors}, mtime)
         if tag:
             self.tag(repository, tag, digest, mtime)
+        for content in blobs:
+            self.layer(repository, content, mtime)
         return digest
 
     def index(self, repository: str, children: Iterable[str], tag: str | None = None, mtime: float = T0) -> str:

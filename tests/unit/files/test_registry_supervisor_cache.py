@@ -6,19 +6,25 @@ notifications, what the journal and the metrics say), and the socket it hands to
 from __future__ import annotations
 
 import json
+import os
 import socket
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cache_layout import Layout, layer_bytes
-from registry_fakes import FakeUpstream, SupervisorRun, free_port, pull_through, read_only, wait_for
+from registry_fakes import FILES, FakeUpstream, SupervisorRun, free_port, pull_through, read_only, wait_for
+
+if str(FILES) not in sys.path:
+    sys.path.insert(0, str(FILES))
+import registry_cache
 
 MIB = 1024 * 1024
 COLLECTED = "cache collection done"
@@ -133,6 +139,34 @@ def test_a_collection_evicts_the_least_recently_pulled_images_while_the_registry
     assert list(saved) == [f"library/one@{digests['one']}"]
 
 
+def test_an_image_the_layout_writes_brings_its_bytes_last_and_whole(tmp_path: Path) -> None:
+    # What the collections below rely on while the supervisor checks the cache every 0.2 s: an image written meanwhile
+    # adds its bytes only once it is complete, as when a pull through the mirror caches it (the manifest first, each
+    # file whole), so that the collection its bytes start sees the whole image.
+    layout = Layout(tmp_path / "storage")
+    three_images(layout)
+    before = registry_cache.cache_bytes(layout.root)
+    seen: list[registry_cache.Inventory] = []  # what a check sees after each file written (its time set, renamed)
+
+    def looking(call: Callable[..., None]) -> Callable[..., None]:
+        def then_scan(*args: Any) -> None:
+            call(*args)
+            seen.append(registry_cache.scan(layout.root))
+        return then_scan
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "replace", looking(os.replace))
+        patch.setattr(os, "utime", looking(os.utime))
+        digest = layout.image("library/four", "four", [layer_bytes(4, 6 * MIB)], tag="latest")
+    # The manifest and the config (under 1 KiB) first, the 6 MiB layer last.
+    assert all(inventory.total_bytes() < before + 1024 for inventory in seen[:-1])
+    assert seen[-1].total_bytes() > before + 6 * MIB
+    four = [image for image in seen[-1].images if image.repository == "library/four"]
+    assert [(image.digest, image.tags, len(image.blobs)) for image in four] == [(digest, ("latest",), 3)]
+    assert not registry_cache.check(layout.root)
+    assert not [path for path in layout.files() if path.endswith(".tmp")]
+
+
 def test_the_budget_crossed_starts_a_collection_by_itself(
         tmp_path: Path, upstream: FakeUpstream, runs: list[SupervisorRun]) -> None:
     layout = Layout(tmp_path / "storage")
@@ -141,7 +175,8 @@ def test_the_budget_crossed_starts_a_collection_by_itself(
     time.sleep(1)
     assert supervisor.said("cache collection") is None, "a collection under the budget"
     assert value(get(supervisor, "/metrics") or "", "registry_mirror_cache_bytes") >= 3.5 * MIB
-    layout.image("library/four", "four", [layer_bytes(4, 6 * MIB)], tag="latest")  # 10 MiB
+    # 9.5 MiB once its 6 MiB layer is stored, its last write (cache_layout): the collection sees the whole image.
+    layout.image("library/four", "four", [layer_bytes(4, 6 * MIB)], tag="latest")
     wait_for("the collection", lambda: supervisor.said(COLLECTED), 10)
     assert "above the budget of 8.0 MiB" in supervisor.journal()
     text = get(supervisor, "/metrics") or ""
