@@ -168,9 +168,11 @@ def reconverge(converge, vm, *extra: str) -> None:
 
 
 def registry_pids(host) -> dict[str, str]:
-    """The pid of each `registry serve` process, by the configuration file it serves (targets have no ps)."""
-    script = ('for d in /proc/[0-9]*; do c=$(tr "\\0" " " < "$d/cmdline" 2>/dev/null) || continue; '
-              'case "$c" in "/usr/local/bin/registry serve "*) echo "${d#/proc/} $c";; esac; done')
+    """The pid of each `registry serve` process, by the configuration file it serves (targets have no ps). Under
+    arm64 emulation the command line starts with qemu's; the pattern is put together at run time so that the scanning
+    shell's own command line does not match it."""
+    script = ('s=serve; for d in /proc/[0-9]*; do c=$(tr "\\0" " " < "$d/cmdline" 2>/dev/null) || continue; '
+              'case "$c" in *"/registry $s /"*) echo "${d#/proc/} $c";; esac; done')
     found = {}
     for line in host.check_output(script).splitlines():
         pid, _space, args = line.strip().partition(" ")

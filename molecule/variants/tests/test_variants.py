@@ -10,7 +10,7 @@ import concurrent.futures
 import json
 
 import pytest
-from conftest import ADDRESS, DEFAULT_VERSION, MIRROR, recap, world
+from conftest import ADDRESS, DEFAULT_VERSION, MIRROR, recap, registry_pids, world
 from hostprint import fingerprint, invocation
 
 
@@ -26,7 +26,7 @@ def test_without_further_upstreams_the_unit_runs_one_mirror_as_before(host):
     assert exec_start.count(".json") == 1 and "/etc/registry/supervisor.json" in exec_start
     assert not host.file("/etc/registry/upstreams").exists
     assert "name" not in json.loads(host.file("/etc/registry/supervisor.json").content_string)
-    assert host.check_output("ps -eo args= | grep -c '[r]egistry serve'") == "1"
+    assert list(registry_pids(host)) == ["/etc/registry/config.yml"]
 
 
 def test_an_upstream_added_then_removed_leaves_one_mirror_and_keeps_its_cache(host, vm, ghcr, converge):
