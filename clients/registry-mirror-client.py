@@ -314,10 +314,11 @@ def choose_bridge(routes: Sequence[Route], ports: Sequence[int],
     pairs = [(bridge, port) for bridge in candidates for port in ports]
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(32, len(pairs)))) as pool:
         results = dict(zip(pairs, pool.map(lambda pair: accepts(*pair), pairs)))
-    port_list = ", ".join(str(port) for port in ports)
     for bridge in candidates:
-        if any(results[(bridge, port)] for port in ports):
-            return bridge, f"{why}; accepts connections on port {port_list}"
+        accepting = [str(port) for port in ports if results[(bridge, port)]]
+        if accepting:
+            return bridge, f"{why}; accepts connections on port {', '.join(accepting)}"
+    port_list = ", ".join(str(port) for port in ports)
     return candidates[0], f"{why}; none accepts a connection on port {port_list}: the first"
 
 

@@ -50,9 +50,11 @@ def counted(admin_url: str) -> None:
     """Print what a fake registry counted since its last reset, per identity (manifest GETs = pulls)."""
     stats = json.loads(sh(["curl", "-sS", "--cacert", str(world.CA_CERT), f"{admin_url}/_world/stats"],
                           capture_output=True).stdout)
-    for name, counters in stats["identities"].items():
-        if counters["manifest_get"] or counters["blob_get"]:
-            print(f"  {name}: {counters['manifest_get']} pull(s), {counters['blob_get']} blob GET(s)")
+    busy = {name: counters for name, counters in stats["identities"].items() if counters["manifest_get"] or counters["blob_get"]}
+    for name, counters in busy.items():
+        print(f"  {name}: {counters['manifest_get']} pull(s), {counters['blob_get']} blob GET(s)")
+    if not busy:
+        print("  nothing: the mirror served it from its cache")
 
 
 def reset(admin_url: str) -> None:
