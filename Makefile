@@ -135,8 +135,10 @@ build: venv
 ## The matrix, or one scenario: make molecule SCENARIO=default [ARCHES=arm64]. On arm64 the default sequence skips
 ## check mode and idempotence (architecture-independent, slow under emulation): .config/molecule/config.yml.
 molecule: venv world
-	@# Targets left by an interrupted run would hold the bridge addresses (192.168.128.1/129.1): remove them first.
+	@# Targets left by an interrupted run, or the host `make demo` leaves for exploring, would hold the bridge addresses
+	@# (192.168.128.1/129.1): remove them first.
 	@docker ps -aq --filter label=owner=molecule | xargs -r docker rm -f >/dev/null
+	@docker ps -aq --filter label=org.actuated.world.target | xargs -r docker rm -f >/dev/null
 	@eval "$$($(PY) -m world env)"; \
 	runs="$(if $(SCENARIO),$(foreach a,$(ARCHES),$(SCENARIO):$(a)),$(MATRIX))"; \
 	for run in $$runs; do s=$${run%%:*}; a=$${run##*:}; seq=; bridge=128; \
