@@ -26,6 +26,9 @@ export ANSIBLE_COLLECTIONS_PATH := $(ROOT)/.cache/collections
 export ANSIBLE_HOME := $(ROOT)/.cache/ansible-home
 # Molecule's create and destroy playbooks run async tasks on the controller; their job files would go to ~/.ansible_async.
 export ANSIBLE_ASYNC_DIR := $(ROOT)/.cache/ansible-home/async
+# Molecule runs with this HOME: its docker driver points async_dir at $HOME/.ansible_async whatever ANSIBLE_ASYNC_DIR
+# says, and it keeps its ephemeral directories in $HOME/.cache/molecule.
+MOLECULE_HOME := $(ROOT)/.cache/molecule-home
 export MPLCONFIGDIR := $(ROOT)/.cache/matplotlib
 export ANSIBLE_FORCE_COLOR ?= 0
 export PY_COLORS ?= 0
@@ -34,8 +37,10 @@ export PATH := $(BIN):$(PATH)
 # slower: it proves what depends on the architecture (install, service, sandbox, TLS, pulls, certificate renewal);
 # the architecture-independent logic (bad input, upgrade paths) and the fault/load suite run on amd64 (resilience
 # also passes on arm64: `make molecule SCENARIO=resilience ARCHES=arm64`, about 10 minutes).
+# fleet brings its own five hosts (two tiers, three edges, one of them arm64: molecule/fleet/molecule.yml), whatever
+# the architecture named here.
 # .github/workflows/ci.yml runs the same list (tests/unit/test_repo_consistency.py fails when the two differ).
-MATRIX ?= default:amd64 default:arm64 cert_rotation:amd64 cert_rotation:arm64 variants:amd64 resilience:amd64
+MATRIX ?= default:amd64 default:arm64 cert_rotation:amd64 cert_rotation:arm64 variants:amd64 resilience:amd64 fleet:amd64
 # Scenarios whose target takes the cloud-hypervisor bridge address 192.168.129.1 (the others: 192.168.128.1). All share
 # one platform (.config/molecule/config.yml); `make molecule` passes the bridge to it as MOLECULE_BRIDGE.
 BRIDGE_129 := variants resilience
@@ -139,6 +144,7 @@ molecule: venv world
 	@# (192.168.128.1/129.1): remove them first.
 	@docker ps -aq --filter label=owner=molecule | xargs -r docker rm -f >/dev/null
 	@docker ps -aq --filter label=org.actuated.world.target | xargs -r docker rm -f >/dev/null
+	@mkdir -p $(MOLECULE_HOME)
 	@eval "$$($(PY) -m world env)"; \
 	runs="$(if $(SCENARIO),$(foreach a,$(ARCHES),$(SCENARIO):$(a)),$(MATRIX))"; \
 	for run in $$runs; do s=$${run%%:*}; a=$${run##*:}; seq=; bridge=128; \
@@ -147,7 +153,7 @@ molecule: venv world
 	  if [ -z "$(SCENARIO)" ] && [ "$$run" = "$(NEWEST_CORE_RUN)" ]; then \
 	    $(TIMED) "molecule $$s $$a (ansible-core $(NEWEST_CORE))" -- \
 	      $(MAKE) --no-print-directory molecule SCENARIO=$$s ARCHES=$$a $(call core_vars,$(NEWEST_CORE)) || exit 1; continue; fi; \
-	  $(TIMED) "molecule $$s $$a" -- env MOLECULE_ARCH=$$a MOLECULE_BRIDGE=$$bridge MOLECULE_SEQUENCE="$$seq" \
+	  $(TIMED) "molecule $$s $$a" -- env HOME=$(MOLECULE_HOME) MOLECULE_ARCH=$$a MOLECULE_BRIDGE=$$bridge MOLECULE_SEQUENCE="$$seq" \
 	    $(BIN)/molecule test -s $$s || exit 1; \
 	done
 

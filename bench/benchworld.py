@@ -16,6 +16,7 @@ import os
 import re
 import shlex
 import ssl
+import statistics
 import subprocess
 import sys
 import time
@@ -38,6 +39,8 @@ CLIENT_IP = "192.168.130.10"
 NGINX_IP = "192.168.130.50"
 TARGET_PREFIX = "192.168.130."  # targets at .1 .. .8
 MAX_TARGETS = 8
+TIER = 9  # the fleet tiers measurement's tier mirror: bench-t9 at .9 (its certificate comes from the fleet CA)
+ALL_TARGETS = (*range(1, MAX_TARGETS + 1), TIER)
 
 HUB = "bench-hub"
 SHAPER = "bench-shaper"
@@ -52,6 +55,7 @@ MIRROR_PORT = 5000
 STORAGE = "/var/lib/registry"
 BLOBS = f"{STORAGE}/docker/registry/v2/blobs/sha256"
 DROPIN = "/etc/systemd/system/registry.service.d/zz-bench.conf"
+SHAPER_STATS = "/tmp/shaper-stats.json"  # bench/shaper.py writes its counters there on SIGUSR1
 BENCH_CONFIG = "/etc/registry/bench-config.yml"
 
 # world.CA_TRUST_CMD, plus a marker written only once update-ca-certificates has finished the bundle (the .pem link
@@ -89,18 +93,32 @@ def dexec(container: str, script: str, *args: str, check: bool = True, timeout: 
 
 
 def target_name(n: int) -> str:
-    """bench-t1 .. bench-t8."""
+    """bench-t1 .. bench-t8 (bench-t9: the tier)."""
     return TARGET.format(n=n)
 
 
 def target_ip(n: int) -> str:
-    """192.168.130.1 .. .8."""
+    """192.168.130.1 .. .8 (.9: the tier)."""
     return f"{TARGET_PREFIX}{n}"
 
 
 def loadavg() -> list[float]:
     """1, 5 and 15 minute load averages."""
     return [round(x, 2) for x in os.getloadavg()]
+
+
+def summary(values: list[float]) -> dict[str, Any]:
+    """Median, min, max (and every value) of a series."""
+    return {"n": len(values), "median": round(statistics.median(values), 3), "min": round(min(values), 3),
+            "max": round(max(values), 3), "values": [round(v, 3) for v in values]}
+
+
+def median_counts(runs: list[dict[str, dict[str, int]]]) -> dict[str, float]:
+    """Per counter, the median over runs of its sum over identities; plus who was counted."""
+    keys = ("manifest_get", "manifest_head", "blob_get", "bytes", "tokens", "requests")
+    out: dict[str, Any] = {k: statistics.median([sum(c.get(k, 0) for c in run.values()) for run in runs]) for k in keys}
+    out["identities"] = sorted({name for run in runs for name in run})
+    return out
 
 
 class BenchWorld:  # pylint: disable=too-many-instance-attributes
@@ -123,7 +141,7 @@ class BenchWorld:  # pylint: disable=too-many-instance-attributes
     @staticmethod
     def cleanup() -> None:
         """Remove every container and the network the benchmark creates (absent ones are fine)."""
-        names = [target_name(n) for n in range(1, MAX_TARGETS + 1)]
+        names = [target_name(n) for n in ALL_TARGETS]
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(names)) as pool:
             list(pool.map(lambda name: world.target_down(name, quiet=True), names))
         for name in CONTAINERS:
@@ -194,7 +212,7 @@ class BenchWorld:  # pylint: disable=too-many-instance-attributes
         sh(["docker", "run", "-d", "--name", SHAPER, *common, "--network", NETWORK, "--ip", SHAPER_IP,
             "--network-alias", world.HUB_NAME, "--network-alias", world.AUTH_NAME, "-v", f"{BENCH}:/bench:ro", world.CLIENT_IMAGE,
             "python3", "/bench/shaper.py", "--forward", f"443={HUB_IP}:443", "--forward", f"8080={HUB_IP}:8080",
-            "--rtt-ms", str(self.rtt_ms), "--mbit", str(self.mbit)])
+            "--rtt-ms", str(self.rtt_ms), "--mbit", str(self.mbit), "--stats", SHAPER_STATS])
         # The client (a VM): skopeo, pulling into a tmpfs so that the client's disk is out of the picture.
         sh(["docker", "run", "-d", "--name", CLIENT, *common, "--network", NETWORK, "--ip", CLIENT_IP, "--tmpfs", "/pull:size=3g",
             "-v", f"{world.CERTS}:/certs:ro", world.CLIENT_IMAGE, "sh", "-c", CLIENT_CMD])
@@ -238,6 +256,24 @@ class BenchWorld:  # pylint: disable=too-many-instance-attributes
         stats = self.hub("stats?recent=0")
         keys = ("manifest_get", "manifest_head", "blob_get", "bytes", "tokens", "requests", "rate_limited")
         return {name: {k: int(c.get(k, 0)) for k in keys} for name, c in stats["identities"].items()}
+
+    def link_bytes(self) -> dict[str, int]:
+        """The emulated link's byte counters since it started (down: from the hub to the site, the WAN bytes).
+
+        SIGUSR1 makes bench/shaper.py write them with a new sequence number; this waits for that number.
+        """
+        def read() -> dict[str, Any]:
+            text = dexec(SHAPER, f"cat {SHAPER_STATS} 2>/dev/null || true").strip()
+            return dict(json.loads(text)) if text else {"seq": -1}
+        before = int(read()["seq"])
+        sh(["docker", "kill", "--signal", "USR1", SHAPER])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            stats = read()
+            if int(stats["seq"]) > before:
+                return {"down": int(stats["bytes_down"]), "up": int(stats["bytes_up"]), "connections": int(stats["connections"])}
+            time.sleep(0.05)
+        raise BenchError(f"{SHAPER} did not write its counters to {SHAPER_STATS} after SIGUSR1")
 
     def release_counts(self) -> dict[str, dict[str, int]]:
         """The release server's counters per path."""
@@ -289,6 +325,34 @@ class BenchWorld:  # pylint: disable=too-many-instance-attributes
         output = dexec(CLIENT, script, f"{registry}/library/{name}:latest", "", str(total), str(parallel), timeout=timeout).split()
         return output.count("ok"), int(output[output.index("ns") + 1]) / 1e9
 
+    def edge_pulls(self, registries: Sequence[str], name: str, *, at_once: bool, timeout: float = 1800) -> dict[str, Any]:
+        """One pull of library/NAME:latest (linux/amd64) through each of REGISTRIES, in the client: all at once, or one
+        after another (each when the previous one has finished). Returns the wall time and, per pull, its time and
+        whether it succeeded with the hub's manifest."""
+        script = ('pull() { d=/pull/edge$1; rm -rf "$d"; s=$(date +%s%N); '
+                  'if skopeo copy -q --retry-times 0 --override-arch amd64 "docker://$2/library/$3:latest" "oci:$d:x" >/dev/null 2>/tmp/edge$1.err; '
+                  'then r=$(jq -r ".manifests[0].digest" "$d/index.json"); else r=FAIL; fi; e=$(date +%s%N); '
+                  'echo "pull $1 $((e - s)) $r"; rm -rf "$d"; }; '
+                  'mode=$1; image=$2; shift 2; s=$(date +%s%N); i=0; '
+                  'for reg in "$@"; do i=$((i + 1)); if [ "$mode" = at-once ]; then pull "$i" "$reg" "$image" & else pull "$i" "$reg" "$image"; fi; done; '
+                  'wait; e=$(date +%s%N); echo "wall $((e - s))"; '
+                  'for f in /tmp/edge*.err; do [ -s "$f" ] && { echo "--- $f"; tail -c 600 "$f"; }; rm -f "$f"; done; true')
+        out = dexec(CLIENT, script, "at-once" if at_once else "one-after-another", name, *registries, timeout=timeout)
+        manifest = self.image(name)["manifest"]
+        pulls: dict[int, dict[str, Any]] = {}
+        wall = 0.0
+        for line in out.splitlines():
+            words = line.split()
+            if len(words) == 4 and words[0] == "pull":
+                pulls[int(words[1])] = {"registry": registries[int(words[1]) - 1], "s": round(int(words[2]) / 1e9, 3),
+                                        "ok": words[3] == manifest}
+            elif len(words) == 2 and words[0] == "wall":
+                wall = int(words[1]) / 1e9
+        ordered = [pulls[i] for i in sorted(pulls)]
+        if len(ordered) != len(registries) or not all(p["ok"] for p in ordered):
+            log(f"   pulls through {', '.join(registries)}: some failed:\n{out[-2000:]}")
+        return {"wall_s": round(wall, 3), "pulls": ordered, "succeeded": sum(1 for p in ordered if p["ok"])}
+
     def link_calibration(self) -> dict[str, float]:
         """What the emulated link really does: TLS request timings and the throughput of a 6 MB download."""
         fmt = "%{time_connect} %{time_appconnect} %{time_starttransfer} %{time_total} %{size_download} %{http_code}"
@@ -308,11 +372,13 @@ class BenchWorld:  # pylint: disable=too-many-instance-attributes
     # ---------------------------------------------------------------------------------------------------------------
 
     def wait_mirror(self, n: int = 1, timeout: float = 120) -> None:
-        """Until https://TARGET:5000/v2/ answers 200 to the client."""
-        script = ('i=0; while [ "$i" -lt "$2" ]; do [ "$(curl -s -o /dev/null -w "%{http_code}" "https://$1/v2/")" = 200 ] && exit 0; '
+        """Until https://TARGET:5000/v2/ answers 200 to the client (the tier: 200 or 401, its certificate from the fleet
+        CA the client does not trust: it only has to answer)."""
+        script = ('i=0; while [ "$i" -lt "$2" ]; do case "$(curl -s $3 -o /dev/null -w "%{http_code}" "https://$1/v2/")" in "$4"|"$5") exit 0;; esac; '
                   'i=$((i + 1)); sleep 0.1; done; exit 1')
-        proc = subprocess.run(["docker", "exec", CLIENT, "sh", "-c", script, "sh", f"{target_ip(n)}:{MIRROR_PORT}", str(int(timeout * 10))],
-                              check=False, capture_output=True)
+        tier = ("-k", "200", "401") if n == TIER else ("", "200", "200")
+        proc = subprocess.run(["docker", "exec", CLIENT, "sh", "-c", script, "sh", f"{target_ip(n)}:{MIRROR_PORT}", str(int(timeout * 10)),
+                               *tier], check=False, capture_output=True)
         if proc.returncode != 0:
             journal = dexec(target_name(n), "journalctl -u registry -n 20 --no-pager -o cat", check=False)
             raise BenchError(f"the mirror on {target_name(n)} does not answer after {timeout:.0f}s:\n{journal}")
@@ -321,6 +387,15 @@ class BenchWorld:  # pylint: disable=too-many-instance-attributes
         """Empty the mirror's storage and restart it: the next pull is cold."""
         dexec(target_name(n), f"systemctl stop registry && find {STORAGE} -mindepth 1 -delete && systemctl start registry")
         self.wait_mirror(n)
+
+    def mirrors_clear(self, edges: Sequence[int], tier: bool = False) -> None:
+        """Empty the tier (TIER) first, then EDGES in parallel: an edge that restarts while its tier answers pulls through
+        it again (one that saw its tier away meanwhile may have moved on to Docker Hub, until it is restarted)."""
+        if tier:
+            self.mirror_clear(TIER)
+        if edges:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=len(edges)) as pool:
+                list(pool.map(self.mirror_clear, edges))
 
     def mirror_restart(self, n: int = 1) -> None:
         """Restart the registry unit (the cache stays)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench import collection
+from bench import collection, fleet_tiers
 
 
 def fmt(stats: dict[str, Any] | None, unit: str = "s") -> str:
@@ -270,4 +270,5 @@ def section_compared(res: dict[str, Any], earlier: dict[str, Any] | None) -> str
 def render(res: dict[str, Any], chart: str | None, earlier: dict[str, Any] | None = None) -> str:
     """The whole report; EARLIER: a committed run of another distribution version, for the comparison."""
     return "".join((section_machine(res), section_pulls(res), section_compared(res, earlier), section_upstream(res),
-                    section_role(res), section_tuning(res), collection.section(res), section_checks(res, chart)))
+                    section_role(res), section_tuning(res), collection.section(res), fleet_tiers.section(res),
+                    section_checks(res, chart)))

@@ -29,17 +29,19 @@ import tempfile
 import time
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Collection, Iterator
 
-from bench import collection, report, static_registry
-from bench.benchworld import (BENCH, BENCH_CACHE, MAX_TARGETS, NGINX_IP, REPO, BenchError, BenchWorld, loadavg, log, target_ip,
-                              target_name, world)
+from bench import collection, fleet_tiers, report, static_registry
+from bench.benchworld import (ALL_TARGETS, BENCH, BENCH_CACHE, NGINX_IP, REPO, BenchError, BenchWorld, loadavg, log, median_counts,
+                              summary, target_ip, target_name, world)
 
 VENV_BIN = REPO / ".venv" / "bin"
 COLLECTIONS = REPO / ".cache" / "collections"
 MIRROR = f"{target_ip(1)}:5000"
 UPSTREAM = world.HUB_NAME  # on the bench network this name is the emulated link in front of the hub
 MODES = ("direct", "mirror_cold", "mirror_warm", "mirror_warm_digest", "nginx", "client_alone")
+ONLY = ("collections", "fleet-tiers")  # --only SECTION: that section alone, merged into the last run's results
+TIER_USER = {"username": "bench-edges", "password": "bench-tier-8c1f5d"}  # the tier's one account (Basic auth)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,11 +62,16 @@ class Plan:  # pylint: disable=too-many-instance-attributes
     upstream_parallel: int
     cache_sizes: tuple[int, ...]
     out: Path
+    tier_fleet: tuple[int, ...] = ()  # fleet tiers: the numbers of edges pulling one new image, with a tier and without
+    tier_cost_image: str = "alpine"  # ... that image
+    tier_images: tuple[str, ...] = ()  # fleet tiers: the images of the cold pull times (edge -> tier -> hub vs edge -> hub)
+    tier_runs: int = 1  # ... runs of each
 
 
 FULL = Plan("full", 5, ("alpine", "big"), 5, True, (1, 4, 8), True, True, ("inmemory", "troubleshooting"), 5, 100, 20,
-            (250, 1000, 4000), BENCH / "results")
-SMOKE = Plan("smoke", 3, ("alpine",), 1, False, (), False, False, ("inmemory",), 1, 20, 5, (100,), BENCH / "results" / "smoke")
+            (250, 1000, 4000), BENCH / "results", (1, 4, 8), "fill1", ("alpine", "big"), 3)
+SMOKE = Plan("smoke", 3, ("alpine",), 1, False, (), False, False, ("inmemory",), 1, 20, 5, (100,), BENCH / "results" / "smoke",
+             (1, 2), "alpine", ("alpine",), 1)
 
 
 class Bench:  # pylint: disable=too-many-instance-attributes
@@ -79,6 +86,7 @@ class Bench:  # pylint: disable=too-many-instance-attributes
         shutil.rmtree(self.logs, ignore_errors=True)
         self.logs.mkdir(parents=True)
         self.bw = BenchWorld(self.work, args.rtt_ms, args.mbit)
+        self.plain: set[int] = set()  # the targets that are up and converged as edges without tiers (numbers)
         self.start = time.monotonic()
         self.results: dict[str, Any] = {
             "schema": 1,
@@ -86,7 +94,8 @@ class Bench:  # pylint: disable=too-many-instance-attributes
             "machine": machine(),
             "settings": {"runs": plan.runs, "images": list(plan.images), "rtt_ms": args.rtt_ms, "mbit": args.mbit,
                          "converge_runs": plan.converge_runs, "fleet": list(plan.fleet), "registry_version": world.SOURCE_VERSION,
-                         "upstream_pulls": plan.upstream_total, "upstream_parallel": plan.upstream_parallel},
+                         "upstream_pulls": plan.upstream_total, "upstream_parallel": plan.upstream_parallel,
+                         "tier_fleet": list(plan.tier_fleet), "tier_runs": plan.tier_runs},
             "durations_s": {},
             "checks": [],
             "errors": [],
@@ -114,23 +123,40 @@ class Bench:  # pylint: disable=too-many-instance-attributes
     # the role
     # ---------------------------------------------------------------------------------------------------------------
 
-    def converge(self, hosts: dict[str, str], label: str, cache: Path, *, pipelining: bool = True) -> dict[str, Any]:
-        """ansible-playbook playbooks/site.yml on HOSTS ({container: bind address}); wall time and recap per host."""
+    def converge(self, hosts: dict[str, str], label: str, cache: Path, *, pipelining: bool = True,
+                 tier: dict[str, str] | None = None, tiered: Collection[str] = ()) -> dict[str, Any]:
+        """ansible-playbook playbooks/site.yml on HOSTS ({container: bind address}); wall time and recap per host.
+
+        TIER ({container: address}): converged first as the site's tier (group registry_tiers: the fleet CA issues its
+        certificate; the Docker Hub token and one account for the edges); the hosts of HOSTS named in TIERED are edges
+        pulling from it, without the token (README "Fleets"). The others pull Docker Hub with the token, as always.
+        """
+        hub = {"registry_mirror_dockerhub_username": world.HUB_USERNAME, "registry_mirror_dockerhub_token": world.HUB_TOKEN}
+        edges: dict[str, dict[str, Any]] = {}
+        for name, ip in hosts.items():
+            edges[name] = {"registry_mirror_bind_address": ip}
+            if name in tiered and tier:
+                edges[name]["registry_mirror_tiers"] = [{"url": f"https://{address}:5000", **TIER_USER} for address in tier.values()]
+            else:
+                edges[name].update(hub)
+        common = {
+            "ansible_connection": "community.docker.docker",
+            "registry_mirror_version": world.SOURCE_VERSION,
+            "registry_mirror_release_base_url": f"http://127.0.0.1:{self.bw.release_port}",
+            "registry_mirror_upstream_url": world.HUB_URL,
+            "registry_mirror_local_cache_dir": str(cache),
+        }
+        groups: dict[str, Any] = {"actuated_agents": {"hosts": edges}}
+        if tier:
+            common["registry_mirror_fleet_ca_dir"] = str(self.work / "fleet-ca")
+            groups["registry_tiers"] = {"hosts": {name: {"registry_mirror_bind_address": ip, "registry_mirror_tier_users": [TIER_USER],
+                                                         **hub} for name, ip in tier.items()}}
         inventory = self.work / f"inventory-{label}.yml"
-        inventory.write_text(json.dumps({"all": {"children": {"actuated_agents": {
-            "hosts": {name: {"registry_mirror_bind_address": ip} for name, ip in hosts.items()},
-            "vars": {
-                "ansible_connection": "community.docker.docker",
-                "registry_mirror_version": world.SOURCE_VERSION,
-                "registry_mirror_release_base_url": f"http://127.0.0.1:{self.bw.release_port}",
-                "registry_mirror_upstream_url": world.HUB_URL,
-                "registry_mirror_dockerhub_username": world.HUB_USERNAME,
-                "registry_mirror_dockerhub_token": world.HUB_TOKEN,
-                "registry_mirror_local_cache_dir": str(cache),
-            }}}}}, indent=1), encoding="utf-8")
+        inventory.write_text(json.dumps({"all": {"vars": common, "children": groups}}, indent=1), encoding="utf-8")
+        every = {**hosts, **(tier or {})}
         cfg = self.work / f"ansible-{label}.cfg"
         cfg.write_text("[defaults]\ninterpreter_python = /usr/bin/python3\nretry_files_enabled = False\n"
-                       f"forks = {max(5, len(hosts))}\n[connection]\npipelining = {pipelining}\n", encoding="utf-8")
+                       f"forks = {max(5, len(every))}\n[connection]\npipelining = {pipelining}\n", encoding="utf-8")
         env = {**os.environ, "ANSIBLE_CONFIG": str(cfg), "ANSIBLE_COLLECTIONS_PATH": str(COLLECTIONS), "ANSIBLE_NOCOLOR": "1",
                "ANSIBLE_FORCE_COLOR": "0", "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}"}
         logfile = self.logs / f"{label}.log"
@@ -151,7 +177,7 @@ class Bench:  # pylint: disable=too-many-instance-attributes
         text = logfile.read_text(errors="replace")
         recap = {m[0]: {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m[1])}
                  for m in re.findall(r"^(\S+)\s+: (ok=.*)$", text, re.M)}
-        if proc.returncode != 0 or set(recap) != set(hosts):
+        if proc.returncode != 0 or set(recap) != set(every):
             raise BenchError(f"converge {label} failed (rc={proc.returncode}); {logfile}:\n" + "\n".join(text.splitlines()[-25:]))
         return {"seconds": round(seconds, 2), "recap": recap, "log": str(logfile)}
 
@@ -194,6 +220,7 @@ class Bench:  # pylint: disable=too-many-instance-attributes
         for i in range(self.plan.converge_runs):
             hosts = {target_name(1): target_ip(1)}
             runs.append(self.first_converge(hosts, "amd64", f"single-amd64-{i + 1}", idempotent=self.plan.idempotent))
+        self.plain = {1}
         self.results["role"] = {"single_amd64": {
             "runs": runs,
             "first_s": summary([r["first"]["seconds"] for r in runs]),
@@ -319,14 +346,17 @@ class Bench:  # pylint: disable=too-many-instance-attributes
 
     # ---------------------------------------------------------------------------------------------------------------
 
-    def fleet(self) -> None:
-        """Fleets of N amd64 targets converged in one play: wall time and release downloads."""
+    def fleet(self, keep: bool = False) -> None:
+        """Fleets of N amd64 targets converged in one play: wall time and release downloads. KEEP: leave the last
+        fleet up (the fleet tiers measurement pulls through it)."""
         out = {}
         for size in self.plan.fleet:
             self.remove_targets()
             hosts = {target_name(n): target_ip(n) for n in range(1, size + 1)}
             out[str(size)] = self.first_converge(hosts, "amd64", f"fleet-{size}", idempotent=False)
-        self.remove_targets()
+            self.plain = set(range(1, size + 1))
+        if not keep:
+            self.remove_targets()
         self.results.setdefault("role", {})["fleet"] = out
 
     def single_extra(self, key: str, arch: str, pipelining: bool) -> None:
@@ -336,12 +366,12 @@ class Bench:  # pylint: disable=too-many-instance-attributes
         self.results.setdefault("role", {})[key] = self.first_converge(hosts, arch, key, pipelining=pipelining)
         self.remove_targets()
 
-    @staticmethod
-    def remove_targets() -> None:
-        """Remove bench-t1..8."""
-        names = [target_name(n) for n in range(1, MAX_TARGETS + 1)]
+    def remove_targets(self) -> None:
+        """Remove bench-t1..9."""
+        names = [target_name(n) for n in ALL_TARGETS]
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(names)) as pool:
             list(pool.map(lambda name: world.target_down(name, quiet=True), names))
+        self.plain = set()
 
     # ---------------------------------------------------------------------------------------------------------------
 
@@ -358,11 +388,14 @@ class Bench:  # pylint: disable=too-many-instance-attributes
                 self.bw.setup()
                 self.results["link"] = self.bw.link_calibration()
                 log(f"   link: {self.results['link']}")
-            if self.args.collections_only:
+            if self.args.only == "collections":
                 with self.step("role: first converge on one amd64 target"):
                     self.first_converge({target_name(1): target_ip(1)}, "amd64", "single-amd64", idempotent=False)
                 with self.step(f"disk budget: collections of {', '.join(map(str, plan.cache_sizes))}-image caches"):
                     collection.run(self, plan.cache_sizes, MIRROR)
+            elif self.args.only == "fleet-tiers":
+                with self.step(fleet_tiers.title(plan)):
+                    fleet_tiers.run(self)
             else:
                 self.measurements()
         except (BenchError, world.WorldError) as exc:
@@ -389,9 +422,14 @@ class Bench:  # pylint: disable=too-many-instance-attributes
         if plan.cache_sizes:
             with self.step(f"disk budget: collections of {', '.join(map(str, plan.cache_sizes))}-image caches"):
                 collection.run(self, plan.cache_sizes, MIRROR)
+        tiers = bool(plan.tier_fleet) and not self.args.no_fleet_tiers
         if plan.fleet:
             with self.step(f"role: fleets of {', '.join(map(str, plan.fleet))} amd64 targets"):
-                self.fleet()
+                self.fleet(keep=tiers)
+        if tiers:
+            with self.step(fleet_tiers.title(plan)):
+                fleet_tiers.run(self)
+            self.remove_targets()
         if plan.no_pipelining:
             with self.step("role: one amd64 target without pipelining"):
                 self.single_extra("single_amd64_no_pipelining", "amd64", False)
@@ -422,13 +460,18 @@ class Bench:  # pylint: disable=too-many-instance-attributes
             out = BENCH_CACHE / "failed-full"
         out.mkdir(parents=True, exist_ok=True)
         results = self.results
-        if self.args.collections_only:  # into the results of the last run, beside its other measurements
-            results = json.loads((out / "results.json").read_text(encoding="utf-8")) if passed else {}
-            results["collections"] = self.results.get("collections")
-            results.setdefault("checks", []).extend(self.results["checks"])
-            results.setdefault("durations_s", {})["collections"] = self.results["durations_s"]
-            if not passed:
-                out = BENCH_CACHE / "failed-collections"
+        only = self.args.only
+        if only:  # into the results of the last run, beside its other measurements (its checks of that section replaced)
+            key = only.replace("-", "_")
+            results = json.loads((out / "results.json").read_text(encoding="utf-8")) if passed and (out / "results.json").exists() else {}
+            if passed and results:
+                results[key] = self.results.get(key)
+                results["checks"] = [c for c in results.get("checks", []) if c.get("section") != key] + [
+                    {**c, "section": key} for c in self.results["checks"]]
+                results.setdefault("durations_s", {})[key] = self.results["durations_s"]
+                results.setdefault("settings", {}).update({k: v for k, v in self.results["settings"].items() if k not in results["settings"]})
+            else:
+                out = BENCH_CACHE / f"failed-{only}" if not passed else out
                 out.mkdir(parents=True, exist_ok=True)
                 results = self.results
         (out / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
@@ -454,20 +497,6 @@ def render(out: Path) -> None:
     earlier_path = BENCH / "results" / "distribution-2.8.2" / "results.json"  # the last run on Debian's 2.8.2, kept
     earlier = json.loads(earlier_path.read_text(encoding="utf-8")) if earlier_path.exists() else None
     (out / "report.md").write_text(report.render(results, chart.name if chart.exists() else None, earlier), encoding="utf-8")
-
-
-def summary(values: list[float]) -> dict[str, Any]:
-    """Median, min, max (and every value) of a series."""
-    return {"n": len(values), "median": round(statistics.median(values), 3), "min": round(min(values), 3),
-            "max": round(max(values), 3), "values": [round(v, 3) for v in values]}
-
-
-def median_counts(runs: list[dict[str, dict[str, int]]]) -> dict[str, float]:
-    """Per counter, the median over runs of its sum over identities; plus who was counted."""
-    keys = ("manifest_get", "manifest_head", "blob_get", "bytes", "tokens", "requests")
-    out: dict[str, Any] = {k: statistics.median([sum(c.get(k, 0) for c in run.values()) for run in runs]) for k in keys}
-    out["identities"] = sorted({name for run in runs for name in run})
-    return out
 
 
 def tune(config: str, variant: str) -> str:
@@ -535,12 +564,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mbit", type=float, default=100.0, help="emulated link bandwidth, Mbit/s per direction (default 100)")
     parser.add_argument("--no-arm64", action="store_true", help="skip the arm64 converge (full mode)")
     parser.add_argument("--no-fleet", action="store_true", help="skip the fleets of 1/4/8 targets (full mode)")
-    parser.add_argument("--collections-only", action="store_true",
-                        help="only the disk budget's collections, merged into the last run's results.json")
+    parser.add_argument("--no-fleet-tiers", action="store_true", help="skip the fleet tiers measurement (edges with and without a tier)")
+    parser.add_argument("--only", choices=ONLY, help="only this section (after the set-up), merged into the last run's results.json "
+                                                     "(with --smoke: the smoke's)")
+    parser.add_argument("--collections-only", action="store_true", help="the same as --only collections")
     parser.add_argument("--keep", action="store_true", help="leave the containers and network for inspection")
     parser.add_argument("--cleanup", action="store_true", help="only remove what an earlier --keep run left")
     parser.add_argument("--render", action="store_true", help="only redraw report.md and pulls.png from results.json (with --smoke: the smoke's)")
     args = parser.parse_args(argv)
+    if args.collections_only:
+        args.only = "collections"
     if args.render:
         render((SMOKE if args.smoke else FULL).out)
         return 0
@@ -557,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, terminated)  # clean up and keep the partial results, as on Ctrl-C
     if args.runs:
-        plan = dataclasses.replace(plan, runs=max(1, args.runs), tuning_runs=max(1, args.runs))
+        plan = dataclasses.replace(plan, runs=max(1, args.runs), tuning_runs=max(1, args.runs), tier_runs=max(1, args.runs))
     if args.no_fleet:
         plan = dataclasses.replace(plan, fleet=())
     with bench_lock():

@@ -13,7 +13,9 @@ Model (documented in bench/README.md):
   cap per connection). The bucket admits bytes when they are read; a short burst (64 KiB) is allowed.
 
 Usage: ``python3 shaper.py --forward 443=192.168.130.100:443 --rtt-ms 40 --mbit 100``.
-Standard library only (it runs in the test world's client image). SIGTERM stops it and prints its counters.
+Standard library only (it runs in the test world's client image). SIGTERM stops it and prints its counters; SIGUSR1
+writes them (with a sequence number that grows at each signal) to the --stats file, atomically: the benchmark reads the
+bytes that crossed the link in each direction, i.e. the WAN bytes of a measurement, as the difference of two readings.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -61,11 +64,20 @@ class Link:
         self.connections = 0
         self.active = 0
         self.errors = 0
+        self.seq = 0
 
     def stats(self) -> dict[str, float | int]:
         """Counters for the log."""
         return {"connections": self.connections, "active": self.active, "errors": self.errors,
                 "bytes_up": self.up.bytes, "bytes_down": self.down.bytes}
+
+    def write_stats(self, path: str) -> None:
+        """The counters and a new sequence number, to PATH (atomically: a reader never sees half a file)."""
+        self.seq += 1
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump({"seq": self.seq, **self.stats()}, handle)
+        os.replace(tmp, path)
 
 
 async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, bucket: Bucket, delay: float) -> None:
@@ -117,8 +129,8 @@ async def handle(link: Link, target: tuple[str, int], client_r: asyncio.StreamRe
                 w.close()
 
 
-async def serve(forwards: list[tuple[int, tuple[str, int]]], link: Link) -> None:
-    """Listen on every forwarded port until SIGTERM/SIGINT."""
+async def serve(forwards: list[tuple[int, tuple[str, int]]], link: Link, stats: str) -> None:
+    """Listen on every forwarded port until SIGTERM/SIGINT; SIGUSR1 writes the counters to STATS."""
     servers = []
     for port, target in forwards:
         server = await asyncio.start_server(lambda r, w, t=target: handle(link, t, r, w), "0.0.0.0", port,  # nosec B104: inside a container
@@ -130,6 +142,8 @@ async def serve(forwards: list[tuple[int, tuple[str, int]]], link: Link) -> None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, link.write_stats, stats)
+    link.write_stats(stats)
     await stop.wait()
     for server in servers:
         server.close()
@@ -152,8 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--forward", type=parse_forward, action="append", required=True, metavar="PORT=HOST:PORT")
     parser.add_argument("--rtt-ms", type=float, default=40.0, help="round-trip time to add (default 40)")
     parser.add_argument("--mbit", type=float, default=100.0, help="bandwidth per direction in Mbit/s, 0 = unlimited (default 100)")
+    parser.add_argument("--stats", default="/tmp/shaper-stats.json", help="where SIGUSR1 writes the counters (default %(default)s)")
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.forward, Link(args.rtt_ms, args.mbit)))
+    asyncio.run(serve(args.forward, Link(args.rtt_ms, args.mbit), args.stats))
     return 0
 
 

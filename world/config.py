@@ -63,16 +63,26 @@ RELEASES_REMOTE = f"http://{HUB_NAME}:8080"
 NET_BR128 = "actuated-br128"
 NET_BR129 = "actuated-br129"
 NET_OFFNET = "actuated-offnet"
+# A fleet's two sites (the fleet scenario): each site's private network holds its tier mirror and its servers (edges).
+# The fake Docker Hub is on both (the WAN), and so is world-vm (the client that pulls through each edge).
+NET_SITE_A = "actuated-site-a"
+NET_SITE_B = "actuated-site-b"
 NETWORKS: dict[str, tuple[str, str]] = {
     NET_BR128: ("192.168.128.0/24", "192.168.128.254"),
     NET_BR129: ("192.168.129.0/24", "192.168.129.254"),
     NET_OFFNET: ("192.168.200.0/24", "192.168.200.254"),
+    NET_SITE_A: ("10.88.1.0/24", "10.88.1.254"),
+    NET_SITE_B: ("10.88.2.0/24", "10.88.2.254"),
 }
+# The fleet scenario's hosts (molecule/fleet/molecule.yml gives them these addresses): per site a tier, and edges that
+# listen on their site address (standing in for their bridge: one docker network cannot give three hosts 192.168.128.1).
+FLEET_TIERS = {"tier-a": "10.88.1.10", "tier-b": "10.88.2.10"}
+FLEET_EDGES = {"edge-a1": "10.88.1.21", "edge-a2": "10.88.1.22", "edge-b1": "10.88.2.21"}
 # Where Molecule puts the server under test (the actuated bridge address); the world never creates it.
 TARGET_IPS = {NET_BR128: "192.168.128.1", NET_BR129: "192.168.129.1"}
-HUB_IPS = {NET_BR128: "192.168.128.100", NET_BR129: "192.168.129.100"}
+HUB_IPS = {NET_BR128: "192.168.128.100", NET_BR129: "192.168.129.100", NET_SITE_A: "10.88.1.100", NET_SITE_B: "10.88.2.100"}
 GHCR_IPS = {NET_BR128: "192.168.128.101", NET_BR129: "192.168.129.101"}
-VM_IPS = {NET_BR128: "192.168.128.2", NET_BR129: "192.168.129.2"}
+VM_IPS = {NET_BR128: "192.168.128.2", NET_BR129: "192.168.129.2", NET_SITE_A: "10.88.1.2", NET_SITE_B: "10.88.2.2"}
 DOCKER_VM_IPS = {NET_BR128: "192.168.128.3", NET_BR129: "192.168.129.3"}
 OFFNET_IP = "192.168.200.2"
 
@@ -101,7 +111,8 @@ TAMPERED_VERSION = "9.9.8"  # .sha256 does not match the tarball
 BROKEN_VERSION = "9.9.9"  # correct .sha256, but the tarball has no `registry` member
 RELEASE_VERSIONS = (REGISTRY_VERSION, PATCHED_VERSION, TAMPERED_VERSION, BROKEN_VERSION)
 
-SERVER_SANS = ("IP:192.168.128.1", "IP:192.168.129.1", "DNS:localhost", "IP:127.0.0.1")
+SERVER_SANS = ("IP:192.168.128.1", "IP:192.168.129.1", "DNS:localhost", "IP:127.0.0.1",
+               *(f"IP:{ip}" for ip in FLEET_EDGES.values()))
 # One certificate for both fake registries, also valid for the public names world-docker-vm resolves to them.
 HUB_SANS = (f"DNS:{HUB_NAME}", f"DNS:{AUTH_NAME}", "IP:192.168.128.100", "IP:192.168.129.100", "IP:127.0.0.1", "DNS:localhost",
             f"DNS:{GHCR_NAME}", "IP:192.168.128.101", "IP:192.168.129.101", *(f"DNS:{name}" for name in PUBLIC_NAMES))

@@ -121,7 +121,7 @@ def container_specs() -> list[ContainerSpec]:
             VM_CONTAINER, CLIENT_IMAGE, NET_BR128, VM_IPS[NET_BR128],
             (*common, "--hostname", "vm", "-v", f"{CERTS}:/certs:ro"),
             CA_TRUST_CMD,
-            connects=((NET_BR129, VM_IPS[NET_BR129], ()),),
+            connects=tuple((net, ip, ()) for net, ip in VM_IPS.items() if net != NET_BR128),
             inputs=(certs_hash,),
         ),
         ContainerSpec(

@@ -31,13 +31,15 @@ class ActionModule(ActionBase):
         spec = self._task.args.get("argument_spec") or self._role_options()
         values, errors = self._values(spec, task_vars)
         upstreams: list = []
+        tiers: list = []
+        tier_users: list = []
         report = self._task.args.get("host_report")
         if report is None:
             found = rules.validate(values, spec, defined=list(task_vars), home=os.path.expanduser("~"))
             errors += found.errors
             if found.warnings:
                 result["warnings"] = found.warnings
-            upstreams = list(found.upstreams)
+            upstreams, tiers, tier_users = list(found.upstreams), list(found.tiers), list(found.tier_users)
             what = "input"
         else:
             host = rules.parse_host_report(to_native(report))
@@ -47,13 +49,15 @@ class ActionModule(ActionBase):
             errors += problems
             if not errors:
                 normalised = rules.normalise_upstreams(values)
-                upstreams = normalised.upstreams
-                errors = normalised.errors or rules.check_host(values, host)
+                fleet = (rules.normalise_tiers(values), rules.normalise_tier_users(values))
+                upstreams, tiers, tier_users = normalised.upstreams, fleet[0].entries, fleet[1].entries
+                errors = normalised.errors + fleet[0].errors + fleet[1].errors or rules.check_host(values, host)
             what = "host"
         result["errors"] = errors
         if not errors:
-            # registry_mirror_upstreams with every default filled in and without its secrets, for the role's tasks.
-            result["upstreams"] = upstreams
+            # registry_mirror_upstreams with every default filled in and without its secrets, registry_mirror_tiers
+            # without its secrets and the user names of registry_mirror_tier_users, for the role's tasks.
+            result.update(upstreams=upstreams, tiers=tiers, tier_users=tier_users)
         if errors:
             result["failed"] = True
             result["msg"] = (f"{len(errors)} problem{'s' if len(errors) > 1 else ''} with the registry_mirror "
@@ -82,36 +86,38 @@ class ActionModule(ActionBase):
                 value = self._templar.template(task_vars[name])
                 if name in rules.SECRET_VARIABLES and value is not None:
                     value = to_native(value)
-                elif name == rules.UPSTREAMS:
+                elif name in rules.ENTRY_LISTS:
                     value = _plain(value)
                 values[name] = value
             except Exception as exc:  # pylint: disable=broad-exception-caught
-                located = self._upstream_errors(task_vars[name]) if name == rules.UPSTREAMS else []
+                located = self._entry_errors(name, task_vars[name]) if name in rules.ENTRY_LISTS else []
                 detail = "" if name in rules.VARIABLES_WITH_SECRETS else f": {_first_line(exc)}"
                 errors.extend(located or [f"{name} could not be evaluated{detail}"])
         return values, errors
 
-    def _upstream_errors(self, raw: t.Any) -> list:
-        """Which values of registry_mirror_upstreams cannot be templated, each named after its entry and key; the
-        templating error only for a key that is not a secret. Empty when that cannot be told entry by entry."""
+    def _entry_errors(self, variable: str, raw: t.Any) -> list:
+        """Which values of VARIABLE, a list of dictionaries (registry_mirror_upstreams, registry_mirror_tiers,
+        registry_mirror_tier_users), cannot be templated, each named after its entry and key; the templating error only
+        for a key that is not a secret. Empty when that cannot be told entry by entry."""
+        kind = rules.ENTRY_LISTS[variable]
         errors = []
         try:
             items = list(raw) if isinstance(raw, (list, tuple)) else []
             for index, item in enumerate(items):
                 if not isinstance(item, dict):
                     continue
-                label = f"{rules.UPSTREAMS}[{index}]"
-                try:
-                    name = _plain(self._templar.template(item.get("name")))
-                    if isinstance(name, str) and rules.upstream_name_problem(name) is None:
-                        label = f"{rules.UPSTREAMS}[{name}]"
-                except Exception:  # pylint: disable=broad-exception-caught
-                    pass  # reported below, as its key
+                label = f"{variable}[{index}]"
+                if kind.label_key:
+                    try:
+                        label = rules.entry_label(variable, index,
+                                                  {kind.label_key: _plain(self._templar.template(item.get(kind.label_key)))})
+                    except Exception:  # pylint: disable=broad-exception-caught
+                        pass  # reported below, as its key
                 for key in item:
                     try:
                         _plain(self._templar.template(item[key]))
                     except Exception as exc:  # pylint: disable=broad-exception-caught
-                        secret = key in rules.UPSTREAM_SECRETS or key not in rules.UPSTREAM_OPTIONS
+                        secret = key in kind.secrets or key not in kind.options
                         errors.append(f"{label}.{key} could not be evaluated{'' if secret else ': ' + _first_line(exc)}")
         except Exception:  # pylint: disable=broad-exception-caught
             return []

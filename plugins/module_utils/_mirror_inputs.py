@@ -96,11 +96,14 @@ _FALSE = frozenset(("false", "no", "off", "0", "n", "f"))
 
 class Report(t.NamedTuple):
     """What validate() found: errors stop the run, warnings do not; UPSTREAMS: registry_mirror_upstreams normalised
-    (normalise_upstreams(); complete only without errors)."""
+    (normalise_upstreams()), TIERS: registry_mirror_tiers normalised (normalise_tiers()), TIER_USERS: the user names of
+    registry_mirror_tier_users; each complete only without errors."""
 
     errors: list
     warnings: list
     upstreams: list
+    tiers: list = []  # (the defaults are never changed in place)
+    tier_users: list = []
 
 
 def show(value: t.Any, limit: int = 80) -> str:
@@ -244,11 +247,12 @@ _PATH_ADVICE = {
 }
 
 
-def check_path(value: str, kind: str = "directory", home: str = "") -> list:
+def check_path(value: str, kind: str = "directory", home: str = "", advice: str = "") -> list:
     """Problems of a path: absolute, normalised, not a system directory or a parent of one. KIND: "directory" (the
     storage or configuration directory: in systemd units, so safe characters only, and not inside a tree the sandboxed
-    registry cannot use), "file" (a certificate or key, in systemd units too) or "cache" (the controller's download
-    cache, where a leading ~ means HOME)."""
+    registry cannot use), "file" (a certificate or key, in systemd units too) or "cache" (a directory of the
+    controller's, such as the download cache, where a leading ~ means HOME). ADVICE: what to do instead of a system
+    directory, when not the KIND's usual advice."""
     if value == "":
         return ["is empty: give an absolute path"]
     if kind == "cache" and home and (value == "~" or value.startswith("~/")):
@@ -267,7 +271,7 @@ def check_path(value: str, kind: str = "directory", home: str = "") -> list:
                         f"writes into systemd units may hold only {_SAFE_PATH_TEXT}")
     reason = system_directory(value)
     if reason:
-        problems.append(f"is {value}, {reason}: {_PATH_ADVICE[kind]}")
+        problems.append(f"is {value}, {reason}: {advice or _PATH_ADVICE[kind]}")
     elif kind == "directory":
         inside = forbidden_tree(value)
         if inside:
@@ -459,16 +463,16 @@ def check_credentials(username: str, token: str) -> list:
                                "a Docker Hub account")
 
 
-def credential_problems(user_var: str, username: str, token_var: str, token: str, account: str) -> list:
+def credential_problems(user_var: str, username: str, token_var: str, token: str, account: str,
+                        neither: str = "an anonymous mirror") -> list:
     """(variable, problem) pairs for a user name and its token or password: both or neither, and characters that the
-    environment file could not hold, by class only. ACCOUNT: what the two are (for the messages)."""
+    environment file could not hold, by class only. ACCOUNT: what the two are, NEITHER: what having neither means (for
+    the messages)."""
     problems = []
     if username and not token:
-        problems.append((token_var, f"is empty while {user_var} is set: set both ({account}), or neither "
-                                    "(an anonymous mirror)"))
+        problems.append((token_var, f"is empty while {user_var} is set: set both ({account}), or neither ({neither})"))
     if token and not username:
-        problems.append((user_var, f"is empty while {token_var} is set: set both ({account}), or neither "
-                                   "(an anonymous mirror)"))
+        problems.append((user_var, f"is empty while {token_var} is set: set both ({account}), or neither ({neither})"))
     for var, value, is_user in ((user_var, username, True), (token_var, token, False)):
         for found in secret_problems(value, username=is_user):
             problems.append((var, f"contains {found} (its value is not shown)"))
@@ -487,7 +491,10 @@ def unknown_variables(names: t.Iterable[str], known: t.Iterable[str]) -> list:
             continue
         # Compare what follows the prefix, which every name shares.
         suffixes = {option[len(PREFIX):]: option for option in known if option.startswith(PREFIX)}
-        close = difflib.get_close_matches(name.lower()[len(PREFIX):], list(suffixes), n=1, cutoff=0.6)
+        typed = name.lower()[len(PREFIX):]
+        # A name cut short (registry_mirror_tier_tls_cert) means the shortest one it begins; else the most similar.
+        longer = sorted((suffix for suffix in suffixes if len(typed) >= 4 and suffix.startswith(typed)), key=len)
+        close = longer[:1] or difflib.get_close_matches(typed, list(suffixes), n=1, cutoff=0.6)
         messages.append(f"{name} is not a variable of this role"
                         + (f"; did you mean {suffixes[close[0]]}?" if close
                            else " (meta/argument_specs.yml lists the role's variables)"))
@@ -513,8 +520,6 @@ UPSTREAM_BUDGET_PERCENT = 10
 PRIMARY_NAME = "docker-hub"
 # What clients call Docker Hub: the mirror of registry_mirror_upstream_url serves it.
 PRIMARY_REGISTRIES = ("docker.io", "index.docker.io")
-# Variables that hold a secret somewhere inside: a templating error about them is not shown either.
-VARIABLES_WITH_SECRETS = SECRET_VARIABLES | {UPSTREAMS}
 _UPSTREAM_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 _UPSTREAM_RANGES = {
     "port": _RANGES["registry_mirror_port"],
@@ -547,12 +552,15 @@ def credentials_env(name: str) -> str:
     return "REGISTRY_MIRROR_" + name.upper().replace("-", "_")
 
 
-def _item_label(index: int, item: t.Any, taken: t.Container[str]) -> str:
-    """registry_mirror_upstreams[NAME] for an entry with a valid name of its own, else [INDEX]."""
-    name = item.get("name") if isinstance(item, dict) else None
-    if isinstance(name, str) and not upstream_name_problem(name) and name not in taken:
-        return f"{UPSTREAMS}[{name}]"
-    return f"{UPSTREAMS}[{index}]"
+def entry_label(variable: str, index: int, item: t.Any, taken: t.Container[str] = ()) -> str:
+    """How messages name an entry of the list VARIABLE (a key of ENTRY_LISTS): VARIABLE[LABEL] when the entry has a
+    valid label of its own (an upstream's name, a tier user's user name) that no earlier entry took, else
+    VARIABLE[INDEX] (0-based, as in a template)."""
+    kind = ENTRY_LISTS[variable]
+    label = item.get(kind.label_key) if kind.label_key and isinstance(item, dict) else None
+    if isinstance(label, str) and kind.label_problem(label) is None and _LABEL.fullmatch(label) and label not in taken:
+        return f"{variable}[{label}]"
+    return f"{variable}[{index}]"
 
 
 def upstream_name_problem(name: str) -> str | None:
@@ -565,36 +573,43 @@ def upstream_name_problem(name: str) -> str | None:
     return None
 
 
-def _unknown_keys(label: str, item: dict) -> list:
-    """Messages about the keys of ITEM that an upstream does not have (never with their values)."""
-    known = list(UPSTREAM_OPTIONS)
+def _unknown_keys(label: str, item: dict, variable: str = UPSTREAMS) -> list:
+    """Messages about the keys of ITEM that an entry of VARIABLE does not have (never with their values)."""
+    kind = ENTRY_LISTS[variable]
+    known = list(kind.options)
     messages = []
     for key in item:
-        if key in UPSTREAM_OPTIONS:
+        if key in kind.options:
             continue
         text = str(key)
-        hint = _UPSTREAM_KEY_ALIASES.get(text.lower()) or next(iter(difflib.get_close_matches(text.lower(), known, 1)), "")
-        messages.append(f"{label} has the key {show(text)}, which is not an option of an upstream"
+        hint = kind.aliases.get(text.lower()) or next(iter(difflib.get_close_matches(text.lower(), known, 1)), "")
+        messages.append(f"{label} has the key {show(text)}, which is not an option of {kind.what}"
                         + (f"; did you mean {hint}?" if hint else f" ({', '.join(known)})"))
     return messages
 
 
-def _given(label: str, item: dict) -> tuple[dict, list]:
-    """The keys ITEM sets (a null counts as not set), as their types, and the problems of those of the wrong type
-    (which never show a secret's value: coerce() shows none for strings)."""
+def _and(words: t.Sequence[str]) -> str:
+    """WORDS as a list in a sentence: "a", "a and b", "a, b and c"."""
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
+def _given(label: str, item: dict, variable: str = UPSTREAMS) -> tuple[dict, list]:
+    """The keys ITEM (an entry of VARIABLE) sets (a null counts as not set), as their types, and the problems of those
+    of the wrong type (which never show a secret's value: coerce() shows none for strings)."""
+    kind = ENTRY_LISTS[variable]
     values, problems = {}, []
-    for key, kind in UPSTREAM_OPTIONS.items():
+    for key, option_type in kind.options.items():
         if item.get(key) is None:
             continue
-        value, trouble = coerce(key, item[key], kind)
+        value, trouble = coerce(key, item[key], option_type)
         if trouble:
             problems.append(f"{label}.{key} {trouble}")
         else:
             values[key] = value
-    for key in UPSTREAM_REQUIRED:
-        if key not in item or item[key] is None or (key != "port" and values.get(key) == ""):
+    for key in kind.required:
+        if key not in item or item[key] is None or (kind.options[key] != "int" and values.get(key) == ""):
             problems.append(f"{label}.{key} is {'empty' if key in item and item[key] is not None else 'missing'}: "
-                            f"every upstream needs {', '.join(UPSTREAM_REQUIRED[:-1])} and {UPSTREAM_REQUIRED[-1]}")
+                            f"every {kind.what.split(' ', 1)[1]} needs {_and(kind.required)}")
             values.pop(key, None)
     return values, problems
 
@@ -653,7 +668,7 @@ def _entry_problems(key: str, value: t.Any, fields: t.Mapping[str, t.Any], label
 
 def _upstream(index: int, item: t.Any, values: t.Mapping[str, t.Any], taken: t.Container[str]) -> tuple[str, dict, dict, list]:
     """One entry: its label, its valid fields (given or default), which fields are defaults, and its problems."""
-    label = _item_label(index, item, taken)
+    label = entry_label(UPSTREAMS, index, item, taken)
     if not isinstance(item, dict):
         return label, {}, {}, [f"{label} must be a dictionary with name, url and port (got {type(item).__name__})"]
     problems = _unknown_keys(label, item)
@@ -783,6 +798,304 @@ def _budget_warnings(values: t.Mapping[str, t.Any], entries: list) -> list:
             "lower the shares, or give the upstreams a storage_dir on another filesystem"]
 
 
+# ---- The fleet: tiers and edges (registry_mirror_mode) -------------------------------------------------------------
+
+MODE = "registry_mirror_mode"
+TIERS = "registry_mirror_tiers"
+TIER_USERS = "registry_mirror_tier_users"
+# An entry of registry_mirror_tiers (an edge's upstream) and of registry_mirror_tier_users (an account on a tier), with
+# their argument_specs types (meta/argument_specs.yml lists the same keys as the options' suboptions).
+TIER_OPTIONS = {"url": "str", "username": "str", "password": "str"}
+TIER_REQUIRED = ("url",)
+# A tier's credentials, as an upstream's: never shown, never returned.
+TIER_SECRETS = ("username", "password")
+TIER_USER_OPTIONS = {"username": "str", "password": "str"}
+TIER_USER_REQUIRED = ("username", "password")
+# A tier user's name is not secret (the edges' inventories hold it, the result lists it); the password is.
+TIER_USER_SECRETS = ("password",)
+MAX_TIERS = 8
+MAX_TIER_USERS = 100
+MAX_TIER_USERNAME = 64
+# bcrypt, which hashes the passwords for the tier's htpasswd file, uses only the first 72 bytes of a password.
+BCRYPT_MAX_BYTES = 72
+# actuated's VM bridges: where an edge listens, never a tier.
+ACTUATED_BRIDGES = ("192.168.128.1", "192.168.129.1")
+# Variables that only a tier uses, and those that only an edge uses (set: a non-empty value).
+TIER_ONLY = ("registry_mirror_tier_users", "registry_mirror_tier_tls_certificate", "registry_mirror_tier_tls_key",
+             "registry_mirror_tier_names")
+EDGE_ONLY = (TIERS, "registry_mirror_tier_ca")
+_TIER_KEY_ALIASES = {"token": "password", "user": "username", "remoteurl": "url", "host": "url", "address": "url",
+                     "name": "url"}
+_TIER_USER_KEY_ALIASES = {"token": "password", "user": "username", "name": "username", "login": "username",
+                          "pass": "password", "passwd": "password"}
+
+
+class Normalised(t.NamedTuple):
+    """What normalise_tiers() or normalise_tier_users() found: the entries without problems (normalised) and errors."""
+
+    entries: list
+    errors: list
+
+
+def tier_credentials_env(index: int) -> str:
+    """The prefix of the environment variables (PREFIX_USERNAME, PREFIX_PASSWORD) of the credentials of the INDEXth
+    tier (1-based) in the edge's root-only proxy.env."""
+    return f"REGISTRY_MIRROR_TIER{index}"
+
+
+def tier_username_problem(name: str) -> str | None:
+    """Why NAME cannot be the user name of an account on a tier (an htpasswd line), or None. Not a secret."""
+    if name == "":
+        return "is empty: give the user name the edges pull with"
+    if ":" in name:
+        return (f"is {show(name)}, which contains ':': the htpasswd file separates the user name from the password "
+                "hash with it")
+    bad = unsafe_characters(name, lambda c: not (c.isspace() or ord(c) < 32 or 127 <= ord(c) < 160))
+    if bad:
+        return f"is {show(name)}, which contains {' and '.join(bad)}"
+    if len(name) > MAX_TIER_USERNAME:
+        return f"is {show(name)}, {len(name)} characters long: a user name has at most {MAX_TIER_USERNAME}"
+    return None
+
+
+def tier_password_problems(password: str) -> list:
+    """What is wrong with a tier user's password, by class only: never the value, a character of it or its length."""
+    problems = []
+    for char in password:
+        found = ("a newline" if char in "\n\r\x85\u2028\u2029"
+                 else "a control character" if ord(char) < 32 or 127 <= ord(char) < 160 else None)
+        if found and f"contains {found} (its value is not shown)" not in problems:
+            problems.append(f"contains {found} (its value is not shown)")
+    if len(password.encode("utf-8")) > BCRYPT_MAX_BYTES:
+        problems.append(f"is longer than {BCRYPT_MAX_BYTES} bytes (its value is not shown): bcrypt, which hashes it for "
+                        f"the tier's htpasswd file, ignores every byte after the {BCRYPT_MAX_BYTES}nd; choose a shorter "
+                        "one")
+    return problems
+
+
+def _tier_url_owners(values: t.Mapping[str, t.Any]) -> dict:
+    """The URLs a tier's cannot be ({url_key: (who, why)}): Docker Hub's and each further upstream's (valid ones)."""
+    owners = {}
+    primary = values.get("registry_mirror_upstream_url")
+    if primary is not None:
+        owners[url_key(primary)] = ("registry_mirror_upstream_url (Docker Hub)",
+                                    "a tier is a mirror on the site's network, and an edge pulls Docker Hub itself only "
+                                    "when no tier answers")
+    taken: list = []
+    for index, item in enumerate(values.get(UPSTREAMS) or []):
+        label = entry_label(UPSTREAMS, index, item, taken)
+        taken.append(label[len(UPSTREAMS) + 1:-1])
+        url = item.get("url") if isinstance(item, dict) else None
+        if isinstance(url, str) and not check_url(url, schemes=("https", "http"), path_allowed=False):
+            owners.setdefault(url_key(url), (f"{label}.url", "a tier mirrors Docker Hub, not a further upstream"))
+    return owners
+
+
+def normalise_tiers(values: t.Mapping[str, t.Any]) -> Normalised:
+    """registry_mirror_tiers checked and normalised. VALUES: the role's variables as their types (effective()), without
+    those that are not valid. Each normalised entry: url (lower-case scheme and host, no trailing /), index (1-based,
+    the order in which an edge tries them), credentials (whether it has a user name and password) and credentials_env;
+    never a secret."""
+    items = values.get(TIERS) or []
+    errors = []
+    if len(items) > MAX_TIERS:
+        errors.append(f"{TIERS} lists {len(items)} tiers: at most {MAX_TIERS} (an edge tries them in order, then Docker "
+                      "Hub)")
+    owners = _tier_url_owners(values)
+    allow_http = bool(values.get("registry_mirror_upstream_allow_http"))
+    entries = []
+    for index, item in enumerate(items):
+        label = entry_label(TIERS, index, item)
+        if not isinstance(item, dict):
+            errors.append(f"{label} must be a dictionary with url and, optionally, username and password (got "
+                          f"{type(item).__name__})")
+            continue
+        problems = _unknown_keys(label, item, TIERS)
+        fields, wrong_type = _given(label, item, TIERS)
+        problems += wrong_type
+        if "url" in fields:
+            found = check_url(fields["url"], schemes=("https", "http"), path_allowed=False, allow_http=allow_http,
+                              credentials=f"{label}.username and {label}.password")
+            problems.extend(f"{label}.url {text}" for text in found)
+            if not found:
+                url = url_key(fields["url"])
+                if url in owners:
+                    who, why = owners[url]
+                    problems.append(f"{label}.url is {url}, the same as {who}: {why}")
+                else:
+                    owners[url] = (f"{label}.url", "every tier needs a url of its own")
+                fields["url"] = url
+            else:
+                del fields["url"]
+        problems.extend(f"{var} {text}" for var, text in credential_problems(
+            f"{label}.username", fields.get("username", ""), f"{label}.password", fields.get("password", ""),
+            "an account on the tier, one of its registry_mirror_tier_users", "a tier open to its private network"))
+        errors.extend(problems)
+        if not problems and "url" in fields:
+            entries.append({"url": fields["url"], "index": index + 1, "credentials": bool(fields.get("username")),
+                            "credentials_env": tier_credentials_env(index + 1)})
+    return Normalised(entries, errors)
+
+
+def normalise_tier_users(values: t.Mapping[str, t.Any]) -> Normalised:
+    """registry_mirror_tier_users checked. Its normalised entries are the user names alone, in the order given."""
+    items = values.get(TIER_USERS) or []
+    errors = []
+    if len(items) > MAX_TIER_USERS:
+        errors.append(f"{TIER_USERS} lists {len(items)} accounts: at most {MAX_TIER_USERS} (the edges of a site share "
+                      "a few accounts)")
+    names: dict = {}
+    entries = []
+    for index, item in enumerate(items):
+        label = entry_label(TIER_USERS, index, item, names)
+        if not isinstance(item, dict):
+            errors.append(f"{label} must be a dictionary with username and password (got {type(item).__name__})")
+            continue
+        problems = _unknown_keys(label, item, TIER_USERS)
+        fields, wrong_type = _given(label, item, TIER_USERS)
+        problems += wrong_type
+        name = fields.get("username")
+        if name is not None:
+            trouble = tier_username_problem(name)
+            if trouble:
+                problems.append(f"{label}.username {trouble}")
+            elif name in names:
+                problems.append(f"{label}.username is {show(name)}, the same as {names[name]}.username: every account "
+                                "needs a user name of its own")
+            else:
+                names[name] = label
+        if fields.get("password"):
+            problems.extend(f"{label}.password {text}" for text in tier_password_problems(fields["password"]))
+        errors.extend(problems)
+        if not problems and name is not None and fields.get("password"):
+            entries.append(name)
+    return Normalised(entries, errors)
+
+
+def check_tier_names(value: list) -> list:
+    """Problems of the extra names of a tier's certificate: DNS names (RFC 1123, no wildcard) or IP addresses, each
+    once."""
+    problems = []
+    seen: dict = {}
+    for item in value:
+        if not isinstance(item, str):
+            problems.append(f"lists {show(item)}, which is not a string (got {type(item).__name__}): give DNS names or "
+                            "IP addresses")
+            continue
+        key, trouble = _tier_name(item)
+        if trouble:
+            problems.append(f"lists {show(item)}, {trouble}")
+        elif key in seen:
+            problems.append(f"lists {show(item)}, the same name as {show(seen[key])}: give each name once")
+        else:
+            seen[key] = item
+    return problems
+
+
+def _tier_name(name: str) -> tuple[str, str | None]:
+    """A certificate name as compared (lower-case DNS name, or the address in its usual form), or why it is none."""
+    try:
+        return str(ipaddress.ip_address(name)), None
+    except ValueError:
+        pass
+    if name.startswith("[") and name.endswith("]"):
+        try:
+            return "", f"an IPv6 address in brackets: write it without them ({ipaddress.IPv6Address(name[1:-1])})"
+        except ValueError:
+            pass
+    if name.startswith("*."):
+        return "", "a wildcard: the fleet CA names each host of a tier's certificate; list every name"
+    if name.endswith("."):
+        return "", f"with a trailing dot: write {show(name.rstrip('.'))}"
+    if not _HOSTNAME.fullmatch(name) or re.fullmatch(r"[0-9.]+", name):
+        return "", ("which is neither a DNS name (labels of letters, digits and -, not starting or ending with -, "
+                    "separated by dots) nor an IP address")
+    return name.lower(), None
+
+
+class EntryKind(t.NamedTuple):
+    """The entries of a variable that is a list of dictionaries."""
+
+    what: str  # one entry, in messages ("an upstream")
+    options: t.Mapping[str, str]  # key: argument_specs type
+    required: tuple
+    secrets: tuple  # never shown, never returned
+    label_key: str  # the key whose valid value names the entry in messages; "" for the index
+    label_problem: t.Callable[[str], str | None]  # why a value of label_key cannot label the entry
+    aliases: t.Mapping[str, str]  # keys people write for another one
+
+
+ENTRY_LISTS = {
+    UPSTREAMS: EntryKind("an upstream", UPSTREAM_OPTIONS, UPSTREAM_REQUIRED, UPSTREAM_SECRETS, "name",
+                         upstream_name_problem, _UPSTREAM_KEY_ALIASES),
+    TIERS: EntryKind("a tier", TIER_OPTIONS, TIER_REQUIRED, TIER_SECRETS, "", lambda _v: "", _TIER_KEY_ALIASES),
+    TIER_USERS: EntryKind("a tier user", TIER_USER_OPTIONS, TIER_USER_REQUIRED, TIER_USER_SECRETS, "username",
+                          tier_username_problem, _TIER_USER_KEY_ALIASES),
+}
+# Variables that hold a secret somewhere inside: a templating error about them is not shown either.
+VARIABLES_WITH_SECRETS = SECRET_VARIABLES | set(ENTRY_LISTS)
+# A label shown inside [...]: no bracket, quote, space or anything a terminal would interpret.
+_LABEL = re.compile(r"^[A-Za-z0-9._@+-]{1,64}$")
+
+
+def _is_set(value: t.Any) -> bool:
+    """Whether a variable of the other mode is set: a non-empty value (empty: "", [], {}, None)."""
+    return value not in (None, "", [], {})
+
+
+def _fleet_conflicts(values: t.Mapping[str, t.Any], valid: t.Mapping[str, t.Any], tiers: list) -> tuple[list, list]:
+    """Errors and warnings of the fleet variables together: the variables of the other mode, where a tier listens,
+    an edge's Docker Hub token, both or neither of the tier's certificate and key. VALUES: every variable of the
+    right type (a set but invalid one is still set); VALID: those without a problem of their own; TIERS: the tiers
+    normalised."""
+    mode = values.get(MODE)
+    errors: list = []
+    warnings: list = []
+    if mode == "edge":
+        for name in TIER_ONLY:
+            if _is_set(values.get(name)):
+                errors.append(f"{name} is set, but {MODE} is edge: it applies to tiers only ({MODE}: tier, a site's tier "
+                              "mirror); remove it from the edges' variables")
+    elif mode == "tier":
+        for name in EDGE_ONLY:
+            # On a tier with the operator's certificate, registry_mirror_tier_ca is that certificate's CA: the role
+            # checks the tier with it once it serves.
+            if name == "registry_mirror_tier_ca" and values.get("registry_mirror_tier_tls_certificate"):
+                continue
+            if _is_set(values.get(name)):
+                errors.append(f"{name} is set, but {MODE} is tier: a tier pulls from Docker Hub itself (chained tiers "
+                              "are not supported); it applies to edges only"
+                              + (" (or, with registry_mirror_tier_tls_certificate, names that certificate's CA)"
+                                 if name == "registry_mirror_tier_ca" else ""))
+        bind = valid.get("registry_mirror_bind_address")
+        if bind == "auto" or bind in ACTUATED_BRIDGES:
+            what = "auto, which picks actuated's VM bridge" if bind == "auto" else f"{bind}, actuated's VM bridge"
+            errors.append(f"registry_mirror_bind_address is {what}, but {MODE} is tier: a tier listens on the site's "
+                          "private network: name its address there")
+    if mode == "edge" and _is_set(values.get(TIERS)):
+        hub = [name for name in ("registry_mirror_dockerhub_username", "registry_mirror_dockerhub_token") if values.get(name)]
+        if hub:
+            errors.append(f"{' and '.join(hub)} {'are' if len(hub) > 1 else 'is'} set while {TIERS} names the site's "
+                          "tiers: the Docker Hub token belongs on the tiers only: an edge pulls Docker Hub directly only "
+                          "anonymously, when no tier answers; leave both empty on the edges")
+        envs = {entry["credentials_env"]: f"{TIERS}[{entry['index'] - 1}]" for entry in tiers if entry["credentials"]}
+        for entry in normalise_upstreams(valid).upstreams:
+            if entry["credentials"] and entry["credentials_env"] in envs:
+                errors.append(f"{UPSTREAMS}[{entry['name']}].name is {entry['name']}: its credentials would use the "
+                              f"environment variables {entry['credentials_env']}_USERNAME and _PASSWORD, as "
+                              f"{envs[entry['credentials_env']]}'s do; choose another name")
+    certificate, key = (values.get(f"registry_mirror_tier_tls_{part}", "") for part in ("certificate", "key"))
+    for name, other, value, partner in (("certificate", "key", certificate, key), ("key", "certificate", key, certificate)):
+        if partner and not value and mode != "edge":  # on an edge, setting either is the error
+            errors.append(f"registry_mirror_tier_tls_{name} is empty while registry_mirror_tier_tls_{other} is set: give "
+                          "both (the operator's certificate and its key), or neither (the fleet CA issues the tier's "
+                          "certificate)")
+    if certificate and _is_set(values.get("registry_mirror_tier_names")) and mode == "tier":
+        warnings.append("registry_mirror_tier_names is set while registry_mirror_tier_tls_certificate is too: the names "
+                        "go only into a certificate the fleet CA issues; the operator's certificate is served as it is")
+    return errors, warnings
+
+
 # ---- Everything that needs only the input --------------------------------------------------------------------------
 
 
@@ -830,6 +1143,12 @@ def validate(raw: t.Mapping[str, t.Any], spec: t.Mapping[str, t.Mapping[str, t.A
         rule(name, check_path, "file")
     for name in ("registry_mirror_storage_dir", "registry_mirror_config_dir"):
         rule(name, check_path, "directory")
+    for name in ("registry_mirror_tier_tls_certificate", "registry_mirror_tier_tls_key", "registry_mirror_tier_ca"):
+        if values.get(name):  # "" : not given
+            rule(name, check_path, "file")
+    rule("registry_mirror_fleet_ca_dir", check_path, "cache", home,
+         advice="choose a directory of its own, such as ~/.local/share/actuated.registry/fleet-ca")
+    rule("registry_mirror_tier_names", check_tier_names)
     rule("registry_mirror_upstream_url", check_url, schemes=("https", "http"), path_allowed=False,
          allow_http=bool(values.get("registry_mirror_upstream_allow_http")))
     rule("registry_mirror_proxy_ttl", check_duration)
@@ -845,6 +1164,11 @@ def validate(raw: t.Mapping[str, t.Any], spec: t.Mapping[str, t.Mapping[str, t.A
     upstreams = normalise_upstreams(valid)
     errors.extend(upstreams.errors)
     warnings.extend(upstreams.warnings)
+    tiers, tier_users = normalise_tiers(valid), normalise_tier_users(valid)
+    errors.extend(tiers.errors + tier_users.errors)
+    fleet_errors, fleet_warnings = _fleet_conflicts(values, valid, tiers.entries)
+    errors.extend(fleet_errors)
+    warnings.extend(fleet_warnings)
     unknown = unknown_variables(defined, spec)
     if values.get("registry_mirror_unknown_variables", "fail") == "warn":
         warnings.extend(unknown)
@@ -855,7 +1179,7 @@ def validate(raw: t.Mapping[str, t.Any], spec: t.Mapping[str, t.Mapping[str, t.A
         warnings.append(f"registry_mirror_version {values['registry_mirror_version']} is older than 3.1.0: with a Docker "
                         "Hub token configured, its proxy may send the token to whatever token realm the upstream names "
                         "(CVE-2026-33540). Use 3.1.1 or later.")
-    return Report(errors, warnings, upstreams.upstreams)
+    return Report(errors, warnings, upstreams.upstreams, tiers.entries, tier_users.entries)
 
 
 def _conflicts(values: t.Mapping[str, t.Any]) -> list:

@@ -13,6 +13,11 @@ description:
     that need only the input - paths, accounts, URLs and ports, versions and checksums, durations, addresses,
     secrets, characters that could add a line or a directive to a systemd unit, an environment file or YAML, and
     combinations that conflict - and reports B(every) problem at once, one line each, each naming the variable.
+  - Checks the fleet variables together with C(registry_mirror_mode) - an edge (the default) takes
+    C(registry_mirror_tiers) and C(registry_mirror_tier_ca) and no Docker Hub token when it has tiers; a tier takes
+    C(registry_mirror_tier_users), C(registry_mirror_tier_tls_certificate) and C(registry_mirror_tier_tls_key),
+    C(registry_mirror_tier_names), and listens on an address of the site's network (never C(auto) nor actuated's
+    bridge) - and refuses a variable of the other mode that is set (not empty).
   - Fails on a C(registry_mirror_*) variable that the role does not know, naming the closest known one; with
     C(registry_mirror_unknown_variables=warn) that is a warning instead.
   - With O(host_report) (the output of the role's read-only inspection command) it checks what the host has instead
@@ -22,10 +27,12 @@ description:
     that resolves to a system directory, never one that belongs to another account)
     - and returns what it found.
   - Messages never contain the value of C(registry_mirror_dockerhub_username) or C(registry_mirror_dockerhub_token),
-    nor of an upstream's C(username) or C(password) in C(registry_mirror_upstreams), at any verbosity - only what
-    is wrong with it (empty, a newline, a control character, whitespace, a non-ASCII character, a character the
-    environment file would interpret).
-  - Returns C(registry_mirror_upstreams) normalised (RV(upstreams)) for the role's tasks.
+    nor of an upstream's C(username) or C(password) in C(registry_mirror_upstreams), nor of a tier's C(username) or
+    C(password) in C(registry_mirror_tiers), nor of a C(password) in C(registry_mirror_tier_users), at any
+    verbosity - only what is wrong with it (empty, a newline, a control character, whitespace, a non-ASCII
+    character, a character the environment file would interpret, longer than bcrypt's 72 bytes).
+  - Returns C(registry_mirror_upstreams) normalised (RV(upstreams)), C(registry_mirror_tiers) without secrets
+    (RV(tiers)) and the user names of C(registry_mirror_tier_users) (RV(tier_users)) for the role's tasks.
   - Used by the C(actuated.registry.registry_mirror) role as the first task of its preflight; it reads the variables
     from the host's variables, not from its arguments.
 author:
@@ -155,6 +162,42 @@ upstreams:
       allow_http: false
       credentials: true
       credentials_env: REGISTRY_MIRROR_GHCR
+tiers:
+  description:
+    - C(registry_mirror_tiers) (an edge's tiers) in the order given, without secrets - the same list from the same
+      variables with and without O(host_report). Empty without tiers.
+    - The role writes the credentials of an entry with RV(tiers[].credentials) into the mirror's root-only
+      C(proxy.env) as C(<credentials_env>_USERNAME) and C(<credentials_env>_PASSWORD).
+  returned: when the checks pass
+  type: list
+  elements: dict
+  contains:
+    url:
+      description: The tier, lower-case scheme and host, without a trailing C(/).
+      type: str
+    index:
+      description: Its place in the list, from 1 (the order in which the edge tries the tiers).
+      type: int
+    credentials:
+      description: Whether the entry has a user name and password (never returned themselves).
+      type: bool
+    credentials_env:
+      description: C(REGISTRY_MIRROR_TIER) and RV(tiers[].index).
+      type: str
+  sample:
+    - url: https://tier1.site.example:5000
+      index: 1
+      credentials: true
+      credentials_env: REGISTRY_MIRROR_TIER1
+tier_users:
+  description:
+    - The user names of C(registry_mirror_tier_users) (a tier's accounts), in the order given; never their passwords.
+      Empty without accounts.
+  returned: when the checks pass
+  type: list
+  elements: str
+  sample:
+    - edge
 user_exists:
   description: Whether C(registry_mirror_user) exists on the host.
   returned: with O(host_report)

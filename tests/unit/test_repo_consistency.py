@@ -73,12 +73,26 @@ def test_every_scenario_of_the_matrix_exists():
     assert set(makefile_variable("BRIDGE_129")) <= scenarios
 
 
+# Scenarios of several hosts (Molecule replaces the shared platform list with a scenario's own): each of their hosts
+# is the shared platform with its own name, networks, groups and architecture, nothing else.
+MULTI_HOST_SCENARIOS = ("fleet",)
+
+
 @pytest.mark.parametrize("scenario", sorted(path.parent.name for path in (REPO / "molecule").glob("*/molecule.yml")))
 def test_scenarios_inherit_the_one_platform(scenario):
     """No scenario repeats the platform (Molecule would replace the shared one with it) or picks a bridge itself
-    (MOLECULE_BRIDGE comes from the environment, so that the platform, Ansible and the tests agree)."""
+    (MOLECULE_BRIDGE comes from the environment, so that the platform, Ansible and the tests agree); a scenario of
+    several hosts makes each of them from the shared platform."""
     config = scenario_config(scenario)
-    assert "platforms" not in config
+    if scenario in MULTI_HOST_SCENARIOS:
+        shared = yaml.safe_load((REPO / ".config" / "molecule" / "config.yml").read_text(encoding="utf-8"))["platforms"][0]
+        for platform in config["platforms"]:
+            arch = platform["platform"].split("/")[-1]
+            expected = {key: (value.replace("${MOLECULE_ARCH:-amd64}", arch) if isinstance(value, str) else value)
+                        for key, value in shared.items() if key not in targets.REPLACED_KEYS}
+            assert {key: value for key, value in platform.items() if key not in targets.REPLACED_KEYS} == expected
+    else:
+        assert "platforms" not in config
     for section in ("provisioner", "verifier"):
         assert "MOLECULE_BRIDGE" not in ((config.get(section) or {}).get("env") or {})
 

@@ -21,7 +21,21 @@ version. The other keys (see Settings) have defaults; keys starting with "_" are
 At start, and whenever it returns to pull-through mode, the supervisor asks the upstream's token service for a pull
 token the way the installed distribution version will, and says in the journal when that cannot work: the token
 service refuses the account, or distribution will not send the credentials to the realm the upstream names
-(public_suffix_list.dat.gz, next to this program, decides which hosts share a registrable domain).
+(public_suffix_list.dat.gz, next to this program, decides which hosts share a registrable domain). distribution 3.1+
+also answers a Basic challenge (a fleet's tier mirror, another distribution behind htpasswd) with the credentials:
+the supervisor then tries them on the upstream's /v2/ and says when it refuses the account, or when it asks for
+credentials and the mirror has none.
+
+Fallbacks (fallbacks: a list of {"url": ..., "credentials": PREFIX or ""}, tried in order after upstream; a fleet's
+edge mirror pulls from its site's tier mirror, and from Docker Hub anonymously when no tier answers): the registry
+pulls through one upstream at a time, the first that answers, with its URL in REGISTRY_PROXY_REMOTEURL (the config
+names upstream) and only its credentials (upstream: REGISTRY_PROXY_USERNAME / _PASSWORD from the environment; a
+fallback: PREFIX_USERNAME / PREFIX_PASSWORD, or none when credentials is ""), and read-only only while none answers.
+The upstream pulled through is probed as above; a confirmed failure moves on to the next that answers; and while a
+fallback (or the read-only cache) serves, every probe tick also probes the upstreams before it, in order, and one
+answer is enough to go back. Each switch says in the journal which upstream it leaves and which it takes. ca_file: a
+PEM bundle of CAs that the supervisor's own HTTPS requests trust besides the system store (the registry gets its CAs
+from its environment, SSL_CERT_DIR, which the unit sets).
 
 Free-space floor (min_free_mb > 0): at start and at every probe tick the supervisor reads the free space of the
 cache's filesystem (statvfs of REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY when the environment sets it, as
@@ -52,7 +66,8 @@ setting name, else the file's path). A child that exits is restarted after a bac
 to every child. The first file is the primary (Docker Hub): its child gets the unit's environment as in single mode.
 The others get none of its REGISTRY_* variables, and REGISTRY_PROXY_USERNAME / _PASSWORD from PREFIX_USERNAME /
 PREFIX_PASSWORD when their setting credentials names PREFIX (REGISTRY_MIRROR_...): each credential reaches only its
-own registry.
+own registry. A child whose settings name fallbacks also gets the PREFIX_USERNAME / PREFIX_PASSWORD they name, as
+they are: its supervisor hands them to its registry while it pulls through that fallback.
 """
 from __future__ import annotations
 
@@ -128,6 +143,8 @@ GROUP_STOP_MARGIN = 5.0
 # only the child whose settings name PREFIX (credentials), as REGISTRY_PROXY_USERNAME / REGISTRY_PROXY_PASSWORD.
 CREDENTIALS_PREFIX = re.compile(r"REGISTRY_MIRROR_[A-Z0-9_]+")
 MIRROR_CREDENTIAL_ENV = re.compile(r"REGISTRY_MIRROR_[A-Z0-9_]+_(USERNAME|PASSWORD)")
+# The most fallbacks a settings file may name: each costs a probe per tick while a preferred upstream is away.
+MAX_FALLBACKS = 8
 # Lines of the journal are written whole: group mode writes its children's from several threads.
 OUTPUT_LOCK = threading.Lock()
 
@@ -196,6 +213,14 @@ class Settings:
     # Group mode, a mirror other than the first: the prefix (REGISTRY_MIRROR_...) of the unit's environment variables
     # PREFIX_USERNAME and PREFIX_PASSWORD, its upstream credentials. No effect in single mode.
     credentials: str = ""
+    # The upstreams tried after `upstream`, in order, when it does not answer (at most MAX_FALLBACKS; in the file a
+    # list of objects {"url": "https://...", "credentials": "REGISTRY_MIRROR_..."}): the registry pulls through the
+    # first that answers, with that one's credentials only (PREFIX_USERNAME / PREFIX_PASSWORD from the environment;
+    # credentials "" or left out: anonymous), and back through a preferred one as soon as it answers again.
+    fallbacks: tuple[Fallback, ...] = ()
+    # A PEM bundle of CAs that the supervisor's own HTTPS requests (probes, token and Basic checks) trust besides the
+    # system store ("": none). The registry gets its CAs from its environment (SSL_CERT_DIR, set by the unit).
+    ca_file: str = ""
 
     @classmethod
     def load(cls, path: str) -> Settings:
@@ -214,6 +239,9 @@ class Settings:
                 continue
             if key not in fields:
                 raise SettingsError(f"{path}: unknown setting {key!r}")
+            if key in ("fallbacks", "ca_file"):
+                values[key] = parse_fallbacks(path, value) if key == "fallbacks" else parse_ca_file(path, value)
+                continue
             expected = str(fields[key].type)
             number = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
             valid = {"bool": isinstance(value, bool), "int": number and isinstance(value, int), "float": number,
@@ -228,19 +256,108 @@ class Settings:
         if missing:
             raise SettingsError(f"{path}: missing {', '.join(missing)}")
         values["upstream"] = values["upstream"].rstrip("/")
-        for key, top in (("budget_percent", 100), ("low_water_percent", 100), ("port", 65535)):
-            if values.get(key, 0) > top:
-                raise SettingsError(f"{path}: {key} must be at most {top}, not {values[key]!r}")
-        if values.get("low_water_percent") == 0:
-            raise SettingsError(f"{path}: low_water_percent must be at least 1")
-        if "name" in values and not re.fullmatch(r"[^\s\x00-\x1f\x7f]+", values["name"]):
-            raise SettingsError(f"{path}: name must have no spaces or control characters, not {values['name']!r}")
-        if "credentials" in values and not CREDENTIALS_PREFIX.fullmatch(values["credentials"]):
-            raise SettingsError(f"{path}: credentials must be an environment variable prefix REGISTRY_MIRROR_ followed "
-                                f"by capital letters, digits and _, not {values['credentials']!r}")
+        check_values(path, values)
         settings = cls(**values)
         parse_version(settings.version)
         return settings
+
+
+def check_values(path: str, values: dict[str, Any]) -> None:
+    """Check what the types of the settings VALUES of the file PATH do not say."""
+    for key, top in (("budget_percent", 100), ("low_water_percent", 100), ("port", 65535)):
+        if values.get(key, 0) > top:
+            raise SettingsError(f"{path}: {key} must be at most {top}, not {values[key]!r}")
+    if values.get("low_water_percent") == 0:
+        raise SettingsError(f"{path}: low_water_percent must be at least 1")
+    if "name" in values and not re.fullmatch(r"[^\s\x00-\x1f\x7f]+", values["name"]):
+        raise SettingsError(f"{path}: name must have no spaces or control characters, not {values['name']!r}")
+    if "credentials" in values and not CREDENTIALS_PREFIX.fullmatch(values["credentials"]):
+        raise SettingsError(f"{path}: credentials must be an environment variable prefix REGISTRY_MIRROR_ followed "
+                            f"by capital letters, digits and _, not {values['credentials']!r}")
+    for index, fallback in enumerate(values.get("fallbacks", ())):
+        if same_url(fallback.url, values["upstream"]):
+            raise SettingsError(f"{path}: fallbacks[{index}].url {fallback.url} is the upstream")
+
+
+@dataclasses.dataclass(frozen=True)
+class Fallback:
+    """An upstream tried after the settings' upstream: its URL (no trailing /) and the prefix of its credentials'
+    environment variables ("": anonymous)."""
+
+    url: str
+    credentials: str = ""
+
+
+def parse_ca_file(path: str, value: object) -> str:
+    """The setting ca_file of the file PATH, checked: "" or an absolute path of a file with PEM certificates."""
+    if not isinstance(value, str) or (value and not os.path.isabs(value)):
+        raise SettingsError(f'{path}: ca_file must be an absolute path or "", not {value!r}')
+    if value:
+        try:  # the file alone, not the system store: that costs most of a second on a slow CPU
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=value)
+        except (OSError, ValueError) as exc:
+            raise SettingsError(f"{path}: ca_file {value}: no CA certificates loaded ({exc})") from exc
+    return value
+
+
+def same_url(one: str, other: str) -> bool:
+    """Whether two upstream URLs name one upstream (scheme and host compared in any case, a trailing / ignored)."""
+    return one.rstrip("/").lower() == other.rstrip("/").lower()
+
+
+def parse_fallbacks(path: str, value: object) -> tuple[Fallback, ...]:
+    """The setting fallbacks of the file PATH, checked: a list of at most MAX_FALLBACKS objects with a url (http or
+    https, a host, no credentials, no path) and optionally credentials ("" or a prefix REGISTRY_MIRROR_...), no URL
+    twice."""
+    shape = 'a list of objects {"url": "https://...", "credentials": "REGISTRY_MIRROR_..."}'
+    if not isinstance(value, list):
+        raise SettingsError(f"{path}: fallbacks must be {shape}, not {value!r}")
+    if len(value) > MAX_FALLBACKS:
+        raise SettingsError(f"{path}: fallbacks must have at most {MAX_FALLBACKS} entries, not {len(value)}")
+    fallbacks: list[Fallback] = []
+    for index, entry in enumerate(value):
+        where = f"fallbacks[{index}]"
+        if not isinstance(entry, dict):
+            raise SettingsError(f"{path}: {where} must be an object with url and credentials, not {entry!r}")
+        unknown = sorted(set(entry) - {"url", "credentials"})
+        if unknown:
+            raise SettingsError(f"{path}: {where} has an unknown key {unknown[0]!r} (only url and credentials)")
+        if "url" not in entry:
+            raise SettingsError(f"{path}: {where} has no url")
+        url = fallback_url(path, where, entry["url"])
+        credentials = entry.get("credentials", "")
+        if not isinstance(credentials, str) or (credentials and not CREDENTIALS_PREFIX.fullmatch(credentials)):
+            raise SettingsError(f'{path}: {where}.credentials must be "" (anonymous) or an environment variable prefix '
+                                f"REGISTRY_MIRROR_ followed by capital letters, digits and _, not {credentials!r}")
+        for earlier, other in enumerate(fallbacks):
+            if same_url(url, other.url):
+                raise SettingsError(f"{path}: {where}.url {url} is also fallbacks[{earlier}].url")
+        fallbacks.append(Fallback(url, credentials))
+    return tuple(fallbacks)
+
+
+def fallback_url(path: str, where: str, url: object) -> str:
+    """URL, the url of the entry WHERE of PATH's fallbacks, checked and without a trailing /."""
+    problem = ""
+    if not isinstance(url, str) or not re.fullmatch(r"[^\s\x00-\x1f\x7f]+", url):
+        problem = "must be an http or https URL without spaces or control characters"
+    else:
+        try:
+            parts = urllib.parse.urlsplit(url)
+            parts.port  # noqa: B018 (raises ValueError for a port that is no number in 0-65535)
+        except ValueError as exc:
+            problem = f"is not a URL ({exc})"
+        else:
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                problem = "must be an http or https URL with a host"
+            elif "@" in parts.netloc:
+                problem = "must carry no credentials (credentials names their variables)"
+            elif parts.path not in ("", "/") or parts.query or parts.fragment or url.endswith(("?", "#")):
+                problem = "must have no path, query or fragment"
+    if problem:
+        raise SettingsError(f"{path}: {where}.url {problem}, not {url!r}")
+    assert isinstance(url, str)
+    return url.rstrip("/")
 
 
 def parse_version(version: str) -> tuple[int, int, int]:
@@ -454,6 +571,8 @@ class Metrics:
 
     HELP: typing.ClassVar[dict[str, tuple[str, str]]] = {
         "registry_mirror_read_only": ("gauge", "1 while the registry serves the cache read-only without the proxy."),
+        "registry_mirror_upstream_index": ("gauge", "The upstream the registry pulls through: 0 the upstream, 1 and "
+                                           "on the fallbacks in order, -1 none (read-only)."),
         "registry_mirror_free_bytes": ("gauge", "Free bytes on the cache's filesystem at the last check."),
         "registry_mirror_cache_bytes": ("gauge", "Bytes of blob data in the cache at the last check."),
         "registry_mirror_cache_budget_bytes": ("gauge", "The cache's disk budget in bytes (0: none)."),
@@ -465,9 +584,13 @@ class Metrics:
         "registry_mirror_cache_last_collection_timestamp_seconds": ("gauge", "When the last collection ended."),
     }
 
-    def __init__(self) -> None:
+    # Exported only when the settings name fallbacks.
+    FALLBACKS_ONLY = ("registry_mirror_upstream_index",)
+
+    def __init__(self, fallbacks: bool = False) -> None:
         self.lock = threading.Lock()
         self.values: dict[str, float] = dict.fromkeys(self.HELP, 0.0)
+        self.names = [name for name in self.HELP if fallbacks or name not in self.FALLBACKS_ONLY]
 
     def set(self, **values: float) -> None:
         """Set gauges."""
@@ -485,7 +608,8 @@ class Metrics:
         with self.lock:
             values = dict(self.values)
         lines = []
-        for name, (kind, text) in self.HELP.items():
+        for name in self.names:
+            kind, text = self.HELP[name]
             lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {values[name]:.17g}"]
         return "\n".join(lines) + "\n"
 
@@ -558,12 +682,27 @@ class ListenerHandler(BaseHTTPRequestHandler):
         """No access log: distribution posts at every pull."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """An upstream the registry may pull through: the settings' upstream (credentials None: the environment's
+    REGISTRY_PROXY_USERNAME / _PASSWORD, as the registry reads them), or a fallback (credentials: its prefix, "" for
+    anonymous)."""
+
+    url: str
+    credentials: str | None
+
+
 class Supervisor:
-    """Runs the registry in the mode the upstream allows until systemd stops the unit."""
+    """Runs the registry in the mode the upstreams allow until systemd stops the unit."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.upstream = settings.upstream
+        # The upstream first, then the fallbacks: the registry pulls through the first that answers.
+        self.candidates = [Candidate(settings.upstream, None),
+                           *(Candidate(fallback.url, fallback.credentials) for fallback in settings.fallbacks)]
+        self.active = 0  # the candidate pulled through when not self.local
+        # Whether the upstreams are probed: to serve read-only while none answers, or to choose among several.
+        self.probing = settings.offline_fallback or len(self.candidates) > 1
         self.stopping = False
         self.interruptible = False
         self.tls_context: ssl.SSLContext | None = None
@@ -581,7 +720,7 @@ class Supervisor:
         # Read-only, and the free space is what keeps it so: the upstream answered at the last probe (or was not
         # probed since the switch for space).
         self.held_for_space = False
-        self.metrics = Metrics()
+        self.metrics = Metrics(fallbacks=len(self.candidates) > 1)
         self.usage = Usage(os.path.join(self.storage, registry_cache.USAGE_FILE)) if self.storage else None
         self.listener: Listener | None = None
         self.socket: socket.socket | None = None  # the mirror's listening socket, when the supervisor holds it
@@ -591,9 +730,16 @@ class Supervisor:
         self.next_usage_save = time.monotonic() + USAGE_SAVE_INTERVAL
 
     def tls(self) -> ssl.SSLContext:
-        """The system trust store, loaded once: loading it costs most of a second on a slow (emulated) CPU."""
+        """The system trust store and the CAs of ca_file, loaded once: loading the store costs most of a second on a
+        slow (emulated) CPU."""
         if self.tls_context is None:
-            self.tls_context = ssl.create_default_context()
+            context = ssl.create_default_context()
+            if self.settings.ca_file:
+                try:
+                    context.load_verify_locations(cafile=self.settings.ca_file)
+                except (OSError, ValueError) as exc:
+                    say(f"cannot load the CAs of {self.settings.ca_file} ({exc}): trusting the system store only")
+            self.tls_context = context
         return self.tls_context
 
     def on_usr1(self, _signum: int, _frame: types.FrameType | None) -> None:
@@ -621,10 +767,12 @@ class Supervisor:
         finally:
             self.interruptible = False
 
-    def upstream_answers(self, timeout: float | None = None) -> tuple[bool, str]:
-        """Whether the upstream's /v2/ gives any HTTP answer (Docker Hub answers 401) within TIMEOUT seconds."""
+    def upstream_answers(self, timeout: float | None = None, index: int | None = None) -> tuple[bool, str]:
+        """Whether the /v2/ of candidate INDEX (the active one if None) gives any HTTP answer (Docker Hub answers 401)
+        within TIMEOUT seconds."""
+        url = self.candidates[self.active if index is None else index].url
         try:
-            self.fetch(self.upstream + "/v2/", self.settings.probe_timeout if timeout is None else timeout)
+            self.fetch(url + "/v2/", self.settings.probe_timeout if timeout is None else timeout)
             return True, "200"
         except urllib.error.HTTPError as exc:
             return True, str(exc.code)
@@ -633,33 +781,56 @@ class Supervisor:
         except Stopping:
             return False, "stopping"
 
+    def account(self, candidate: Candidate) -> tuple[str, str]:
+        """CANDIDATE's user name and password ("" and "": anonymous): the upstream's from the environment's
+        REGISTRY_PROXY_USERNAME / _PASSWORD, a fallback's from its PREFIX_USERNAME / PREFIX_PASSWORD (both set, or
+        none is used)."""
+        if candidate.credentials is None:
+            user, password = (os.environ.get(name, "") for name in CREDENTIAL_ENV)
+            return user, password
+        if not candidate.credentials:
+            return "", ""
+        user, password = (os.environ.get(f"{candidate.credentials}_{part}", "") for part in ("USERNAME", "PASSWORD"))
+        return (user, password) if user and password else ("", "")
+
+    def variables(self, candidate: Candidate) -> str:
+        """Where CANDIDATE's credentials are set, for the journal."""
+        if candidate.credentials is None:
+            return self.credential_variables()
+        if not candidate.credentials:
+            return "credentials in its fallbacks entry (a prefix REGISTRY_MIRROR_...)"
+        return f"{candidate.credentials}_USERNAME / {candidate.credentials}_PASSWORD"
+
     def check_token_service(self) -> None:
-        """Ask the upstream's token service for a pull token the way the proxy will, and say so in the journal when
-        that cannot work: distribution itself reports it to clients only as "manifest unknown"."""
-        user, password = (os.environ.get(name, "") for name in CREDENTIAL_ENV)
-        who = f"the configured account {user!r}" if user else "anonymous pulls"
+        """Ask the active upstream's token service for a pull token the way the proxy will (or, for a Basic
+        challenge that distribution answers, the upstream itself), and say so in the journal when that cannot work:
+        distribution itself reports it to clients only as "manifest unknown"."""
+        candidate = self.candidates[self.active]
+        upstream = candidate.url
+        user, password = self.account(candidate)
+        if candidate.credentials is None:
+            who = f"the configured account {user!r}" if user else "anonymous pulls"
+        else:  # a fallback: named by its variables, never by a value
+            who = f"the account in {self.variables(candidate)}" if user else "anonymous pulls"
         try:
-            self.fetch(self.upstream + "/v2/", self.settings.challenge_timeout)
+            self.fetch(upstream + "/v2/", self.settings.challenge_timeout)
             return
         except urllib.error.HTTPError as exc:
             challenges = [parse_challenge(value) for value in exc.headers.get_all("WWW-Authenticate") or []]
         except (OSError, ValueError, Stopping):
             return
         version = self.settings.version
-        for scheme, params in challenges:
-            if scheme == "basic" and user and not sends_credentials(version, scheme, self.upstream, ""):
-                say(f"ERROR: upstream {self.upstream} asks for Basic authentication (realm {params.get('realm', '')!r})"
-                    f" and distribution {version} answers only token challenges: it will not send the credentials of "
-                    f"{who}, and pulls of images that are not cached will fail")
-                return
         bearer = [params for scheme, params in challenges if scheme == "bearer"]
+        basic = [params for scheme, params in challenges if scheme == "basic"]
+        if basic and self.basic_challenge(candidate, who, basic[0], bearer):
+            return
         if not bearer:
             return
         realm = bearer[0].get("realm", "")
-        if not sends_credentials(version, "bearer", self.upstream, realm):
+        if not sends_credentials(version, "bearer", upstream, realm):
             refused = f"send the credentials of {who} to" if user else "ask for anonymous tokens at"
             say(f"ERROR: distribution {version} will not {refused} the token realm {realm} that upstream "
-                f"{self.upstream} names (the realm must be on the upstream's host and port, or both must be DNS names "
+                f"{upstream} names (the realm must be on the upstream's host and port, or both must be DNS names "
                 "of one registrable domain): pulls of images that are not cached will fail")
             return
         query = urllib.parse.urlencode({"service": bearer[0].get("service", ""), "scope": CHECK_SCOPE})
@@ -671,9 +842,50 @@ class Supervisor:
             say(f"upstream token service accepts {who}")
         except urllib.error.HTTPError as exc:
             say(f"ERROR: upstream token service {realm} refuses {who} (HTTP {exc.code}): pulls of images that are not "
-                f"cached will fail (clients see 'manifest unknown'); check {self.credential_variables()}")
+                f"cached will fail (clients see 'manifest unknown'); check {self.variables(candidate)}")
         except (OSError, ValueError) as exc:
             say(f"upstream token service {realm} did not answer ({exc})")
+        except Stopping:
+            return
+
+    def basic_challenge(self, candidate: Candidate, who: str, params: dict[str, str],
+                        bearer: list[dict[str, str]]) -> bool:
+        """CANDIDATE asks for Basic authentication (PARAMS; BEARER: its token challenges, if any): whether that was
+        said to fail (distribution before 3.1 answers none with the credentials of WHO) or was checked (3.1+, without
+        a token challenge)."""
+        version, realm = self.settings.version, params.get("realm", "")
+        user, password = self.account(candidate)
+        if not sends_credentials(version, "basic", candidate.url, ""):
+            if not user:
+                return False
+            say(f"ERROR: upstream {candidate.url} asks for Basic authentication (realm {realm!r}) and distribution "
+                f"{version} answers only token challenges: it will not send the credentials of {who}, and pulls of "
+                "images that are not cached will fail")
+            return True
+        if bearer:
+            return False
+        self.check_basic(candidate, user, password, realm)
+        return True
+
+    def check_basic(self, candidate: Candidate, user: str, password: str, realm: str) -> None:
+        """distribution 3.1+ answers a Basic challenge of CANDIDATE (a fleet's tier mirror, say) with the credentials
+        USER and PASSWORD: try them on /v2/ and say in the journal when they cannot work (no value, only where they
+        are set)."""
+        upstream, variables = candidate.url, self.variables(candidate)
+        if not user:
+            say(f"ERROR: upstream {upstream} requires credentials (Basic authentication, realm {realm!r}) and the "
+                f"mirror pulls from it anonymously: pulls of images that are not cached will fail; set {variables}")
+            return
+        request = urllib.request.Request(upstream + "/v2/")
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+        try:
+            self.fetch(request, self.settings.challenge_timeout)
+            say(f"upstream {upstream} accepts the account in {variables} (Basic authentication)")
+        except urllib.error.HTTPError as exc:
+            say(f"ERROR: upstream {upstream} refuses the account in {variables} (HTTP {exc.code} to Basic "
+                "authentication): pulls of images that are not cached will fail (clients see 'manifest unknown')")
+        except (OSError, ValueError) as exc:
+            say(f"upstream {upstream} did not answer the check of the account in {variables} ({exc})")
         except Stopping:
             return
 
@@ -682,18 +894,17 @@ class Supervisor:
         name = self.settings.name
         if self.settings.credentials or (name and name != PRIMARY_NAME):  # a further upstream, not Docker Hub
             return f"registry_mirror_upstreams[{name}].username/password"
+        if self.settings.fallbacks:  # an edge of a fleet: its upstream is its site's first tier
+            return "registry_mirror_tiers[0].username/password"
         return "registry_mirror_dockerhub_username/token"
 
     def start(self, local: bool, debug: bool = True) -> subprocess.Popen[bytes]:
         """The registry, in pull-through mode or read-only without the proxy; without its debug (metrics) listener
         when DEBUG is false: an older process that still drains keeps that port until it exits, and distribution
         exits when it cannot bind it."""
-        self.metrics.set(registry_mirror_read_only=float(local))
-        env = dict(os.environ)
-        if local:
-            env.update(LOCAL_ENV)
-            for name in CREDENTIAL_ENV:
-                env.pop(name, None)
+        self.metrics.set(registry_mirror_read_only=float(local),
+                         registry_mirror_upstream_index=-1.0 if local else float(self.active))
+        env = self.registry_environment(local)
         if not debug:
             env["REGISTRY_HTTP_DEBUG_ADDR"] = ""
         command = [self.settings.binary, "serve", self.settings.config]
@@ -702,6 +913,27 @@ class Supervisor:
         fd = self.socket.fileno()
         return subprocess.Popen(["/bin/sh", "-c", LAUNCHER, "registry-launch", str(fd), *command], env=env,
                                 pass_fds=(fd,))
+
+    def registry_environment(self, local: bool) -> dict[str, str]:
+        """The registry's environment: the supervisor's; read-only (LOCAL) without the proxy and any credentials;
+        through a fallback with its URL (REGISTRY_PROXY_REMOTEURL) and its credentials only. With fallbacks, the
+        registry never sees their prefixed variables: only the REGISTRY_PROXY_* of the upstream it pulls through."""
+        env = dict(os.environ)
+        if len(self.candidates) > 1:
+            env = {name: value for name, value in env.items() if not MIRROR_CREDENTIAL_ENV.fullmatch(name)}
+        if local:
+            env.update(LOCAL_ENV)
+            for name in CREDENTIAL_ENV:
+                env.pop(name, None)
+        elif self.active:
+            candidate = self.candidates[self.active]
+            for name in CREDENTIAL_ENV:
+                env.pop(name, None)
+            env["REGISTRY_PROXY_REMOTEURL"] = candidate.url
+            user, password = self.account(candidate)
+            if user:
+                env.update(zip(CREDENTIAL_ENV, (user, password)))
+        return env
 
     def open_socket(self) -> bool:
         """Listen on the mirror's address for the registries (settings.listen); False (said) when that fails."""
@@ -725,8 +957,9 @@ class Supervisor:
         return True
 
     def replace(self, child: subprocess.Popen[bytes], local: bool, grace: float) -> subprocess.Popen[bytes]:
-        """Stop CHILD and start the registry in the other mode once CHILD has exited or GRACE seconds have passed
-        (it lets go of the port at once; a CHILD still draining requests stays in self.draining)."""
+        """Stop CHILD and start the registry read-only (LOCAL) or through the active upstream once CHILD has exited or
+        GRACE seconds have passed (it lets go of the port at once; a CHILD still draining requests stays in
+        self.draining)."""
         stop(child)
         try:
             child.wait(timeout=grace)
@@ -754,7 +987,7 @@ class Supervisor:
                     status = self.after_exit(self.child.returncode)
                     if status is not None:
                         return status
-                elif (self.settings.offline_fallback or self.floor_mb) and time.monotonic() >= self.next_probe:
+                elif (self.probing or self.floor_mb) and time.monotonic() >= self.next_probe:
                     self.probe()
                 if not self.stopping:
                     self.tend_cache()
@@ -784,73 +1017,160 @@ class Supervisor:
 
     def begin(self) -> None:
         """Most starts find the upstream answering: start in pull-through mode at once and probe meanwhile, so that
-        VMs do not wait for the probe as well as for the registry's own start. Below the free-space floor, start
-        read-only at once."""
+        VMs do not wait for the probe as well as for the registry's own start; when it does not answer, the first
+        fallback that does, else read-only. Below the free-space floor, start read-only at once."""
         if self.settings.min_free_mb and not self.floor_mb:
             say(f"min_free_mb is {self.settings.min_free_mb} but no storage directory is set (storage, {STORAGE_ENV}): "
                 "free space is not checked")
         if (self.settings.budget_mb or self.settings.budget_percent) and not self.storage:
             say(f"a disk budget is set but no storage directory (storage, {STORAGE_ENV}): the cache is not collected")
+        for fallback in self.settings.fallbacks:
+            names = [f"{fallback.credentials}_{part}" for part in ("USERNAME", "PASSWORD")] if fallback.credentials \
+                else []
+            unset = [name for name in names if not os.environ.get(name)]
+            if unset:
+                say(f"{' and '.join(unset)} not set in the environment: pulling from {fallback.url} anonymously")
         if self.check_space():
             self.local = self.held_for_space = True
             self.child = self.start(local=True)
         else:
             self.child = self.start(local=False)
-        if self.settings.offline_fallback and not self.local:
-            reachable, why = self.upstream_answers(self.settings.start_probe_timeout)
-            if not reachable and not self.stopping:
-                say(f"upstream {self.upstream} unreachable ({why}): serving the cache read-only without the proxy")
-                self.local = True
-                # It was starting, not serving: wait for it.
-                self.child = self.replace(self.child, self.local, self.settings.start_grace)
+            if self.probing:
+                self.start_probe(self.child)
         if not self.local and not self.stopping:
             self.check_token_service()
         self.next_probe = time.monotonic() + self.settings.probe_interval
 
+    def start_probe(self, child: subprocess.Popen[bytes]) -> None:
+        """Probe the upstream while CHILD, the registry pulling through it, starts; when it does not answer, replace
+        CHILD with one pulling through the first fallback that does, else with a read-only one."""
+        timeout = self.settings.start_probe_timeout
+        reachable, why = self.upstream_answers(timeout)
+        if reachable or self.stopping:
+            return
+        index, _answer, failed = self.first_answering(range(1, len(self.candidates)), timeout)
+        if self.stopping:
+            return
+        failed = [(self.candidates[0].url, why), *failed]
+        if index is not None:
+            say(f"{unreachable(failed)}: pulling through {self.candidates[index].url}")
+            self.active = index
+        elif self.settings.offline_fallback:
+            say(f"{unreachable(failed)}: serving the cache read-only without the proxy")
+            self.local = True
+        else:  # no read-only mode: distribution exits if it cannot reach the upstream either
+            say(f"{unreachable(failed)}: no upstream answers, pulling through {self.candidates[0].url}")
+            return
+        self.child = self.replace(child, self.local, self.settings.start_grace)  # it was starting: wait for it
+
+    def first_answering(self, indices: typing.Iterable[int], timeout: float | None = None) \
+            -> tuple[int | None, str, list[tuple[str, str]]]:
+        """Probe the candidates INDICES in order: the first that answers (None: none, or SIGTERM) and its answer, and
+        the URL and error of each that did not before it."""
+        failed: list[tuple[str, str]] = []
+        for index in indices:
+            reachable, why = self.upstream_answers(timeout, index)
+            if self.stopping:
+                break
+            if reachable:
+                return index, why, failed
+            failed.append((self.candidates[index].url, why))
+        return None, "", failed
+
     def after_exit(self, status: int) -> int | None:
-        """The registry exited with STATUS: serve the cache read-only if the upstream is why, else the supervisor's
-        exit status (systemd restarts the unit); None when it goes on."""
-        if self.settings.offline_fallback and not self.local:
+        """The registry exited with STATUS: pull through the next upstream that answers, or serve the cache read-only,
+        if the upstream is why; else the supervisor's exit status (systemd restarts the unit); None when it goes
+        on."""
+        if self.probing and not self.local:
             reachable, why = self.upstream_answers()
             if self.stopping:
                 return 0
             if not reachable:
-                say(f"registry exited and upstream {self.upstream} is unreachable ({why}): serving the cache read-only")
-                self.local, self.failures = True, 0
-                self.child = self.start(self.local, debug=not self.draining)
-                return None
+                others = [index for index in range(len(self.candidates)) if index != self.active]
+                index, _answer, failed = self.first_answering(others)
+                if self.stopping:
+                    return 0
+                away = f"registry exited and upstream {self.candidates[self.active].url} is unreachable ({why})" \
+                    + "".join(f", {url} unreachable ({reason})" for url, reason in failed)
+                if index is not None:
+                    say(f"{away}: pulling through {self.candidates[index].url}")
+                    self.active, self.failures = index, 0
+                    self.child = self.start(self.local, debug=not self.draining)
+                    self.check_token_service()  # nothing serves until the new registry does: start it first
+                    return None
+                if self.settings.offline_fallback:
+                    say(f"{away}: serving the cache read-only")
+                    self.local, self.failures = True, 0
+                    self.child = self.start(self.local, debug=not self.draining)
+                    return None
         say(f"registry exited with status {status}")
         return status or 1
 
     def probe(self) -> None:
-        """Check the free space and probe the upstream; switch to read-only below the free-space floor or after a
-        confirmed upstream failure, and back when there is space again and the upstream answers."""
+        """Check the free space and probe the upstreams; switch to read-only below the free-space floor or when no
+        upstream answers (a failure of the active one confirmed), to the next upstream that answers after a confirmed
+        failure of the active one, to a preferred one as soon as it answers, and from read-only to the first that
+        answers when there is space."""
         settings = self.settings
         self.next_probe = time.monotonic() + settings.probe_interval
         was_low = self.low_space
         if self.check_space() and not self.local:
             self.held_for_space = True
-            self.switch()
+            self.switch(local=True)
             return
-        reachable, why = self.upstream_answers() if settings.offline_fallback else (True, "")
+        if self.local:
+            found = self.first_answering(range(len(self.candidates))) if self.probing else (0, "", [])
+            if not self.stopping and self.may_leave_read_only(*found, space_back=was_low and not self.low_space):
+                assert found[0] is not None
+                self.take(found[0])
+        elif self.probing and not self.back_to_preferred() and not self.stopping:
+            self.probe_active()
+
+    def back_to_preferred(self) -> bool:
+        """Whether an upstream before the one pulled through answers (taken, and said)."""
+        index, why, _failed = self.first_answering(range(self.active))
+        if index is None or self.stopping:
+            return False
+        say(f"upstream {self.candidates[index].url} answers again ({why}): pulling through it instead of "
+            f"{self.candidates[self.active].url}")
+        self.take(index)
+        return True
+
+    def probe_active(self) -> None:
+        """Probe the upstream pulled through; after a confirmed failure, pull through the next that answers, else
+        serve read-only."""
+        settings = self.settings
+        leaving = self.candidates[self.active].url
+        reachable, why = self.upstream_answers()
         if self.stopping:
             return
         self.failures = 0 if reachable else self.failures + 1
-        if self.failures and not self.local:
+        if self.failures:
             self.next_probe = time.monotonic() + min(settings.confirm_after, settings.probe_interval)
-        if self.local:
-            if not self.may_leave_read_only(reachable, why, space_back=was_low and not self.low_space):
-                return
-            self.check_token_service()
-        elif self.failures >= settings.failures_before_fallback:
-            say(f"upstream {self.upstream} unreachable ({why}): serving the cache read-only without the proxy")
-        else:
+        if self.failures < settings.failures_before_fallback:
             return
-        self.switch()
+        index, _answer, failed = self.first_answering(range(self.active + 1, len(self.candidates)))
+        if self.stopping:
+            return
+        failed = [(leaving, why), *failed]
+        if index is not None:
+            say(f"{unreachable(failed)}: pulling through {self.candidates[index].url}")
+            self.take(index)
+        elif settings.offline_fallback:
+            say(f"{unreachable(failed)}: serving the cache read-only without the proxy")
+            self.switch(local=True)
+        elif self.failures == settings.failures_before_fallback:  # no read-only mode: keep it, say so once
+            say(f"{unreachable(failed)}: no upstream answers, still pulling through {leaving}")
 
-    def switch(self) -> None:
-        """Replace the registry with one in the other mode."""
-        self.local = not self.local
+    def take(self, index: int) -> None:
+        """Pull through candidate INDEX instead of the active one (its token service checked first)."""
+        self.active = index
+        self.check_token_service()
+        self.switch(local=False)
+
+    def switch(self, local: bool) -> None:
+        """Replace the registry with one read-only (LOCAL) or pulling through the active upstream."""
+        self.local = local
         self.failures = 0
         self.next_probe = time.monotonic() + self.settings.probe_interval
         if self.child is not None:
@@ -880,26 +1200,29 @@ class Supervisor:
             self.low_space = False
         return self.low_space
 
-    def may_leave_read_only(self, reachable: bool, why: str, space_back: bool) -> bool:
-        """Whether to return to pull-through mode (said in the journal): the upstream answers and, with a floor,
-        there is space. SPACE_BACK: free space rose above floor plus margin at this tick."""
+    def may_leave_read_only(self, index: int | None, why: str, failed: list[tuple[str, str]],
+                            space_back: bool) -> bool:
+        """Whether to return to pull-through mode (said in the journal): candidate INDEX answers (WHY; None: none
+        does, FAILED says why) and, with a floor, there is space. SPACE_BACK: free space rose above floor plus margin
+        at this tick."""
         space = f"{self.free_mb} MiB free on {self.storage} again (floor {self.floor_mb} MiB)"
+        url = self.candidates[index].url if index is not None else ""
         if self.low_space:
-            if reachable and not self.held_for_space:
-                say(f"upstream {self.upstream} answers again ({why}), but only {self.free_mb} MiB are free on "
+            if index is not None and not self.held_for_space:
+                say(f"upstream {url} answers again ({why}), but only {self.free_mb} MiB are free on "
                     f"{self.storage} (more than {self.resume_mb} MiB needed): still serving the cache read-only")
-            self.held_for_space = reachable
+            self.held_for_space = index is not None
             return False
-        if not reachable:
+        if index is None:
             if space_back:
-                say(f"{space}, but upstream {self.upstream} is unreachable ({why}): still serving the cache read-only")
+                say(f"{space}, but {unreachable(failed, 'is ')}: still serving the cache read-only")
             self.held_for_space = False
             return False
         if self.held_for_space or space_back:
-            answers = f" and upstream {self.upstream} answers ({why})" if self.settings.offline_fallback else ""
+            answers = f" and upstream {url} answers ({why})" if self.probing else ""
             say(f"{space}{answers}: back to pull-through mode")
         else:
-            say(f"upstream {self.upstream} answers again ({why}): back to pull-through mode")
+            say(f"upstream {url} answers again ({why}): back to pull-through mode")
         self.held_for_space = False
         return True
 
@@ -1002,6 +1325,13 @@ class Supervisor:
                 proc.kill()
 
 
+def unreachable(failed: list[tuple[str, str]], verb: str = "") -> str:
+    """The journal's words for the upstreams FAILED (URL and error each, in the order tried) that did not answer."""
+    first, *others = failed
+    return f"upstream {first[0]} {verb}unreachable ({first[1]})" + "".join(
+        f", {url} {verb}unreachable ({why})" for url, why in others)
+
+
 def stop(child: subprocess.Popen[bytes]) -> None:
     """Ask CHILD to stop: it closes its listener at once and drains in-flight requests."""
     if child.poll() is None:
@@ -1013,10 +1343,15 @@ def stop(child: subprocess.Popen[bytes]) -> None:
 def child_environment(parent: Mapping[str, str], settings: Settings, primary: bool) -> tuple[dict[str, str], str]:
     """The environment of a child supervisor in group mode, and what to say about its credentials ("": nothing). The
     PRIMARY's is PARENT's without the other mirrors' credentials; another's has none of PARENT's REGISTRY_* variables
-    (the unit's credentials and overrides are the primary's), but its own credentials when its settings name them."""
+    (the unit's credentials and overrides are the primary's), but its own credentials when its settings name them.
+    Each gets the PREFIX_USERNAME / PREFIX_PASSWORD its fallbacks name as they are (its supervisor hands them to its
+    registry while it pulls through that fallback)."""
+    fallbacks = {f"{fallback.credentials}_{part}" for fallback in settings.fallbacks if fallback.credentials
+                 for part in ("USERNAME", "PASSWORD")}
     if primary:
-        return {name: value for name, value in parent.items() if not MIRROR_CREDENTIAL_ENV.fullmatch(name)}, ""
-    env = {name: value for name, value in parent.items() if not name.startswith("REGISTRY_")}
+        return {name: value for name, value in parent.items()
+                if not MIRROR_CREDENTIAL_ENV.fullmatch(name) or name in fallbacks}, ""
+    env = {name: value for name, value in parent.items() if not name.startswith("REGISTRY_") or name in fallbacks}
     if not settings.credentials:
         return env, ""
     names = [f"{settings.credentials}_{part}" for part in ("USERNAME", "PASSWORD")]

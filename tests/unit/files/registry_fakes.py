@@ -8,11 +8,13 @@ and a storage directory whose free space the test sets (FakeDisk). A supervisor 
 (SupervisorRun), or in group mode with several (Mirror, GroupRun)."""
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -41,6 +43,10 @@ FAST = {
 }
 # The supervisor's own requests (urllib's default agent); the fake registry's carry "fake-registry".
 PROBE_AGENT = "Python-urllib"
+# How long a program just started (a supervisor, a group and its children) may take to have its registries listening:
+# a guard against a hang, not a figure under test. On a busy 2-core machine, starting Python and importing the
+# supervisor took 1.9 s, a fake registry's start 1.5 s more, and a group's first line came 4.5 s after its start.
+STARTUP = 15.0
 T = TypeVar("T")
 
 
@@ -81,14 +87,19 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float) -> T:
 class FakeUpstream:
     """A registry's /v2/ and a token service at /token on one loopback port.
 
-    mode: "up" (answers: 200, or 401 with CHALLENGE), "down" (nothing listens: connections are refused), "hang"
-    (accepts and never answers until closed), "reset" (closes each connection without an answer), "fail_once"
-    (resets the supervisor's next request, then is up again)."""
+    mode: "up" (answers: 200, or 401 with CHALLENGE), "down" (nothing listens: connections are refused, a request
+    in flight is closed without an answer), "hang" (accepts and never answers until closed), "reset" (closes each
+    connection without an answer), "fail_once" (resets the supervisor's next request, then is up again).
 
-    def __init__(self, challenge: str | None = None) -> None:
+    With a CHALLENGE, /v2/ answers 200 to a request whose Authorization is one of the accounts (a Basic challenge's
+    htpasswd, as a fleet's tier mirror); with TLS (a server context), it speaks HTTPS."""
+
+    def __init__(self, challenge: str | None = None, tls: ssl.SSLContext | None = None) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.challenge = challenge
+        self.accounts: set[str] = set()
         self.token_status = 200
         self.mode = "up"
         self.requests: list[dict[str, Any]] = []
@@ -110,17 +121,27 @@ class FakeUpstream:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self.server.daemon_threads = True
+        if self.tls is not None:  # each connection's handshake in its own thread, at its first read
+            self.server.socket = self.tls.wrap_socket(self.server.socket, server_side=True,
+                                                      do_handshake_on_connect=False)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def set(self, mode: str) -> None:
-        """Switch to MODE."""
+    def set(self, mode: str) -> float:
+        """Switch to MODE; when (time.time()): every request recorded from then on is answered in MODE (each request
+        takes its mode and its record at once)."""
         if mode == "down" and self.server is not None:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
         elif mode != "down" and self.server is None:
             self.listen()
-        self.mode = mode
+        with self.lock:
+            self.mode = mode
+            return time.time()
+
+    def accept(self, user: str, password: str) -> None:
+        """Answer 200 to /v2/ requests with USER and PASSWORD in Basic authentication."""
+        self.accounts.add("Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
 
     def close(self) -> None:
         """Release hanging requests and stop serving."""
@@ -141,23 +162,23 @@ class FakeUpstream:
     def handle(self, request: BaseHTTPRequestHandler) -> None:
         """Answer REQUEST as the mode says."""
         agent = request.headers.get("User-Agent", "")
-        with self.lock:
+        auth = request.headers.get("Authorization")
+        with self.lock:  # the mode it is answered in is the one recorded, whatever set() does meanwhile
+            mode = self.mode
+            if mode == "fail_once" and agent.startswith(PROBE_AGENT):
+                self.mode, mode = "up", "reset"
             self.requests.append({"t": time.time(), "path": request.path, "agent": agent,
-                                  "auth": request.headers.get("Authorization"), "mode": self.mode})
-        mode = self.mode
-        if mode == "fail_once" and agent.startswith(PROBE_AGENT):
-            self.mode = "up"
-            mode = "reset"
+                                  "auth": request.headers.get("Authorization"), "mode": mode})
         if mode == "hang":
             self.released.wait(30)
             return
-        if mode == "reset":
+        if mode in ("reset", "down"):  # "down": it went away while this request was in flight
             request.close_connection = True
             return
         headers: dict[str, str] = {}
         if request.path.startswith("/token"):
             status, body = self.token_status, json.dumps({"token": "t", "access_token": "t"})
-        elif self.challenge is None:
+        elif self.challenge is None or auth in self.accounts:
             status, body = 200, "{}"
         else:
             status, body, headers = 401, "{}", {"WWW-Authenticate": self.challenge}
@@ -341,7 +362,7 @@ class RegistryLog:
         found = self.events(event, pid)
         return found[0] if found else None
 
-    def serving(self, count: int = 1, timeout: float = 5) -> dict[str, Any]:
+    def serving(self, count: int = 1, timeout: float = STARTUP) -> dict[str, Any]:
         """The start record of the COUNT-th registry, once it listens."""
         def listening() -> dict[str, Any] | None:
             starts = self.starts()

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from registry_fakes import (
     FAST,
+    STARTUP,
     FakeUpstream,
     GroupRun,
     Mirror,
@@ -39,6 +40,8 @@ SECRETS = {
 }
 GHCR = "REGISTRY_MIRROR_GHCR"
 RESTARTING = "the mirror's supervisor exited with status 1; restarting in"
+# The first restart's delay (registry-supervisor's BACKOFF_MIN), after which a mirror's supervisor starts as at first.
+FIRST_BACKOFF = 2
 
 
 @pytest.fixture(name="upstream")
@@ -133,11 +136,11 @@ def test_a_mirror_that_cannot_start_is_restarted_with_back_off_and_never_stops_t
         taken.listen()
         run = supervise(groups, [hub, ghcr])
         serving = hub.serving()
-        first = wait_for("ghcr's first exit", lambda: run.said(f"[ghcr] {PROG}{RESTARTING} 2 s"), 5)
+        first = wait_for("ghcr's first exit", lambda: run.said(f"[ghcr] {PROG}{RESTARTING} 2 s"), STARTUP)
         assert ghcr.events("bind-failed")
-        retried = wait_for("ghcr's second start", lambda: ghcr.starts()[1:], 2 * FAST["start_grace"] + 2)[0]
+        retried = wait_for("ghcr's second start", lambda: ghcr.starts()[1:], FIRST_BACKOFF + STARTUP)[0]
         assert retried["t"] - first >= 1.9, (retried["t"], first)  # the back-off
-        wait_for("ghcr's second exit", lambda: run.said(f"[ghcr] {PROG}{RESTARTING} 4 s"), 5)  # doubled
+        wait_for("ghcr's second exit", lambda: run.said(f"[ghcr] {PROG}{RESTARTING} 4 s"), STARTUP)  # doubled
         assert len(ghcr.events("bind-failed")) == 2
         # The primary served all along: never stopped, never restarted; nor was the group.
         assert hub.starts() == [serving] and hub.first("signal", serving["pid"]) is None
@@ -156,7 +159,7 @@ def test_a_mirror_whose_supervisor_dies_is_restarted_without_what_it_left_runnin
     wait_for("the restart", lambda: run.said(f"[ghcr] {PROG}the mirror's supervisor exited with status -9; "
                                              "restarting in 2 s"), 5)
     assert not alive(orphan["pid"])
-    again = ghcr.serving(count=2, timeout=2 + 2 * FAST["start_grace"])
+    again = ghcr.serving(count=2, timeout=FIRST_BACKOFF + STARTUP)
     assert ghcr.first("bind-failed", again["pid"]) is None
     assert hub.starts() == [serving] and hub.first("signal", serving["pid"]) is None
 
@@ -218,7 +221,7 @@ def test_sigterm_during_a_back_off_stops_at_once(
         taken.listen()
         run = supervise(groups, [hub, ghcr])
         serving = hub.serving()
-        wait_for("ghcr's back-off", lambda: run.said(f"[ghcr] {PROG}{RESTARTING} 2 s"), 5)
+        wait_for("ghcr's back-off", lambda: run.said(f"[ghcr] {PROG}{RESTARTING} 2 s"), STARTUP)
         stopped = time.monotonic()
         assert run.stop() == 0
         assert time.monotonic() - stopped < 1
@@ -249,7 +252,7 @@ def test_sigusr1_while_the_mirrors_start_ends_none_of_them(
     """SIGUSR1's default action ends a process: a child gets it only once it handles it."""
     mirrors = [Mirror(tmp_path / name, upstream, name=name) for name in ("docker-hub", "ghcr")]
     run = supervise(groups, mirrors)
-    wait_for("the group's handlers", lambda: run.lines, 5)  # its first line: it handles SIGUSR1 from now on
+    wait_for("the group's handlers", lambda: run.lines, STARTUP)  # its first line: it handles SIGUSR1 from now on
     until = time.monotonic() + 1
     while time.monotonic() < until:
         run.proc.send_signal(signal.SIGUSR1)

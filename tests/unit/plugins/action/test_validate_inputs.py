@@ -223,6 +223,104 @@ def test_the_host_checks_check_each_upstreams_storage() -> None:
     assert UP_PASSWORD not in json.dumps(taken) + json.dumps(fine)
 
 
+# ---- the fleet: registry_mirror_tiers, registry_mirror_tier_users -------------------------------------------------
+
+TIER_LOGIN = "edge-login-K4WQ"
+TIER_PASSWORD = "tier_PASSW0RD_S3CRET"
+TU_PASSWORD = "tu pa55 'S3CRET' word"
+TIER_MODE = {"registry_mirror_mode": "tier", "registry_mirror_bind_address": "10.20.0.5"}
+TIERS_NORMALISED = [
+    {"url": "https://tier1.site.test:5000", "index": 1, "credentials": True, "credentials_env": "REGISTRY_MIRROR_TIER1"},
+    {"url": "https://tier2.site.test", "index": 2, "credentials": False, "credentials_env": "REGISTRY_MIRROR_TIER2"}]
+
+
+def test_tiers_are_returned_without_secrets() -> None:
+    result = run({"registry_mirror_tiers": [{"url": "https://Tier1.site.test:5000/", "username": TIER_LOGIN,
+                                             "password": Vaulted(TIER_PASSWORD)}, {"url": "https://tier2.site.test"}]})
+    assert not result.get("failed") and result["errors"] == []
+    assert result["tiers"] == TIERS_NORMALISED and result["tier_users"] == [] and result["upstreams"] == []
+    dumped = json.dumps(result)
+    assert TIER_LOGIN not in dumped and TIER_PASSWORD not in dumped
+
+
+def test_tier_users_are_returned_as_names() -> None:
+    result = run({**TIER_MODE, "registry_mirror_tier_users": [{"username": "edge", "password": Vaulted(TU_PASSWORD)},
+                                                              {"username": "ci", "password": TU_PASSWORD + "2"}]})
+    assert not result.get("failed") and result["errors"] == []
+    assert result["tier_users"] == ["edge", "ci"] and result["tiers"] == []
+    assert TU_PASSWORD not in json.dumps(result)
+
+
+def test_without_fleet_variables_the_lists_are_empty() -> None:
+    result = run({})
+    assert result["tiers"] == [] and result["tier_users"] == []
+
+
+def test_the_host_checks_return_the_tiers_too() -> None:
+    tiers = [{"url": "https://tier1.site.test:5000", "username": TIER_LOGIN, "password": TIER_PASSWORD},
+             {"url": "https://tier2.site.test"}]
+    result = run({"registry_mirror_tiers": tiers}, {"host_report": GOOD_HOST})
+    assert not result.get("failed") and result["tiers"] == TIERS_NORMALISED and result["tier_users"] == []
+    assert TIER_PASSWORD not in json.dumps(result) and TIER_LOGIN not in json.dumps(result)
+
+
+@pytest.mark.parametrize("password", [TIER_PASSWORD + "\n", TIER_PASSWORD + " x", '"' + TIER_PASSWORD, Vaulted(TIER_PASSWORD + "$"),
+                                      {"value": TIER_PASSWORD}, "", Vaulted(None), "{{ broken }}"])
+def test_a_tier_secret_never_reaches_the_result(password: t.Any) -> None:
+    result = run({"registry_mirror_tiers": [{"url": "https://tier1.site.test", "username": TIER_LOGIN, "password": password}]})
+    assert result["failed"] and "tiers" not in result
+    dumped = json.dumps(result)
+    assert TIER_LOGIN not in dumped and TIER_PASSWORD not in dumped and "broken" not in dumped and "Decryption" not in dumped
+    assert any(error.startswith("registry_mirror_tiers[0].") for error in result["errors"]), result["errors"]
+
+
+@pytest.mark.parametrize("password", [TU_PASSWORD + "\n", TU_PASSWORD * 4, Vaulted(TU_PASSWORD + "\t"), {"value": TU_PASSWORD},
+                                      Vaulted(None), "{{ broken }}"])
+def test_a_tier_users_password_never_reaches_the_result(password: t.Any) -> None:
+    result = run({**TIER_MODE, "registry_mirror_tier_users": [{"username": "edge", "password": password}]})
+    assert result["failed"] and "tier_users" not in result
+    dumped = json.dumps(result)
+    assert TU_PASSWORD not in dumped and "broken" not in dumped and "Decryption" not in dumped
+    assert any(error.startswith("registry_mirror_tier_users[edge].password ") for error in result["errors"]), result["errors"]
+
+
+@pytest.mark.parametrize("variables,errors", [
+    ({"registry_mirror_tiers": [{"url": "https://tier1.site.test", "username": TIER_LOGIN, "password": "{{ broken }}"}]},
+     ["registry_mirror_tiers[0].password could not be evaluated"]),
+    ({"registry_mirror_tiers": [{"url": "https://tier1.site.test"}, {"url": "{{ broken }}"}]},
+     ["registry_mirror_tiers[1].url could not be evaluated: 'broken' is undefined: {{ broken }}"]),
+    ({"registry_mirror_tiers": [{"url": "https://tier1.site.test", "username": "{{ broken }}", "password": TIER_PASSWORD}]},
+     ["registry_mirror_tiers[0].username could not be evaluated"]),
+    ({"registry_mirror_tiers": "{{ broken }}"}, ["registry_mirror_tiers could not be evaluated"]),
+    ({**TIER_MODE, "registry_mirror_tier_users": [{"username": "edge", "password": "{{ broken }}"}]},
+     ["registry_mirror_tier_users[edge].password could not be evaluated"]),
+    ({**TIER_MODE, "registry_mirror_tier_users": [{"username": "{{ broken }}", "password": TU_PASSWORD}]},
+     ["registry_mirror_tier_users[0].username could not be evaluated: 'broken' is undefined: {{ broken }}"]),
+    ({**TIER_MODE, "registry_mirror_tier_users": [{"username": "edge", "passwd": "{{ broken }}"}]},
+     ["registry_mirror_tier_users[edge].passwd could not be evaluated"]),
+    ({**TIER_MODE, "registry_mirror_tier_users": "{{ broken }}"}, ["registry_mirror_tier_users could not be evaluated"]),
+], ids=["tier password", "tier url", "tier user name", "the whole tier list", "tier user's password", "tier user's name",
+        "unknown key", "the whole user list"])
+def test_a_fleet_value_that_cannot_be_templated_is_named(variables: dict[str, t.Any], errors: list[str]) -> None:
+    result = run(variables)
+    assert result["failed"] and result["errors"] == errors
+    assert TIER_LOGIN not in json.dumps(result) and TIER_PASSWORD not in json.dumps(result) and TU_PASSWORD not in json.dumps(result)
+
+
+def test_fleet_problems_fail_with_every_one_named() -> None:
+    result = run({"registry_mirror_mode": "tier", "registry_mirror_tiers": [{"url": "https://tier1.site.test"}],
+                  "registry_mirror_tier_users": [{"username": "edge:1", "password": TU_PASSWORD}]})
+    assert result["failed"] and "tiers" not in result and "tier_users" not in result
+    assert result["errors"] == [
+        "registry_mirror_tier_users[0].username is 'edge:1', which contains ':': the htpasswd file separates the user name "
+        "from the password hash with it",
+        "registry_mirror_tiers is set, but registry_mirror_mode is tier: a tier pulls from Docker Hub itself (chained tiers are "
+        "not supported); it applies to edges only",
+        "registry_mirror_bind_address is 192.168.128.1, actuated's VM bridge, but registry_mirror_mode is tier: a tier listens "
+        "on the site's private network: name its address there"]
+    assert TU_PASSWORD not in json.dumps(result)
+
+
 # ---- Through the role, without a target ---------------------------------------------------------------------------
 
 # host name: (variables, variable the error names, problem); the variables are YAML (a vaulted value is added below).
@@ -279,14 +377,40 @@ E2E: dict[str, tuple[dict[str, t.Any], str, str]] = {
     "upstream-misspelt": ({"registry_mirror_upstreams": [{"name": "ghcr", "url": "https://ghcr.io", "port": 5010,
                                                           "username": "someone", "passwrod": "misspelt-S3CRET-key"}]},
                           "registry_mirror_upstreams.passwrod", "Supported parameters include"),
+    # The fleet: argument_specs accept these, then validate_inputs names the variable, the entry and the key ...
+    "tier-on-bridge": ({"registry_mirror_mode": "tier"}, "registry_mirror_bind_address",
+                       "a tier listens on the site's private network: name its address there"),
+    "tier-users-on-edge": ({"registry_mirror_tier_users": [{"username": "edge", "password": "tu-S3CRET-e2e"}]},
+                           "registry_mirror_tier_users", "is set, but registry_mirror_mode is edge: it applies to tiers only"),
+    "tiers-with-token": ({"registry_mirror_tiers": [{"url": "https://tier1.site.test"}], "registry_mirror_dockerhub_username": "someone",
+                          "registry_mirror_dockerhub_token": TOKEN}, "registry_mirror_dockerhub_username",
+                         "the Docker Hub token belongs on the tiers only"),
+    "tier-vaulted": ({}, "registry_mirror_tiers[0].password", "contains whitespace (its value is not shown)"),
+    "tier-user-vaulted": ({"registry_mirror_mode": "tier", "registry_mirror_bind_address": "10.20.0.5"},
+                          "registry_mirror_tier_users[edge].password", "is longer than 72 bytes (its value is not shown)"),
+    # ... and these ansible refuses itself.
+    "mode-unknown": ({"registry_mirror_mode": "hub"}, "registry_mirror_mode", "one of"),
+    "tier-no-url": ({"registry_mirror_tiers": [{"username": TIER_LOGIN, "password": "tier-S3CRET-nourl"}]}, "registry_mirror_tiers",
+                    "missing required arguments: url"),
+    "tier-user-no-password": ({"registry_mirror_mode": "tier", "registry_mirror_bind_address": "10.20.0.5",
+                               "registry_mirror_tier_users": [{"username": "edge"}]}, "registry_mirror_tier_users",
+                              "missing required arguments: password"),
+    "tier-misspelt": ({"registry_mirror_tiers": [{"url": "https://tier1.site.test", "username": TIER_LOGIN,
+                                                  "passwrod": "misspelt-S3CRET-tier"}]},
+                      "registry_mirror_tiers.passwrod", "Supported parameters include"),
 }
 VAULTED_TOKEN = TOKEN + " with a space"
 VAULTED_UP_PASSWORD = UP_PASSWORD + " with a space"
-SECRETS = (TOKEN, VAULTED_TOKEN, "someone", UP_USER, UP_PASSWORD, "misspelt-S3CRET-key")
+VAULTED_TIER_PASSWORD = TIER_PASSWORD + " with a space"
+VAULTED_TU_PASSWORD = "tu-S3CRET-" * 8  # 80 bytes
+SECRETS = (TOKEN, VAULTED_TOKEN, "someone", UP_USER, UP_PASSWORD, "misspelt-S3CRET-key", "tu-S3CRET-e2e", TIER_LOGIN, TIER_PASSWORD,
+           "tier-S3CRET-nourl", "misspelt-S3CRET-tier", "tu-S3CRET-")
 # The hosts whose role run must get past argument_specs and fail at validate_inputs (ok=1).
-PAST_ARGUMENT_SPECS = ("upstream-name", "upstreams-port", "upstream-storage", "upstream-vaulted")
+PAST_ARGUMENT_SPECS = ("upstream-name", "upstreams-port", "upstream-storage", "upstream-vaulted", "tier-on-bridge",
+                       "tier-users-on-edge", "tiers-with-token", "tier-vaulted", "tier-user-vaulted")
 # A valid list with a vaulted password, through the action alone: what the role's tasks get.
 UPSTREAMS_OK = {"name": "ghcr", "url": "https://GHCR.io/", "port": "5010", "username": UP_USER, "allow_http": "false"}
+TIERS_OK = {"url": "https://Tier1.site.test:5000/", "username": TIER_LOGIN}
 
 
 @pytest.fixture(scope="module")
@@ -315,15 +439,20 @@ def playbook_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, t.Any]:
         "children": {"role": {"hosts": hosts},
                      "direct": {"hosts": {"warn": {"registry_mirror_bind_adress": "192.168.128.1",
                                                    "registry_mirror_unknown_variables": "warn"},
-                                          "upstreams-ok": {}}}}}})
+                                          "upstreams-ok": {}, "tiers-ok": {}}}}}})
     # The vaulted token, as a user writes it in host_vars (next to the inventory).
     (tmp / "host_vars").mkdir()
     (tmp / "host_vars" / "token-vaulted.yml").write_text("registry_mirror_dockerhub_token: " + vaulted)
-    # Vaulted upstream passwords, inside an entry of the list.
-    for host, entry, password in (("upstream-vaulted", {"name": "ghcr", "url": "https://ghcr.io", "port": 5010, "username": UP_USER},
-                                   VAULTED_UP_PASSWORD), ("upstreams-ok", UPSTREAMS_OK, UP_PASSWORD)):
+    # Vaulted passwords, inside an entry of a list.
+    for host, variable, entry, password in (
+            ("upstream-vaulted", "registry_mirror_upstreams", {"name": "ghcr", "url": "https://ghcr.io", "port": 5010,
+                                                               "username": UP_USER}, VAULTED_UP_PASSWORD),
+            ("upstreams-ok", "registry_mirror_upstreams", UPSTREAMS_OK, UP_PASSWORD),
+            ("tier-vaulted", "registry_mirror_tiers", {"url": "https://tier1.site.test", "username": TIER_LOGIN}, VAULTED_TIER_PASSWORD),
+            ("tier-user-vaulted", "registry_mirror_tier_users", {"username": "edge"}, VAULTED_TU_PASSWORD),
+            ("tiers-ok", "registry_mirror_tiers", TIERS_OK, TIER_PASSWORD)):
         entry_yaml = "".join(f"    {key}: {json.dumps(value)}\n" for key, value in entry.items())
-        (tmp / "host_vars" / f"{host}.yml").write_text("registry_mirror_upstreams:\n  - password: " + vault(password) + entry_yaml)
+        (tmp / "host_vars" / f"{host}.yml").write_text(f"{variable}:\n  - password: " + vault(password) + entry_yaml)
     assert "$ANSIBLE_VAULT" in vaulted
     (tmp / "inventory.yml").write_text(inventory)
     (tmp / "playbook.yml").write_text(yaml.safe_dump([
@@ -377,6 +506,17 @@ def test_upstreams_through_ansible(playbook_run: dict[str, t.Any]) -> None:
     assert match, playbook_run["output"][-3000:]
     result = json.JSONDecoder().raw_decode(playbook_run["output"], match.end())[0]
     assert result["upstreams"] == [GHCR_NORMALISED]
+
+
+def test_tiers_through_ansible(playbook_run: dict[str, t.Any]) -> None:
+    """A real run with a vaulted tier password: the action returns the tiers without secrets."""
+    assert playbook_run["recap"]["tiers-ok"] == {**playbook_run["recap"]["tiers-ok"], "ok": 1, "failed": 0}
+    match = re.search(r"^ok: \[tiers-ok\] => ", playbook_run["output"], re.M)
+    assert match, playbook_run["output"][-3000:]
+    result = json.JSONDecoder().raw_decode(playbook_run["output"], match.end())[0]
+    assert result["tiers"] == [{"url": "https://tier1.site.test:5000", "index": 1, "credentials": True,
+                                "credentials_env": "REGISTRY_MIRROR_TIER1"}]
+    assert result["tier_users"] == [] and result["upstreams"] == []
 
 
 def test_no_secret_at_any_verbosity(playbook_run: dict[str, t.Any]) -> None:

@@ -385,7 +385,219 @@ UPSTREAM_BAD_INPUT: dict[str, tuple[dict[str, t.Any], str, str]] = {
                                                    f"{U}[quay].port", "is 5011, the same as registry_mirror_upstreams[ghcr].metrics_port"),
 }
 BAD_INPUT.update(UPSTREAM_BAD_INPUT)
-SECRETS = (TOKEN, USER, UP_USER, UP_PASSWORD)
+
+
+# ---- the fleet: registry_mirror_mode, tiers and edges ------------------------------------------------------------
+
+T, TU = "registry_mirror_tiers", "registry_mirror_tier_users"
+TIER_LOGIN = "edge-login-K4WQ"  # an edge's credentials on its tier: as secret as an upstream's
+TIER_PASSWORD = "tier_PASSW0RD_S3CRET"
+TU_PASSWORD = "tu pa55 'S3CRET' word"  # a tier's account: spaces and quotes are fine in an htpasswd file
+TIER = {"url": "https://tier1.site.test:5000"}
+TIER_CREDS = {"username": TIER_LOGIN, "password": TIER_PASSWORD}
+TIER_MODE = {"registry_mirror_mode": "tier", "registry_mirror_bind_address": "10.20.0.5"}
+EDGE_USER = {"username": "edge", "password": TU_PASSWORD}
+
+
+def tiers(*entries: t.Any, **overrides: t.Any) -> dict[str, t.Any]:
+    """The overrides that set registry_mirror_tiers to ENTRIES (an edge's)."""
+    return {T: list(entries), **overrides}
+
+
+def tier_users(*entries: t.Any, **overrides: t.Any) -> dict[str, t.Any]:
+    """The overrides of a tier whose registry_mirror_tier_users are ENTRIES."""
+    return {**TIER_MODE, TU: list(entries), **overrides}
+
+
+def on_tier(**overrides: t.Any) -> dict[str, t.Any]:
+    """The overrides of a tier with OVERRIDES (names with _ for registry_mirror_)."""
+    return {**TIER_MODE, **{"registry_mirror_" + name: value for name, value in overrides.items()}}
+
+
+FLEET_BAD_INPUT: dict[str, tuple[dict[str, t.Any], str, str]] = {
+    # --- the mode, and the variables of the other one
+    "unknown mode": ({"registry_mirror_mode": "hub"}, "registry_mirror_mode", "must be one of edge, tier"),
+    "mode in capitals": ({"registry_mirror_mode": "Tier"}, "registry_mirror_mode", "must be one of edge, tier"),
+    "tier on the firecracker bridge": ({"registry_mirror_mode": "tier"}, "registry_mirror_bind_address",
+                                       "is 192.168.128.1, actuated's VM bridge, but registry_mirror_mode is tier: a tier "
+                                       "listens on the site's private network: name its address there"),
+    "tier on the cloud-hypervisor bridge": ({"registry_mirror_mode": "tier", "registry_mirror_bind_address": "192.168.129.1"},
+                                            "registry_mirror_bind_address", "a tier listens on the site's private network"),
+    "tier on auto": ({"registry_mirror_mode": "tier", "registry_mirror_bind_address": "auto"}, "registry_mirror_bind_address",
+                     "is auto, which picks actuated's VM bridge, but registry_mirror_mode is tier"),
+    "tier on every interface": (on_tier(bind_address="0.0.0.0"), "registry_mirror_bind_address", "would expose the mirror"),
+    "tier users on an edge": ({TU: [EDGE_USER]}, TU, "is set, but registry_mirror_mode is edge: it applies to tiers only"),
+    "tier certificate on an edge": ({"registry_mirror_tier_tls_certificate": "/srv/tier/fullchain.pem",
+                                     "registry_mirror_tier_tls_key": "/srv/tier/key.pem"},
+                                    "registry_mirror_tier_tls_certificate", "it applies to tiers only"),
+    "tier key on an edge": ({"registry_mirror_tier_tls_key": "/srv/tier/key.pem"}, "registry_mirror_tier_tls_key",
+                            "it applies to tiers only"),
+    "tier names on an edge": ({"registry_mirror_tier_names": ["tier1.site.test"]}, "registry_mirror_tier_names",
+                              "it applies to tiers only"),
+    "tier names on an edge, as a string": ({"registry_mirror_tier_names": "tier1.site.test"}, "registry_mirror_tier_names",
+                                           "it applies to tiers only"),
+    "tiers on a tier": ({**TIER_MODE, T: [TIER]}, T,
+                        "is set, but registry_mirror_mode is tier: a tier pulls from Docker Hub itself (chained tiers are not supported)"),
+    "tier CA on a tier": (on_tier(tier_ca="/srv/fleet/ca.crt"), "registry_mirror_tier_ca", "chained tiers are not supported"),
+    # --- registry_mirror_tiers: shape
+    "tiers a dictionary": ({T: TIER}, T, "must be a list (got dict)"),
+    "tier a string": (tiers("https://tier1.site.test"), f"{T}[0]",
+                      "must be a dictionary with url and, optionally, username and password (got str)"),
+    "nine tiers": (tiers(*({"url": f"https://tier{n}.site.test"} for n in range(9))), T, "lists 9 tiers: at most 8"),
+    "tier without a url": (tiers(TIER_CREDS), f"{T}[0].url", "is missing: every tier needs url"),
+    "tier with an empty url": (tiers({"url": ""}), f"{T}[0].url", "is empty: every tier needs url"),
+    "tier with a misspelt key": (tiers({**TIER, "usrname": TIER_LOGIN, "password": TIER_PASSWORD}), f"{T}[0]",
+                                 "has the key 'usrname', which is not an option of a tier; did you mean username?"),
+    "tier with a token key": (tiers({**TIER, "username": TIER_LOGIN, "token": TIER_PASSWORD}), f"{T}[0]",
+                              "has the key 'token', which is not an option of a tier; did you mean password?"),
+    "tier with an upstream's key": (tiers({**TIER, "port": 5000}), f"{T}[0]", "not an option of a tier (url, username, password)"),
+    # --- url
+    "tier over http": (tiers({"url": "http://tier1.site.test:5000"}), f"{T}[0].url",
+                       "a plain http:// URL: the upstream must use https://, or set registry_mirror_upstream_allow_http: true"),
+    "tier with a path": (tiers({"url": "https://tier1.site.test/v2/"}), f"{T}[0].url", "with no path"),
+    "tier with a password in the url": (tiers({"url": f"https://{TIER_LOGIN}:{TIER_PASSWORD}@tier1.site.test"}), f"{T}[0].url",
+                                        "with a user name or password in it: the role does not put credentials in URLs (use "
+                                        "registry_mirror_tiers[0].username and registry_mirror_tiers[0].password)"),
+    "tier over ftp": (tiers({"url": "ftp://tier1.site.test"}), f"{T}[0].url", "the scheme ftp://"),
+    "tier without a scheme": (tiers({"url": "tier1.site.test:5000"}), f"{T}[0].url", "not a URL"),
+    "tier on port 70000": (tiers({"url": "https://tier1.site.test:70000"}), f"{T}[0].url", "between 1 and 65535"),
+    "tier with a query": (tiers({"url": "https://tier1.site.test?x=1"}), f"{T}[0].url", "query or fragment"),
+    "tier with a newline": (tiers({"url": "https://tier1.site.test\n  ttl: 0"}), f"{T}[0].url", "contains a newline"),
+    "tier url a list": (tiers({"url": ["https://tier1.site.test"]}), f"{T}[0].url", "must be a string (got a list)"),
+    "two tiers of one url": (tiers(TIER, {"url": "HTTPS://Tier1.Site.test:5000/"}), f"{T}[1].url",
+                             "is https://tier1.site.test:5000, the same as registry_mirror_tiers[0].url: every tier needs a url "
+                             "of its own"),
+    "tier is Docker Hub": (tiers({"url": "https://registry-1.docker.io/"}), f"{T}[0].url",
+                           "is https://registry-1.docker.io, the same as registry_mirror_upstream_url (Docker Hub)"),
+    "tier is an upstream": (tiers({"url": "https://GHCR.io"}, **ups(GHCR)), f"{T}[0].url",
+                            "is https://ghcr.io, the same as registry_mirror_upstreams[ghcr].url: a tier mirrors Docker Hub, "
+                            "not a further upstream"),
+    # --- credentials
+    "tier user name without password": (tiers({**TIER, "username": TIER_LOGIN}), f"{T}[0].password",
+                                        "is empty while registry_mirror_tiers[0].username is set: set both"),
+    "tier password without user name": (tiers({**TIER, "password": TIER_PASSWORD}), f"{T}[0].username",
+                                        "is empty while registry_mirror_tiers[0].password is set"),
+    "tier password with a newline": (tiers({**TIER, "username": TIER_LOGIN, "password": TIER_PASSWORD + "\nX=1"}),
+                                     f"{T}[0].password", "contains a newline (its value is not shown)"),
+    "tier password with a space": (tiers({**TIER, "username": TIER_LOGIN, "password": TIER_PASSWORD + " x"}), f"{T}[0].password",
+                                   "contains whitespace"),
+    "tier password with a quote": (tiers({**TIER, "username": TIER_LOGIN, "password": '"' + TIER_PASSWORD}), f"{T}[0].password",
+                                   "a quote, backslash, dollar sign or backtick"),
+    "tier password with an accent": (tiers({**TIER, "username": TIER_LOGIN, "password": TIER_PASSWORD + "\u00e9"}),
+                                     f"{T}[0].password", "a non-ASCII character"),
+    "tier password a dictionary": (tiers({**TIER, "username": TIER_LOGIN, "password": {"value": TIER_PASSWORD}}),
+                                   f"{T}[0].password", "must be a string (got a dictionary)"),
+    "tier login with @": (tiers({**TIER, "username": TIER_LOGIN + "@site", "password": TIER_PASSWORD}), f"{T}[0].username",
+                          "a character other than letters, digits"),
+    "tier login with a newline": (tiers({**TIER, "username": TIER_LOGIN + "\n", "password": TIER_PASSWORD}),
+                                  f"{T}[0].username", "contains a newline"),
+    "edge with tiers and a Docker Hub token": (tiers(TIER, registry_mirror_dockerhub_username=USER, registry_mirror_dockerhub_token=TOKEN),
+                                               "registry_mirror_dockerhub_username",
+                                               "and registry_mirror_dockerhub_token are set while registry_mirror_tiers names the "
+                                               "site's tiers: the Docker Hub token belongs on the tiers only: an edge pulls Docker "
+                                               "Hub directly only anonymously, when no tier answers"),
+    "edge with tiers and a broken token": (tiers(TIER, registry_mirror_dockerhub_token=TOKEN + "\n"), "registry_mirror_dockerhub_token",
+                                           "is set while registry_mirror_tiers names the site's tiers: the Docker Hub token belongs "
+                                           "on the tiers only"),
+    "upstream named as a tier's credentials": (tiers({**TIER, **TIER_CREDS}, **ups({**QUAY, "name": "tier1", **CREDS})),
+                                               f"{U}[tier1].name", "its credentials would use the environment variables "
+                                               "REGISTRY_MIRROR_TIER1_USERNAME and _PASSWORD, as registry_mirror_tiers[0]'s do"),
+    # --- registry_mirror_tier_ca, registry_mirror_fleet_ca_dir
+    "tier CA relative": (tiers(TIER, registry_mirror_tier_ca="fleet/ca.crt"), "registry_mirror_tier_ca", "a relative path"),
+    "tier CA is /etc": (tiers(TIER, registry_mirror_tier_ca="/etc"), "registry_mirror_tier_ca", "a system directory"),
+    "tier CA with a newline": ({"registry_mirror_tier_ca": "/srv/ca.crt\n"}, "registry_mirror_tier_ca", "contains a newline"),
+    "fleet CA dir is /": ({"registry_mirror_fleet_ca_dir": "/"}, "registry_mirror_fleet_ca_dir", "the root directory"),
+    "fleet CA dir is /etc": ({"registry_mirror_fleet_ca_dir": "/etc"}, "registry_mirror_fleet_ca_dir",
+                             "a system directory: choose a directory of its own, such as ~/.local/share/actuated.registry/fleet-ca"),
+    "fleet CA dir relative": ({"registry_mirror_fleet_ca_dir": "fleet-ca"}, "registry_mirror_fleet_ca_dir", "a relative path"),
+    "fleet CA dir is ~'s parent": ({"registry_mirror_fleet_ca_dir": "~/.."}, "registry_mirror_fleet_ca_dir", "not normalised"),
+    "fleet CA dir empty": ({"registry_mirror_fleet_ca_dir": ""}, "registry_mirror_fleet_ca_dir", "is empty"),
+    # --- registry_mirror_tier_users
+    "tier users a dictionary": ({**TIER_MODE, TU: EDGE_USER}, TU, "must be a list (got dict)"),
+    "tier user a string": (tier_users("edge"), f"{TU}[0]", "must be a dictionary with username and password (got str)"),
+    "101 tier users": (tier_users(*({"username": f"edge{n}", "password": TU_PASSWORD} for n in range(101))), TU,
+                       "lists 101 accounts: at most 100"),
+    "tier user without password": (tier_users({"username": "edge"}), f"{TU}[edge].password",
+                                   "is missing: every tier user needs username and password"),
+    "tier user without user name": (tier_users({"password": TU_PASSWORD}), f"{TU}[0].username", "is missing"),
+    "tier user with an empty password": (tier_users({"username": "edge", "password": ""}), f"{TU}[edge].password", "is empty"),
+    "tier user with an empty user name": (tier_users({"username": "", "password": TU_PASSWORD}), f"{TU}[0].username", "is empty"),
+    "tier user with a misspelt key": (tier_users({**EDGE_USER, "pasword": TU_PASSWORD}), f"{TU}[edge]",
+                                      "has the key 'pasword', which is not an option of a tier user; did you mean password?"),
+    "tier user with a name key": (tier_users({"name": "edge", "password": TU_PASSWORD}), f"{TU}[0]",
+                                  "has the key 'name', which is not an option of a tier user; did you mean username?"),
+    "tier user name with a colon": (tier_users({**EDGE_USER, "username": "edge:1"}), f"{TU}[0].username",
+                                    "is 'edge:1', which contains ':': the htpasswd file separates the user name"),
+    "tier user name with a space": (tier_users({**EDGE_USER, "username": "edge one"}), f"{TU}[0].username", "contains whitespace"),
+    "tier user name with a tab": (tier_users({**EDGE_USER, "username": "edge\t1"}), f"{TU}[0].username", "contains whitespace"),
+    "tier user name with a newline": (tier_users({**EDGE_USER, "username": "edge\nroot"}), f"{TU}[0].username",
+                                      "contains a newline"),
+    "tier user name with a control character": (tier_users({**EDGE_USER, "username": "edge\x07"}), f"{TU}[0].username",
+                                                "contains a control character"),
+    "tier user name of 65 characters": (tier_users({**EDGE_USER, "username": "e" * 65}), f"{TU}[0].username",
+                                        "65 characters long: a user name has at most 64"),
+    "tier user name a list": (tier_users({**EDGE_USER, "username": ["edge"]}), f"{TU}[0].username", "must be a string"),
+    "two tier users of one name": (tier_users(EDGE_USER, {"username": "edge", "password": "other"}), f"{TU}[1].username",
+                                   "is 'edge', the same as registry_mirror_tier_users[edge].username: every account needs a user "
+                                   "name of its own"),
+    "tier user password with a newline": (tier_users({**EDGE_USER, "password": TU_PASSWORD + "\n"}), f"{TU}[edge].password",
+                                          "contains a newline (its value is not shown)"),
+    "tier user password with a carriage return": (tier_users({**EDGE_USER, "password": "\r" + TU_PASSWORD}),
+                                                  f"{TU}[edge].password", "contains a newline"),
+    "tier user password with a tab": (tier_users({**EDGE_USER, "password": TU_PASSWORD + "\t"}), f"{TU}[edge].password",
+                                      "contains a control character (its value is not shown)"),
+    "tier user password with a DEL": (tier_users({**EDGE_USER, "password": TU_PASSWORD + "\x7f"}), f"{TU}[edge].password",
+                                      "contains a control character"),
+    "tier user password over 72 bytes": (tier_users({**EDGE_USER, "password": TU_PASSWORD * 4}), f"{TU}[edge].password",
+                                         "is longer than 72 bytes (its value is not shown): bcrypt, which hashes it for the "
+                                         "tier's htpasswd file, ignores every byte after the 72nd"),
+    "tier user password of 37 two-byte letters": (tier_users({**EDGE_USER, "password": "\u00e9" * 37}), f"{TU}[edge].password",
+                                                  "is longer than 72 bytes"),
+    "tier user password a dictionary": (tier_users({**EDGE_USER, "password": {"value": TU_PASSWORD}}), f"{TU}[edge].password",
+                                        "must be a string (got a dictionary)"),
+    # --- the tier's certificate
+    "tier certificate without its key": (on_tier(tier_tls_certificate="/srv/tier/fullchain.pem"), "registry_mirror_tier_tls_key",
+                                         "is empty while registry_mirror_tier_tls_certificate is set: give both"),
+    "tier key without its certificate": (on_tier(tier_tls_key="/srv/tier/key.pem"), "registry_mirror_tier_tls_certificate",
+                                         "is empty while registry_mirror_tier_tls_key is set"),
+    "tier certificate relative": (on_tier(tier_tls_certificate="tier.pem", tier_tls_key="/srv/tier/key.pem"),
+                                  "registry_mirror_tier_tls_certificate", "a relative path"),
+    "tier key with a newline": (on_tier(tier_tls_certificate="/srv/tier.pem", tier_tls_key="/srv/tier.key\nx"),
+                                "registry_mirror_tier_tls_key", "contains a newline"),
+    "tier key is /root": (on_tier(tier_tls_certificate="/srv/tier.pem", tier_tls_key="/root"), "registry_mirror_tier_tls_key",
+                          "a system directory"),
+    # --- registry_mirror_tier_names
+    "tier names a dictionary": (on_tier(tier_names={"a": "tier1.site.test"}), "registry_mirror_tier_names", "must be a list"),
+    "tier name a wildcard": (on_tier(tier_names=["*.site.test"]), "registry_mirror_tier_names",
+                             "lists '*.site.test', a wildcard: the fleet CA names each host"),
+    "tier name with a trailing dot": (on_tier(tier_names=["tier1.site.test."]), "registry_mirror_tier_names",
+                                      "with a trailing dot: write 'tier1.site.test'"),
+    "tier name an IPv6 address in brackets": (on_tier(tier_names=["[fd00::5]"]), "registry_mirror_tier_names",
+                                              "an IPv6 address in brackets: write it without them (fd00::5)"),
+    "tier name with an underscore": (on_tier(tier_names=["tier_1.site.test"]), "registry_mirror_tier_names",
+                                     "which is neither a DNS name"),
+    "tier name starting with -": (on_tier(tier_names=["-tier.site.test"]), "registry_mirror_tier_names", "neither a DNS name"),
+    "tier name with a label of 64": (on_tier(tier_names=["t" * 64 + ".site.test"]), "registry_mirror_tier_names",
+                                     "neither a DNS name"),
+    "tier name a broken IPv4": (on_tier(tier_names=["10.20.0.256"]), "registry_mirror_tier_names", "nor an IP address"),
+    "tier name with a port": (on_tier(tier_names=["tier1.site.test:5000"]), "registry_mirror_tier_names", "nor an IP address"),
+    "tier name a URL": (on_tier(tier_names=["https://tier1.site.test"]), "registry_mirror_tier_names", "nor an IP address"),
+    "tier name a number": (on_tier(tier_names=[10]), "registry_mirror_tier_names", "lists 10, which is not a string (got int)"),
+    "tier names twice": (on_tier(tier_names=["tier1.site.test", "TIER1.site.test"]), "registry_mirror_tier_names",
+                         "lists 'TIER1.site.test', the same name as 'tier1.site.test': give each name once"),
+    "tier addresses twice": (on_tier(tier_names=["fd00::5", "fd00:0:0::5"]), "registry_mirror_tier_names",
+                             "the same name as 'fd00::5'"),
+    # --- unknown variables
+    "misspelt tier users": ({"registry_mirror_tier_user": []}, "registry_mirror_tier_user",
+                            "did you mean registry_mirror_tier_users?"),
+    "misspelt tiers": ({"registry_mirror_teirs": []}, "registry_mirror_teirs", "did you mean registry_mirror_tiers?"),
+    "tier certificate cut short": ({"registry_mirror_tier_tls_cert": "/srv/tier.pem"}, "registry_mirror_tier_tls_cert",
+                                   "did you mean registry_mirror_tier_tls_certificate?"),
+    "fleet CA cut short": ({"registry_mirror_fleet_ca": "/srv/ca"}, "registry_mirror_fleet_ca",
+                           "did you mean registry_mirror_fleet_ca_dir?"),
+}
+BAD_INPUT.update(FLEET_BAD_INPUT)
+SECRETS = (TOKEN, USER, UP_USER, UP_PASSWORD, TIER_LOGIN, TIER_PASSWORD, TU_PASSWORD)
 
 
 def test_the_defaults_pass() -> None:
@@ -432,7 +644,9 @@ def test_bad_input_names_the_variable_and_the_problem(case: str) -> None:
     for error in errors:
         first = error.split(" ", 1)[0]
         # An upstream's problem names the entry (by name, or by index without a valid one of its own) and the key.
-        assert first in known or re.fullmatch(r"registry_mirror_upstreams\[([a-z][a-z0-9-]*|[0-9]+)\](\.[a-z_]+)?", first), (
+        # A tier's by index, a tier user's by user name or index.
+        assert first in known or re.fullmatch(r"registry_mirror_upstreams\[([a-z][a-z0-9-]*|[0-9]+)\](\.[a-z_]+)?", first) or (
+            re.fullmatch(r"registry_mirror_(tiers\[[0-9]+\]|tier_users\[[A-Za-z0-9._@+-]+\])(\.[a-z_]+)?", first)), (
             f"an error that does not start with a variable's name: {error}")
 
 
@@ -640,6 +854,139 @@ def test_every_variable_has_a_bad_input_case() -> None:
 def test_the_defaults_file_and_the_spec_agree() -> None:
     defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
     assert set(defaults) == set(SPEC)
+
+
+# ---- the fleet: what passes, and what the role gets ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overrides", [
+    tiers(TIER),
+    tiers({**TIER, **TIER_CREDS}, {"url": "https://10.20.0.6"}, {"url": "https://[fd00::6]:5000/"},
+          registry_mirror_tier_ca="/srv/fleet/ca.crt"),
+    tiers(*({"url": f"https://tier{n}.site.test"} for n in range(8))),
+    tiers({"url": "http://tier.lab.test:5000"}, registry_mirror_upstream_allow_http=True),
+    tiers({**TIER, "username": None, "password": None}),
+    # An upstream whose name is tierN may have credentials when tier N has none, or there is no tier N.
+    tiers({**TIER, **TIER_CREDS}, **ups({**GHCR, **CREDS}, {**QUAY, "name": "tier2", **CREDS})),
+    tiers(TIER, **ups({**QUAY, "name": "tier1", **CREDS})),
+    # Empty values of the tier's variables are not set.
+    tiers(TIER, registry_mirror_tier_users=[], registry_mirror_tier_tls_certificate="", registry_mirror_tier_tls_key=None,
+          registry_mirror_tier_names=""),
+    # A tier: Docker Hub with the token, its accounts, names and certificate.
+    TIER_MODE,
+    {**TIER_MODE, "registry_mirror_bind_address": "172.16.0.10", "registry_mirror_port": 5443},
+    tier_users(EDGE_USER, {"username": "ci@site-2.example", "password": "\u00e9" * 36}, {"username": "e" * 64, "password": "x"},
+               registry_mirror_dockerhub_username=USER, registry_mirror_dockerhub_token=TOKEN,
+               registry_mirror_tier_names=["tier1.site.test", "TIER1", "10.20.0.5", "fd00::5", "a-1.b-2.site.test"],
+               registry_mirror_tiers=[], registry_mirror_tier_ca=""),
+    on_tier(tier_tls_certificate="/srv/tier/fullchain.pem", tier_tls_key="/srv/tier/key.pem"),
+    on_tier(tier_names="tier1.site.test, 10.20.0.5"),
+    {"registry_mirror_fleet_ca_dir": "/srv/fleet-ca"},
+    {"registry_mirror_fleet_ca_dir": "~/fleet ca"},
+], ids=["one tier", "three with credentials", "eight", "http lab", "nulls", "upstreams beside", "tier1 without credentials",
+        "empty tier variables", "a tier", "a tier on 5443", "a tier with everything", "a tier with its own certificate",
+        "names as a string", "fleet CA dir", "fleet CA dir in ~"])
+def test_good_fleet_input_passes(overrides: dict[str, t.Any]) -> None:
+    report = run(overrides)
+    assert report.errors == [] and report.warnings == []
+
+
+def test_tiers_are_normalised_without_secrets() -> None:
+    report = run(tiers({"url": "HTTPS://Tier1.Site.test:5000/", **TIER_CREDS}, {"url": "https://tier2.site.test"}))
+    assert report.errors == [] and report.tier_users == []
+    assert report.tiers == [
+        {"url": "https://tier1.site.test:5000", "index": 1, "credentials": True, "credentials_env": "REGISTRY_MIRROR_TIER1"},
+        {"url": "https://tier2.site.test", "index": 2, "credentials": False, "credentials_env": "REGISTRY_MIRROR_TIER2"},
+    ]
+    assert TIER_LOGIN not in repr(report) and TIER_PASSWORD not in repr(report)
+
+
+def test_tier_users_are_their_names() -> None:
+    report = run(tier_users(EDGE_USER, {"username": "ci@site-2", "password": TU_PASSWORD + "2"}))
+    assert report.errors == [] and report.tiers == [] and report.tier_users == ["edge", "ci@site-2"]
+    assert TU_PASSWORD not in repr(report)
+
+
+def test_without_fleet_variables_there_are_no_tiers() -> None:
+    assert run({}).tiers == [] and run({}).tier_users == [] and run({T: None, TU: None}) == rules.Report([], [], [])
+
+
+def test_a_tier_with_a_certificate_and_names_warns() -> None:
+    report = run(on_tier(tier_tls_certificate="/srv/tier.pem", tier_tls_key="/srv/tier.key", tier_names=["tier1.site.test"]))
+    assert report.errors == []
+    assert report.warnings == ["registry_mirror_tier_names is set while registry_mirror_tier_tls_certificate is too: the names "
+                               "go only into a certificate the fleet CA issues; the operator's certificate is served as it is"]
+
+
+def test_the_variables_of_the_other_mode_are_each_named() -> None:
+    edge = run({TU: [EDGE_USER], "registry_mirror_tier_tls_certificate": "/srv/t.pem", "registry_mirror_tier_tls_key": "/srv/t.key",
+                "registry_mirror_tier_names": ["tier1.site.test"]}).errors
+    assert [error.split(" ", 1)[0] for error in edge] == list(rules.TIER_ONLY)
+    assert all("registry_mirror_mode is edge: it applies to tiers only" in error for error in edge)
+    tier = run({**TIER_MODE, T: [TIER], "registry_mirror_tier_ca": "/srv/ca.crt"}).errors
+    assert [error.split(" ", 1)[0] for error in tier] == list(rules.EDGE_ONLY)
+    assert TU_PASSWORD not in "\n".join(edge)
+
+
+def test_every_fleet_problem_is_reported_at_once() -> None:
+    errors = run({**tiers({"url": "http://t1.site.test"}, {"url": "https://t1.site.test", "password": TIER_PASSWORD}, "t3"),
+                  "registry_mirror_dockerhub_username": USER, "registry_mirror_dockerhub_token": TOKEN,
+                  "registry_mirror_fleet_ca_dir": "/usr", "registry_mirror_tier_names": ["*.site.test"]}).errors
+    assert [error.split(" ", 1)[0] for error in errors] == [
+        "registry_mirror_fleet_ca_dir", "registry_mirror_tier_names", f"{T}[0].url", f"{T}[1].username", f"{T}[2]",
+        "registry_mirror_tier_names", "registry_mirror_dockerhub_username"]
+    assert not any(secret in "\n".join(errors) for secret in SECRETS)
+
+
+@pytest.mark.parametrize("password", ["", "a\nb", "a\rb", "a\x00b", "a\tb", "a\x7fb", "a\u0085b", "a\u2028b", "x" * 73,
+                                      "\u00e9" * 37, "\U0001f512" * 19])
+def test_tier_password_problems_name_a_class_not_the_value(password: str) -> None:
+    problems = rules.tier_password_problems(password)
+    assert bool(problems) == (password != "")
+    for text in problems:
+        assert "(its value is not shown)" in text and (not password or password not in text)
+        assert str(len(password)) not in text.replace("72", "") and str(len(password.encode())) not in text.replace("72", "")
+
+
+@pytest.mark.parametrize("password", ["x" * 72, "\u00e9" * 36, " spaces and 'quotes' \"$`\\ are fine ", "\U0001f512" * 18])
+def test_tier_passwords_that_pass(password: str) -> None:
+    assert rules.tier_password_problems(password) == []
+
+
+@pytest.mark.parametrize("index,item,taken,label", [
+    (0, {"username": "edge"}, (), f"{TU}[edge]"),
+    (3, {"username": "edge"}, ("edge",), f"{TU}[3]"),
+    (1, {"username": "a]b"}, (), f"{TU}[1]"),
+    (1, {"username": "\u00e9dge"}, (), f"{TU}[1]"),
+    (2, {"username": "a:b"}, (), f"{TU}[2]"),
+    (0, {"url": "https://tier1.site.test"}, (), f"{T}[0]"),
+    (4, "edge", (), f"{TU}[4]"),
+])
+def test_entry_labels(index: int, item: t.Any, taken: tuple[str, ...], label: str) -> None:
+    assert rules.entry_label(label.split("[", 1)[0], index, item, taken) == label
+
+
+def test_the_fleet_keys_are_the_specs() -> None:
+    assert SPEC["registry_mirror_mode"]["choices"] == ["edge", "tier"] and SPEC["registry_mirror_mode"]["default"] == "edge"
+    for variable, options, required in ((T, rules.TIER_OPTIONS, rules.TIER_REQUIRED),
+                                        (TU, rules.TIER_USER_OPTIONS, rules.TIER_USER_REQUIRED)):
+        option = SPEC[variable]
+        assert (option["type"], option["elements"], option["default"]) == ("list", "dict", [])
+        assert {key: sub["type"] for key, sub in option["options"].items()} == options
+        assert {key for key, sub in option["options"].items() if sub.get("required")} == set(required)
+        assert {key for key, sub in option["options"].items() if sub.get("no_log")} == {"password"}
+    assert set(rules.TIER_SECRETS) == {"username", "password"} and rules.TIER_USER_SECRETS == ("password",)
+    for name in rules.TIER_ONLY + rules.EDGE_ONLY:
+        assert SPEC[name]["default"] in ("", []), name
+
+
+def test_the_fleet_defaults() -> None:
+    """Every fleet variable is unset by default: an edge without tiers, as before."""
+    defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+    assert defaults["registry_mirror_mode"] == "edge"
+    assert all(defaults[name] in ("", []) for name in rules.TIER_ONLY + rules.EDGE_ONLY)
+    assert defaults["registry_mirror_fleet_ca_dir"].endswith("/.local/share/actuated.registry/fleet-ca")
+    assert SPEC["registry_mirror_fleet_ca_dir"]["default"] == "~/.local/share/actuated.registry/fleet-ca"
 
 
 # ---- host rules ------------------------------------------------------------------------------------------------
