@@ -275,6 +275,16 @@ class BenchWorld:  # pylint: disable=too-many-instance-attributes
             time.sleep(0.05)
         raise BenchError(f"{SHAPER} did not write its counters to {SHAPER_STATS} after SIGUSR1")
 
+    def hub_requests(self) -> list[str]:
+        """The hub's /v2/ requests since its last reset, oldest first, one line each: identity, method, path (digests
+        cut to 12 hex digits), status, bytes sent."""
+        out = []
+        for r in self.hub("stats")["recent"]:
+            if r["path"].startswith("/v2/"):
+                path = re.sub(r"sha256:([0-9a-f]{12})[0-9a-f]{52}", r"sha256:\1", r["path"])
+                out.append(f"{r['identity']} {r['method']} {path} {r['status']} {r['bytes']}")
+        return out
+
     def release_counts(self) -> dict[str, dict[str, int]]:
         """The release server's counters per path."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.release_port}/_stats", timeout=30) as resp:  # nosec B310: loopback

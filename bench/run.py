@@ -466,7 +466,8 @@ class Bench:  # pylint: disable=too-many-instance-attributes
             results = json.loads((out / "results.json").read_text(encoding="utf-8")) if passed and (out / "results.json").exists() else {}
             if passed and results:
                 results[key] = self.results.get(key)
-                results["checks"] = [c for c in results.get("checks", []) if c.get("section") != key] + [
+                prefix = {"collections": "collection of ", "fleet_tiers": "fleet tiers"}[key]  # its checks' names begin so
+                results["checks"] = [c for c in results.get("checks", []) if c.get("section") != key and not c["name"].startswith(prefix)] + [
                     {**c, "section": key} for c in self.results["checks"]]
                 results.setdefault("durations_s", {})[key] = self.results["durations_s"]
                 results.setdefault("settings", {}).update({k: v for k, v in self.results["settings"].items() if k not in results["settings"]})

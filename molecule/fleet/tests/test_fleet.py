@@ -133,7 +133,8 @@ def test_every_edge_of_a_site_costs_one_docker_hub_pull_per_image_and_architectu
     # Nothing from the edges themselves, and every counted pull under the tiers' one account.
     for address in EDGES.values():
         assert not [r for r in requests(hub) if r["remote"] == address], address
-    assert set(hub.pulls()) == {world.HUB_USERNAME}, hub.pulls()
+    # Two sites, each: fill1's index and its two manifests, small1's manifest.
+    assert {name: count for name, count in hub.pulls().items() if count} == {world.HUB_USERNAME: 8}, hub.pulls()
 
 
 def test_the_docker_hub_token_exists_only_on_the_tiers(vm):
@@ -231,3 +232,44 @@ def test_a_tier_restarted_while_its_edges_pull_never_breaks_a_pull(vm):
     done = vm.sh("for i in $(seq 90); do [ -s /tmp/fleet-load.out ] && cat /tmp/fleet-load.out && exit 0; sleep 1; done; exit 1")
     fails, count = (int(n) for n in done.stdout.split())
     assert count > 3 and fails == 0, f"{fails} of {count} pulls failed while the tier restarted"
+
+
+def test_content_expiring_on_the_tier_is_fetched_again_and_never_breaks_an_edge(vm, hub, converge, fleet_ca):
+    """tier-a with a short proxy TTL: an image edge-a1 pulled expires on the tier, which fetches it from Docker Hub
+    again when asked for it; edge-a1 (which has it) and edge-a2 (which never had it) pull it throughout."""
+    ttl = 10
+    result = converge("--limit", "tier-a", "-e", f"registry_mirror_proxy_ttl={ttl}s")
+    assert result.returncode == 0, result.stdout[-3000:]
+    try:
+        node("tier-a").sh(f"for i in $(seq 120); do curl -s -o /dev/null --cacert /etc/registry/tier-tls/ca.crt "
+                          f"https://{TIERS['tier-a']}:5000/v2/ && exit 0; sleep 0.5; done; exit 1")
+        hub.reset()
+        pull(vm, "edge-a1", "library/fill5:latest")
+        assert manifest_gets(hub, TIERS["tier-a"])["library/fill5:latest"] == 1
+        # Ask the tier itself (as an edge would) until it has fetched the index again: its copy expired.
+        ask = (f"curl -sf -o /dev/null --cacert {fleet_ca} -u site-a-edges:fleet-test-A-7d3e9b "
+               "-H 'Accept: application/vnd.oci.image.index.v1+json' "
+               f"https://{TIERS['tier-a']}:5000/v2/library/fill5/manifests/latest")
+        deadline = time.monotonic() + ttl + 60
+        while time.monotonic() < deadline and manifest_gets(hub, TIERS["tier-a"])["library/fill5:latest"] == 1:
+            time.sleep(3)
+            assert vm.sh(ask, check=False).returncode == 0
+            pull(vm, "edge-a1", "library/fill5:latest")
+        assert manifest_gets(hub, TIERS["tier-a"])["library/fill5:latest"] == 2, "the tier's copy never expired"
+        pull(vm, "edge-a2", "library/fill5:latest")
+    finally:
+        result = converge("--limit", "tier-a")
+        assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_check_and_diff_at_vvv_change_nothing_and_show_no_secret(converge):
+    result = converge("--check", "--diff", "-vvv", "--limit", "tier-a,edge-a1")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    for secret in (world.HUB_TOKEN, "fleet-test-A-7d3e9b", "fleet-test-B-41c0aa"):
+        assert secret not in output
+    recaps = [line for line in output.splitlines() if " : ok=" in line]
+    assert len(recaps) == 2 and all(" changed=0 " in line for line in recaps), recaps
+    # The fleet CA's key on the controller: its owner only.
+    key = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "fleet-ca" / "ca.key"
+    assert key.stat().st_mode & 0o777 == 0o600
