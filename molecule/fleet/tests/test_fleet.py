@@ -194,14 +194,14 @@ def test_a_stopped_tier_leaves_its_edges_serving_the_cache_and_pulling_docker_hu
     tier_down("tier-a")
     # At once: the cache serves, before any probe noticed.
     pull(vm, "edge-a1", "library/small2:latest")
-    wait_journal("edge-a1", start, "pulling through " + world.HUB_URL)
+    wait_journal("edge-a1", start, "switch done: pulling through " + world.HUB_URL)
     # A new image comes from Docker Hub directly, anonymously (the edge holds no Docker Hub token).
     pull(vm, "edge-a1", "library/small3:latest")
     assert manifest_gets(hub, EDGES["edge-a1"])["library/small3:latest"] == 1
     assert world.HUB_USERNAME not in hub.pulls()
     # The tier returns: the edge goes back to it by itself.
     node("tier-a").sh("systemctl start registry")
-    wait_journal("edge-a1", start, "answers again")
+    assert "answers again" in wait_journal("edge-a1", start, f"switch done: pulling through https://{TIERS['tier-a']}")
     hub.reset()
     pull(vm, "edge-a1", "library/fill2:latest")
     assert manifest_gets(hub, TIERS["tier-a"]), hub.stats()["recent"][-10:]

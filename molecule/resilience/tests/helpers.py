@@ -130,8 +130,17 @@ class Target:
         if self.serving_child() is None:
             return "down"
         said = self.out("journalctl --no-pager -o cat _SYSTEMD_INVOCATION_ID=$(systemctl show -p InvocationID --value registry)"
-                        " | grep -E 'serving the cache read-only|back to pull-through mode' | tail -n 1")
+                        " | grep -E 'serving the cache read-only|back to pull-through mode|switch done: ' | tail -n 1")
+        if "back to pull-through mode" in said:  # decided: the read-only registry serves until the switch is done
+            return "read-only"
         return "read-only" if "read-only" in said else "pull-through"
+
+    def wait_switch_done(self, since: str, mode: str, timeout: float) -> str:
+        """The journal since SINCE once the supervisor said that its switch to MODE ("serving the cache read-only",
+        "pulling through") is done: from then on new connections reach the new registry."""
+        text = f"switch done: {mode}"
+        wait_for(text, lambda: text in self.journal(since), timeout, interval=0.5)
+        return self.journal(since)
 
     def now(self) -> str:
         """The target's clock, for journalctl --since."""

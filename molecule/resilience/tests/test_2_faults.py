@@ -36,8 +36,8 @@ def outage(target, warm, converge) -> dict[str, Any]:
             # A VM keeps asking for an image the mirror does not have: one such request is always in flight, waiting
             # for the upstream, when the mirror switches to read-only mode.
             with pull_loop([(SMALL2, "amd64")], workers=1, retries=0, max_seconds=120 * SLOW) as asking:
-                # Like the VMs' clients, cached pulls retry (skopeo --retry-times 3): the switch to read-only mode
-                # closes the listener for a few hundred ms, and this pull, stuck on the upstream, straddles it.
+                # Like the VMs' clients, cached pulls retry (skopeo --retry-times 3): this pull, stuck on the
+                # upstream, straddles the switch to read-only mode.
                 obs["cached_right_after"] = pull(ALPINE, retries=3)
                 wait_for("read-only mode", lambda: target.mode() == "read-only", 40 * SLOW)
                 # When the supervisor switched, from its journal line (the stalled pull above returns only later;
@@ -247,6 +247,7 @@ def disk_full(target, warm) -> dict[str, Any]:
         # The supervisor notices at its next probe tick (every 3 s here, registry_mirror_upstream_probe_interval).
         wait_for("read-only for lack of space", lambda: FLOOR_SAID in target.journal(since), 20 * SLOW, interval=0.5)
         obs["read_only_after_s"] = round(time.monotonic() - filled, 1)
+        target.wait_switch_done(since, "serving the cache read-only", 20 * SLOW)
         wait_for("serving read-only", serves, 30 * SLOW, interval=0.1)
         obs["uncached_full"] = pull(SMALL2)
         obs["cached_full"] = [pull(ALPINE, arch) for arch in ARCHES]
@@ -257,6 +258,7 @@ def disk_full(target, warm) -> dict[str, Any]:
         obs["df_freed"] = target.out(f"df -k --output=avail,pcent {SMALL_FS} | tail -n 1")
         wait_for("back to pull-through", lambda: "back to pull-through mode" in target.journal(since), 20 * SLOW, interval=0.5)
         obs["pull_through_after_s"] = round(time.monotonic() - freed_at, 1)
+        target.wait_switch_done(since, "pulling through", 20 * SLOW)
         wait_for("serving in pull-through mode", serves, 30 * SLOW, interval=0.1)
         obs["uncached_freed"] = pull(SMALL2)
         obs["after"] = cache(target, SMALL_FS)

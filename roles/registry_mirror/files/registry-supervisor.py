@@ -73,6 +73,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import dataclasses
 import gzip
 import http.client
@@ -83,6 +84,7 @@ import re
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import threading
@@ -129,6 +131,13 @@ LAUNCHER = ('fd=$1; shift; [ "$fd" = 3 ] || { eval "exec 3<&$fd $fd<&-"; }; '
             'LISTEN_PID=$$ LISTEN_FDS=1; export LISTEN_PID LISTEN_FDS; exec "$@"')
 # The listening socket's queue: connections that arrive while one registry replaces another wait there.
 LISTEN_BACKLOG = 1024
+# A switch hands the port over (Supervisor.hand_over): the next registry gets a new socket in the SO_REUSEPORT group
+# of the mirror's address, and this classic BPF program, attached to the group (socket(7),
+# SO_ATTACH_REUSEPORT_CBPF), sends every new connection to the group's second socket: the newest, while the old one
+# is still in the group. Once the old socket is closed the newest is the only one, and the index, out of range, falls
+# back to the kernel's hash over the one socket. The program is one instruction: BPF_RET | BPF_K, 1.
+SO_ATTACH_REUSEPORT_CBPF = 51
+STEER_TO_NEWEST = struct.pack("=HBBI", 0x06, 0, 0, 1)
 # The biggest notification body accepted (distribution sends a few events per request).
 MAX_EVENTS_BODY = 1 << 20
 # Group mode: a child that exits is restarted after BACKOFF_MIN seconds, doubled at each exit up to BACKOFF_MAX, and
@@ -183,6 +192,11 @@ class Settings:
     # How long a switch waits for the old process to exit before starting the new one (it lets go of the port at
     # once); at start, the pull-through process was still starting, not serving, so it gets longer.
     switch_grace: float = 0.3
+    # Before a switch stops the old registry, how long it keeps serving the connections it already accepted while new
+    # ones wait for the next registry: distribution (Go's net/http) drops, unanswered, a request that reaches it
+    # after its SIGTERM, even the first one of a connection it accepted just before (a client's EOF). A TLS handshake
+    # takes well under this, under emulation too.
+    switch_drain: float = 1.0
     start_grace: float = 2.0
     # At stop, how long each registry may drain before it is killed (systemd's TimeoutStopSec is longer).
     stop_timeout: float = 70.0
@@ -935,32 +949,71 @@ class Supervisor:
                 env.update(zip(CREDENTIAL_ENV, (user, password)))
         return env
 
+    def bind(self) -> socket.socket:
+        """A socket listening on the mirror's address (settings.listen), in its SO_REUSEPORT group; OSError or
+        ValueError when that fails."""
+        host, _colon, port = self.settings.listen.rpartition(":")
+        host = host.strip("[]")
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, int(port)))
+            sock.listen(LISTEN_BACKLOG)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
     def open_socket(self) -> bool:
         """Listen on the mirror's address for the registries (settings.listen); False (said) when that fails."""
         if not self.settings.listen:
             return True
-        host, _colon, port = self.settings.listen.rpartition(":")
-        host = host.strip("[]")
         try:
-            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind((host, int(port)))
-                sock.listen(LISTEN_BACKLOG)
-            except OSError:
-                sock.close()
-                raise
+            self.socket = self.bind()
         except (OSError, ValueError) as exc:
             say(f"ERROR: cannot listen on {self.settings.listen} ({exc})")
             return False
-        self.socket = sock
         return True
 
-    def replace(self, child: subprocess.Popen[bytes], local: bool, grace: float) -> subprocess.Popen[bytes]:
-        """Stop CHILD and start the registry read-only (LOCAL) or through the active upstream once CHILD has exited or
-        GRACE seconds have passed (it lets go of the port at once; a CHILD still draining requests stays in
-        self.draining)."""
+    def hand_over(self) -> socket.socket | None:
+        """A new socket on the mirror's address that every new connection goes to from now on (they wait in its queue
+        for the next registry), while the registry on self.socket serves those it already accepted; None (said) when
+        the supervisor holds no socket or the kernel refuses."""
+        if self.socket is None:
+            return None
+        try:
+            sock = self.bind()
+        except (OSError, ValueError) as exc:
+            say(f"cannot open a second socket on {self.settings.listen} ({exc}): the registry is replaced on the "
+                "same socket, and a connection it accepted just before may be dropped")
+            return None
+        program = ctypes.create_string_buffer(STEER_TO_NEWEST, len(STEER_TO_NEWEST))
+        try:  # struct sock_fprog: the instruction count, then a pointer to the instructions
+            sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF,
+                            struct.pack("@HP", 1, ctypes.addressof(program)))
+        except OSError as exc:
+            sock.close()
+            say(f"cannot steer new connections to a second socket ({exc}): the registry is replaced on the same "
+                "socket, and a connection it accepted just before may be dropped")
+            return None
+        return sock
+
+    def replace(self, child: subprocess.Popen[bytes], local: bool, grace: float,
+                serving: bool = True) -> subprocess.Popen[bytes]:
+        """Replace CHILD with the registry read-only (LOCAL) or pulling through the active upstream. When CHILD is
+        SERVING, new connections go to a new socket at once (hand_over) and wait there while CHILD serves what it
+        accepted for settings.switch_drain seconds; one still starting may never accept, and what waits in its socket's
+        queue would be reset with it: the next registry takes that socket over instead. CHILD then stops (it lets go of
+        the port at once); the new registry starts once CHILD has exited or GRACE seconds have passed (a CHILD still
+        draining requests stays in self.draining)."""
+        handed = self.hand_over() if serving and child.poll() is None else None
+        if handed is not None:
+            time.sleep(self.settings.switch_drain)
         stop(child)
+        if handed is not None and self.socket is not None:
+            self.socket.close()  # CHILD closes its own copy as it stops: then the old socket leaves the group
+            self.socket = handed
         try:
             child.wait(timeout=grace)
         except subprocess.TimeoutExpired:
@@ -968,7 +1021,11 @@ class Supervisor:
         self.draining = [old for old in self.draining if old.poll() is None]
         if self.draining and self.settings.metrics:
             say("the previous registry still drains requests: no metrics listener until the next switch or restart")
-        return self.start(local, debug=not self.draining)
+        started = self.start(local, debug=not self.draining)
+        # The mode said before a switch takes effect now: new connections reach this registry.
+        say("switch done: " + ("serving the cache read-only" if local
+                               else f"pulling through {self.candidates[self.active].url}"))
+        return started
 
     def run(self) -> int:
         """Supervise until systemd stops the unit; the exit status for systemd."""
@@ -1061,7 +1118,8 @@ class Supervisor:
         else:  # no read-only mode: distribution exits if it cannot reach the upstream either
             say(f"{unreachable(failed)}: no upstream answers, pulling through {self.candidates[0].url}")
             return
-        self.child = self.replace(child, self.local, self.settings.start_grace)  # it was starting: wait for it
+        # It was starting: wait longer for it, and keep its socket (it may not have accepted anything yet).
+        self.child = self.replace(child, self.local, self.settings.start_grace, serving=False)
 
     def first_answering(self, indices: typing.Iterable[int], timeout: float | None = None) \
             -> tuple[int | None, str, list[tuple[str, str]]]:

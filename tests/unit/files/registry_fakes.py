@@ -35,6 +35,7 @@ FAST = {
     "confirm_after": 0.15,
     "start_probe_timeout": 0.5,
     "switch_grace": 0.3,
+    "switch_drain": 0.3,
     "start_grace": 1.0,
     "stop_timeout": 5,
     "poll_interval": 0.03,
@@ -267,12 +268,32 @@ record("listening", debug=debug_addr)
 state["serving"] = True
 for number in range(CONFIG.get("chatter", 0)):  # log lines, to stdout and stderr by turns, each in one write
     os.write(1 + number % 2, b"chatter %d %s\n" % (number, b"x" * (number % 200)))
-listener.settimeout(0.02)
-while not state["term"]:  # accept connections (and close them) until SIGTERM, as distribution stops accepting then
+
+
+def answer(conn):
+    """One request per connection (a line), answered with this registry's pid; like Go's net/http in distribution,
+    a request read after SIGTERM is dropped unanswered, even the first of a connection accepted before it."""
     try:
-        listener.accept()[0].close()
-    except OSError:  # the timeout, or a connection another registry sharing the socket took first
+        conn.settimeout(2)
+        if conn.recv(64):
+            if state["term"]:
+                record("dropped")
+            else:
+                conn.sendall(b"%d\n" % os.getpid())
+    except OSError:
         pass
+    finally:
+        conn.close()
+
+
+import threading
+listener.settimeout(0.02)
+while not state["term"]:  # accept connections until SIGTERM, as distribution stops accepting then
+    try:
+        connection = listener.accept()[0]
+    except OSError:  # the timeout, or a connection another registry sharing the socket took first
+        continue
+    threading.Thread(target=answer, args=(connection,), daemon=True).start()
 listener.close()  # new connections go to the next registry at once; the debug port is held until the exit
 time.sleep(CONFIG["drain"])
 record("exit", status=0)
