@@ -163,7 +163,12 @@ def fixture_fleet_ca(vm) -> str:
 
 
 def test_a_tier_serves_the_fleet_cas_certificate_and_refuses_pulls_without_its_sites_account(vm, fleet_ca):
+    names = {"tier-a": {"IP Address:10.88.1.10"},
+             "tier-b": {"IP Address:10.88.2.10", "DNS:tier-b.fleet.test", "DNS:tier-b"}}  # its names: one string
     for tier, address in TIERS.items():
+        served = vm.sh(f"echo | openssl s_client -connect {address}:5000 -CAfile {fleet_ca} 2>/dev/null "
+                       "| openssl x509 -noout -ext subjectAltName").stdout
+        assert set(served.split("\n", 1)[-1].strip().split(", ")) == names[tier], (tier, served)
         curl = f"curl -s -o /dev/null -w '%{{http_code}}' --cacert {fleet_ca}"
         anonymous = vm.sh(f"{curl} https://{address}:5000/v2/library/small1/manifests/latest"
                           " -H 'Accept: application/vnd.oci.image.manifest.v1+json'", check=False).stdout

@@ -315,7 +315,7 @@ def test_with_socket_activation_no_request_is_dropped_while_registries_replace_e
             except OSError as exc:
                 failed.append(repr(exc))
 
-    threads = [threading.Thread(target=request) for _ in range(4)]
+    threads = [threading.Thread(target=request) for _number in range(4)]
     for thread in threads:
         thread.start()
     try:
@@ -365,7 +365,7 @@ def test_with_socket_activation_connections_made_while_the_first_registry_starts
                 continue
             (answered if reply.strip().isdigit() else failed).append(reply)
 
-    threads = [threading.Thread(target=request) for _ in range(3)]
+    threads = [threading.Thread(target=request) for _number in range(3)]
     for thread in threads:
         thread.start()
     try:
