@@ -96,7 +96,8 @@ def test_one_upstream_down_leaves_the_others_pulling_through(host, vm, hub, ghcr
         assert registry_pids(host)["/etc/registry/config.yml"] == before["/etc/registry/config.yml"]
     finally:
         subprocess.run(world.command("ghcr-start"), check=True, capture_output=True)
-        wait_journal(host, start, "[ghcr] registry-supervisor: upstream token service accepts", timeout=90)
+        back = wait_journal(host, start, "[ghcr] registry-supervisor: switch done: pulling through", timeout=90)
+        assert "[ghcr] registry-supervisor: upstream token service accepts" in back, back[-3000:]
     ghcr.reset()
     pulled = vm.pull(f"{GHCR_MIRROR}/library/small1:latest", "amd64", "/tmp/ghcr-back")
     assert pulled.returncode == 0, pulled.stderr
