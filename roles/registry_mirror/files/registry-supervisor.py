@@ -8,11 +8,12 @@ distribution in pull-through mode contacts its upstream while starting and exits
 (re)started during an upstream outage (a reboot, a certificate renewal, an upgrade) would serve nothing, although its
 cache could. This supervisor runs the registry in pull-through mode while the upstream answers, and the same binary,
 config and storage read-only without the proxy section while it does not (cached images keep pulling fast, without a
-stalled upstream lookup per tag), probing the upstream and switching back by itself. The switch takes a fraction of a
-second: the old process stops accepting at once and drains its in-flight requests in the background. With `listen`
-set (distribution 3.x), the supervisor holds the mirror's listening socket itself and hands it to each registry by
-systemd's socket-activation protocol (LISTEN_FDS): while one registry replaces another, new connections wait in the
-socket's queue for the next one instead of being refused.
+stalled upstream lookup per tag), probing the upstream and switching back by itself. The old process drains its
+in-flight requests in the background. With `listen` set (distribution 3.x), the supervisor holds the mirror's
+listening socket itself and hands it to each registry by systemd's socket-activation protocol (LISTEN_FDS): while one
+registry replaces another, new connections wait in a socket's queue for the next one instead of being refused; a
+switch first steers them to a second socket and gives the old process switch_drain seconds to answer what it already
+accepted (Supervisor.replace), and says "switch done" once the next one takes them.
 
 SETTINGS is a JSON object written by the role (no secrets: the upstream credentials come from the environment,
 REGISTRY_PROXY_USERNAME / REGISTRY_PROXY_PASSWORD, as for the registry itself). Required: binary, config, upstream,
@@ -52,7 +53,7 @@ recently used images (tag links first, so that a pull finds an image whole or no
 the low-water mark (low_water_percent of the budget), deletes the blobs no manifest references any more (a second
 walk right before the deletions spares what a pull cached meanwhile; a pull that still races one falls back to the
 upstream, as for any blob the mirror lacks), and puts the duration and the bytes reclaimed in the journal. The
-registry is not replaced for it: a switch of processes under load can cost a pull its connection. It learns
+registry is not replaced for it: a switch of processes makes new connections wait about a second. It learns
 which images are used from distribution's pull notifications, which the config sends to
 its loopback port (port), and keeps those times in the cache directory (registry_cache.USAGE_FILE).
 The same port serves its
