@@ -40,7 +40,7 @@ export PATH := $(BIN):$(PATH)
 # fleet brings its own five hosts (two tiers, three edges, one of them arm64: molecule/fleet/molecule.yml), whatever
 # the architecture named here.
 # .github/workflows/ci.yml runs the same list (tests/unit/test_repo_consistency.py fails when the two differ).
-MATRIX ?= default:amd64 default:arm64 cert_rotation:amd64 cert_rotation:arm64 variants:amd64 resilience:amd64 fleet:amd64
+MATRIX ?= default:amd64 default:arm64 variants:amd64 resilience:amd64 fleet:amd64
 # Scenarios whose target takes the cloud-hypervisor bridge address 192.168.129.1 (the others: 192.168.128.1). All share
 # one platform (.config/molecule/config.yml); `make molecule` passes the bridge to it as MOLECULE_BRIDGE.
 BRIDGE_129 := variants resilience

@@ -27,7 +27,7 @@ DEFAULT_VERSION = str(yaml.safe_load((REPO / "roles/registry_mirror/defaults/mai
 BRIDGE = os.environ.get("MOLECULE_BRIDGE", "128")
 ADDRESS = f"192.168.{BRIDGE}.1"
 MIRROR = f"{ADDRESS}:5000"
-# The second upstream's mirror (registry_mirror_upstreams in the default and cert_rotation scenarios: ghcr.io's stand-in).
+# The second upstream's mirror (registry_mirror_upstreams in the default scenario: ghcr.io's stand-in).
 GHCR_MIRROR = f"{ADDRESS}:5010"
 UNAME = {"amd64": "x86_64", "arm64": "aarch64"}[ARCH]
 ELF_MACHINE = {"amd64": 0x3E, "arm64": 0xB7}[ARCH]

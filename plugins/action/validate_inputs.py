@@ -40,6 +40,7 @@ class ActionModule(ActionBase):
             if found.warnings:
                 result["warnings"] = found.warnings
             upstreams, tiers, tier_users = list(found.upstreams), list(found.tiers), list(found.tier_users)
+            result["controller_dirs"] = dict(found.controller_dirs)
             what = "input"
         else:
             host = rules.parse_host_report(to_native(report))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import os
 import posixpath
 import re
 import typing as t
@@ -97,13 +98,15 @@ _FALSE = frozenset(("false", "no", "off", "0", "n", "f"))
 class Report(t.NamedTuple):
     """What validate() found: errors stop the run, warnings do not; UPSTREAMS: registry_mirror_upstreams normalised
     (normalise_upstreams()), TIERS: registry_mirror_tiers normalised (normalise_tiers()), TIER_USERS: the user names of
-    registry_mirror_tier_users; each complete only without errors."""
+    registry_mirror_tier_users, CONTROLLER_DIRS: the controller's directories (the download cache, the fleet CA) as the
+    controller resolves them (controller_path()), keyed by variable name; each complete only without errors."""
 
     errors: list
     warnings: list
     upstreams: list
     tiers: list = []  # (the defaults are never changed in place)
     tier_users: list = []
+    controller_dirs: dict = {}
 
 
 def show(value: t.Any, limit: int = 80) -> str:
@@ -247,16 +250,32 @@ _PATH_ADVICE = {
 }
 
 
+# The role's directories on the controller: validate() returns them resolved, and the role uses only those.
+CONTROLLER_DIRS = ("registry_mirror_local_cache_dir", "registry_mirror_fleet_ca_dir")
+
+
+def controller_path(value: str, home: str = "") -> str:
+    """An absolute path on the controller (where the input checks run) as the controller resolves it: a leading ~ is
+    HOME, and a path that is not normalised (``{{ playbook_dir }}/../cache``, ``//x``, ``x/``) is resolved through its
+    symbolic links, so that ``..`` means what the file system makes of it. A normalised path is returned as given."""
+    if home and (value == "~" or value.startswith("~/")):
+        value = home.rstrip("/") + value[1:]
+    if not value.startswith("/") or "/" + posixpath.normpath(value).lstrip("/") == value:
+        return value
+    return os.path.realpath(value)
+
+
 def check_path(value: str, kind: str = "directory", home: str = "", advice: str = "") -> list:
     """Problems of a path: absolute, normalised, not a system directory or a parent of one. KIND: "directory" (the
     storage or configuration directory: in systemd units, so safe characters only, and not inside a tree the sandboxed
     registry cannot use), "file" (a certificate or key, in systemd units too) or "cache" (a directory of the
-    controller's, such as the download cache, where a leading ~ means HOME). ADVICE: what to do instead of a system
+    controller's, such as the download cache, where a leading ~ means HOME and a path that is not normalised is resolved
+    as controller_path() does). ADVICE: what to do instead of a system
     directory, when not the KIND's usual advice."""
     if value == "":
         return ["is empty: give an absolute path"]
-    if kind == "cache" and home and (value == "~" or value.startswith("~/")):
-        value = home.rstrip("/") + value[1:]
+    if kind == "cache":
+        value = controller_path(value, home)
     bad = unsafe_characters(value, lambda c: character_class(c) not in ("a newline", "a control character"))
     if bad:
         return [f"contains {' and '.join(bad)} ({show(value)})"]
@@ -264,7 +283,8 @@ def check_path(value: str, kind: str = "directory", home: str = "", advice: str 
         return [f"is {show(value)}, a relative path: give an absolute path"]
     fixed = "/" + posixpath.normpath(value).lstrip("/")
     if fixed != value:
-        return [f"is {show(value)}, which is not normalised: write {fixed}"]
+        return [f"is {show(value)}, which is not normalised: write {fixed} (on the host, a .. after a symbolic link "
+                "would lead elsewhere than it reads)"]
     problems = []
     if kind != "cache" and not _SAFE_PATH.fullmatch(value):
         problems.append(f"is {show(value)}, which contains {_describe_characters(value, _SAFE_PATH)}: a path the role "
@@ -1179,7 +1199,8 @@ def validate(raw: t.Mapping[str, t.Any], spec: t.Mapping[str, t.Mapping[str, t.A
         warnings.append(f"registry_mirror_version {values['registry_mirror_version']} is older than 3.1.0: with a Docker "
                         "Hub token configured, its proxy may send the token to whatever token realm the upstream names "
                         "(CVE-2026-33540). Use 3.1.1 or later.")
-    return Report(errors, warnings, upstreams.upstreams, tiers.entries, tier_users.entries)
+    controller_dirs = {name: controller_path(valid[name], home) for name in CONTROLLER_DIRS if name in valid}
+    return Report(errors, warnings, upstreams.upstreams, tiers.entries, tier_users.entries, controller_dirs)
 
 
 def _conflicts(values: t.Mapping[str, t.Any]) -> list:

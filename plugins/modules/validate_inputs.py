@@ -98,6 +98,17 @@ errors:
   elements: str
   sample:
     - registry_mirror_bind_adress is not a variable of this role; did you mean registry_mirror_bind_address?
+controller_dirs:
+  description:
+    - The controller's directories, keyed by variable (C(registry_mirror_local_cache_dir),
+      C(registry_mirror_fleet_ca_dir)), as the controller resolves them - a leading C(~) is the controller's home, and
+      a path that is not normalised (C({{ playbook_dir }}/../cache)) is resolved through its symbolic links. The role
+      uses these, never the raw variables.
+  returned: when the input checks pass (not with O(host_report))
+  type: dict
+  sample:
+    registry_mirror_local_cache_dir: /home/operator/.cache/actuated.registry
+    registry_mirror_fleet_ca_dir: /home/operator/.local/share/actuated.registry/fleet-ca
 upstreams:
   description:
     - C(registry_mirror_upstreams) normalised, in the order given - the same list from the same variables with and

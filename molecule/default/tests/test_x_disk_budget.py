@@ -1,6 +1,6 @@
 # Copyright (c) actuated.registry contributors
 # SPDX-License-Identifier: MIT
-"""The cache never fills the disk, on each architecture: a disk budget of a share of a small filesystem, filled with
+"""The cache never fills the disk: a disk budget of a share of a small filesystem, filled with
 more images than fit in a known order; the least recently used are evicted whole, the recent ones pull without asking
 Docker Hub, pulls during collections succeed, no manifest loses a blob, and a full disk is served read-only.
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import ARCH, MIRROR, journal, metric, reconverge, registry_pids, since, world
+from conftest import ARCH, MIRROR, amd64_only, journal, metric, reconverge, registry_pids, since, world
 
 SMALL_FS = "/srv/registry-small"
 STORAGE = f"{SMALL_FS}/cache"
@@ -63,6 +63,13 @@ def no_broken_images(host) -> None:
     """A walk of the storage finds every manifest whole (tags, revisions, configs and layers present)."""
     walk = host.run(f"{CACHE_TOOL} check {STORAGE}")
     assert walk.rc == 0, walk.stdout + walk.stderr
+
+
+# The budget is the supervisor's and registry_cache.py's logic (Python of the standard library, the same on every
+# architecture) over distribution's storage layout (the same on every architecture): proven on amd64. Its second
+# converge onto the small filesystem cost 188 s of the arm64 run under emulation, where the platform (install, unit,
+# sandbox, TLS, pulls, renewal) is what must be proven.
+pytestmark = amd64_only
 
 
 @pytest.fixture(scope="module")

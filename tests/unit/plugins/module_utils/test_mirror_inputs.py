@@ -64,8 +64,8 @@ BAD_INPUT: dict[str, tuple[dict[str, t.Any], str, str]] = {
     "download cache is /var/cache": ({"registry_mirror_local_cache_dir": "/var/cache"}, "registry_mirror_local_cache_dir",
                                      "a system directory"),
     "download cache is relative": ({"registry_mirror_local_cache_dir": "cache"}, "registry_mirror_local_cache_dir", "a relative path"),
-    "download cache is ~ itself (/home/operator)": ({"registry_mirror_local_cache_dir": "~/.."}, "registry_mirror_local_cache_dir",
-                                                    "not normalised"),
+    "download cache is ~'s parent (/home)": ({"registry_mirror_local_cache_dir": "~/.."}, "registry_mirror_local_cache_dir",
+                                             "is /home, a system directory"),
     # --- accounts
     "user root": ({"registry_mirror_user": "root"}, "registry_mirror_user", "is root"),
     "group root": ({"registry_mirror_group": "root"}, "registry_mirror_group", "is root"),
@@ -510,7 +510,8 @@ FLEET_BAD_INPUT: dict[str, tuple[dict[str, t.Any], str, str]] = {
     "fleet CA dir is /etc": ({"registry_mirror_fleet_ca_dir": "/etc"}, "registry_mirror_fleet_ca_dir",
                              "a system directory: choose a directory of its own, such as ~/.local/share/actuated.registry/fleet-ca"),
     "fleet CA dir relative": ({"registry_mirror_fleet_ca_dir": "fleet-ca"}, "registry_mirror_fleet_ca_dir", "a relative path"),
-    "fleet CA dir is ~'s parent": ({"registry_mirror_fleet_ca_dir": "~/.."}, "registry_mirror_fleet_ca_dir", "not normalised"),
+    "fleet CA dir is ~'s parent": ({"registry_mirror_fleet_ca_dir": "~/.."}, "registry_mirror_fleet_ca_dir",
+                                   "is /home, a system directory"),
     "fleet CA dir empty": ({"registry_mirror_fleet_ca_dir": ""}, "registry_mirror_fleet_ca_dir", "is empty"),
     # --- registry_mirror_tier_users
     "tier users a dictionary": ({**TIER_MODE, TU: EDGE_USER}, TU, "must be a list (got dict)"),
@@ -600,8 +601,29 @@ BAD_INPUT.update(FLEET_BAD_INPUT)
 SECRETS = (TOKEN, USER, UP_USER, UP_PASSWORD, TIER_LOGIN, TIER_PASSWORD, TU_PASSWORD)
 
 
+DEFAULT_CONTROLLER_DIRS = {"registry_mirror_local_cache_dir": f"{HOME}/.cache/actuated.registry",
+                           "registry_mirror_fleet_ca_dir": f"{HOME}/.local/share/actuated.registry/fleet-ca"}
+
+
 def test_the_defaults_pass() -> None:
-    assert run({}) == rules.Report([], [], [])
+    assert run({}) == rules.Report([], [], [], controller_dirs=DEFAULT_CONTROLLER_DIRS)
+
+
+def test_a_controller_directory_written_with_dots_is_resolved_by_the_controller(tmp_path) -> None:
+    """{{ playbook_dir }}/../x (the demo's own cache) is what a user writes: resolved, through symbolic links, as the
+    controller's file system resolves it; a host path so written is still refused (the host could resolve it otherwise)."""
+    (tmp_path / "fleet" / "playbooks").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    found = run({"registry_mirror_local_cache_dir": f"{tmp_path}/fleet/playbooks/../.cache/release-cache",
+                 "registry_mirror_fleet_ca_dir": f"{tmp_path}/link/../fleet-ca/"})
+    assert found.errors == []
+    assert found.controller_dirs == {"registry_mirror_local_cache_dir": f"{tmp_path}/fleet/.cache/release-cache",
+                                     "registry_mirror_fleet_ca_dir": f"{tmp_path}/fleet-ca"}
+    refused = run({"registry_mirror_storage_dir": f"{tmp_path}/fleet/../registry"})
+    assert refused.errors == [f"registry_mirror_storage_dir is '{tmp_path}/fleet/../registry', which is not normalised: "
+                              f"write {tmp_path}/registry (on the host, a .. after a symbolic link would lead elsewhere "
+                              "than it reads)"]
 
 
 @pytest.mark.parametrize("overrides", [
@@ -761,7 +783,8 @@ def test_upstreams_are_normalised_with_every_default() -> None:
 
 
 def test_no_upstreams_is_docker_hub_alone() -> None:
-    assert run({}).upstreams == [] and run({U: None}).upstreams == [] and run({U: []}) == rules.Report([], [], [])
+    assert run({}).upstreams == [] and run({U: None}).upstreams == []
+    assert run({U: []}) == rules.Report([], [], [], controller_dirs=DEFAULT_CONTROLLER_DIRS)
 
 
 def test_the_normalisation_depends_on_the_variables_alone() -> None:
@@ -908,7 +931,8 @@ def test_tier_users_are_their_names() -> None:
 
 
 def test_without_fleet_variables_there_are_no_tiers() -> None:
-    assert run({}).tiers == [] and run({}).tier_users == [] and run({T: None, TU: None}) == rules.Report([], [], [])
+    assert run({}).tiers == [] and run({}).tier_users == []
+    assert run({T: None, TU: None}) == rules.Report([], [], [], controller_dirs=DEFAULT_CONTROLLER_DIRS)
 
 
 def test_a_tier_with_a_certificate_and_names_warns() -> None:

@@ -12,8 +12,8 @@ from conftest import ARCH, GHCR_MIRROR, MIRROR, amd64_only, recap, world
 
 CERTS = "/var/lib/actuated/certs"
 HANDLER = "RUNNING HANDLER [actuated.registry.registry_mirror : Restart registry]"
-# The mirrors of the one unit (molecule.yml: the second upstream on amd64 only).
-MIRRORS = (MIRROR, GHCR_MIRROR) if ARCH == "amd64" else (MIRROR,)
+# The mirrors of the one unit (molecule.yml: Docker Hub's and the second upstream's).
+MIRRORS = (MIRROR, GHCR_MIRROR)
 
 
 def served_fingerprint(vm, mirror: str = MIRROR) -> str:
