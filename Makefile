@@ -68,6 +68,7 @@ test:
 	$(TIMED) build -- $(MAKE) --no-print-directory build && \
 	$(TIMED) world -- $(MAKE) --no-print-directory world && \
 	$(TIMED) molecule -- $(MAKE) --no-print-directory molecule && \
+	$(TIMED) demo -- $(MAKE) --no-print-directory demo DEMO_DOWN=1 && \
 	$(TIMED) bench-smoke -- $(MAKE) --no-print-directory bench-smoke && \
 	$(TIMED) --summary
 
@@ -160,7 +161,9 @@ molecule: venv world
 	    $(BIN)/molecule test -s $$s || exit 1; \
 	done
 
+## DEMO_DOWN=1 (make test) removes the demo's host afterwards; by default it stays up for exploring.
 demo: deps venv world
+	@docker ps -aq --filter label=owner=molecule | xargs -r docker rm -f >/dev/null
 	$(PY) -m demo.run
 
 bench: deps venv world

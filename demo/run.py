@@ -46,8 +46,9 @@ def vm(script: str) -> str:
     return sh(["docker", "exec", world.VM_CONTAINER, "sh", "-c", script], capture_output=True).stdout
 
 
-def counted(admin_url: str) -> None:
-    """Print what a fake registry counted since its last reset, per identity (manifest GETs = pulls)."""
+def counted(admin_url: str, account: str) -> None:
+    """Print what a fake registry counted since its last reset, per identity (manifest GETs = pulls); fail when anyone
+    but the mirror's ACCOUNT pulled (a VM's client went around the mirror, or the mirror pulled anonymously)."""
     stats = json.loads(sh(["curl", "-sS", "--cacert", str(world.CA_CERT), f"{admin_url}/_world/stats"],
                           capture_output=True).stdout)
     busy = {name: counters for name, counters in stats["identities"].items() if counters["manifest_get"] or counters["blob_get"]}
@@ -55,6 +56,10 @@ def counted(admin_url: str) -> None:
         print(f"  {name}: {counters['manifest_get']} pull(s), {counters['blob_get']} blob GET(s)")
     if not busy:
         print("  nothing: the mirror served it from its cache")
+    others = sorted(set(busy) - {account})
+    if others:
+        raise SystemExit(f"the upstream at {admin_url} was pulled from by {', '.join(others)}, not only by the mirror's "
+                         f"account {account}")
 
 
 def reset(admin_url: str) -> None:
@@ -68,7 +73,16 @@ def docker_vm(script: str) -> str:
 
 
 def main() -> int:
-    """Run the demo."""
+    """Run the demo; with DEMO_DOWN=1 (make test) remove its host afterwards, whatever happened."""
+    try:
+        return demo()
+    finally:
+        if os.environ.get("DEMO_DOWN") == "1":
+            subprocess.run(world.command("target", "down", HOST), check=False)
+
+
+def demo() -> int:
+    """The demo's steps."""
     step(f"An actuated-like host ({ARCH}) at 192.168.128.1 on the VM bridge")
     sh(world.command("target", "up", HOST, "--arch", ARCH, "--network", "actuated-br128", "--ip", "192.168.128.1"))
 
@@ -102,7 +116,7 @@ def main() -> int:
     print(f"/var/lib/registry on {HOST}: {cached[0]} in {cached[1]} blobs")
 
     step("What the (fake) Docker Hub counted, per identity (manifest GETs = Docker Hub pulls)")
-    counted(world.HUB_LOCAL_URL)
+    counted(world.HUB_LOCAL_URL, world.HUB_USERNAME)
 
     step("Another VM (Docker and containerd) pointed at both mirrors in one step: clients/registry-mirror-client.py")
     sh(["docker", "cp", str(REPO / "clients" / "registry-mirror-client.py"), f"{world.DOCKER_VM_CONTAINER}:/usr/local/bin/"])
@@ -114,9 +128,9 @@ def main() -> int:
     docker_vm("docker rmi -f alpine >/dev/null 2>&1; docker pull -q alpine && ctr -n demo images pull --snapshotter native "
               "--hosts-dir /etc/containerd/certs.d ghcr.io/library/alpine:latest >/dev/null")
     print("Docker Hub (fake) counted:")
-    counted(world.HUB_LOCAL_URL)
+    counted(world.HUB_LOCAL_URL, world.HUB_USERNAME)
     print("ghcr.io (fake) counted:")
-    counted(world.GHCR_LOCAL_URL)
+    counted(world.GHCR_LOCAL_URL, world.GHCR_USERNAME)
     print("(the mirrors' accounts: the VM's own clients would have been anonymous)")
     print(f"\nThe mirror keeps running on {HOST}. Explore: docker exec -it {HOST} journalctl -u registry")
     print(f"Remove it: python3 -m world target down {HOST}")

@@ -12,7 +12,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from .config import APT_PACKAGES, DOCKERD_PIDFILE, LOGS
+from . import sources
+from .config import APT_PACKAGES, DOCKERD_PIDFILE, LOGS, SOURCE_VERSION
 from .util import WorldError, log, ok, read_text, run, step, tail, warn, write_text
 
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
@@ -84,6 +85,9 @@ def binfmt_state() -> str:
 def cmd_deps() -> None:
     """Install and start what the world needs (idempotent)."""
     with step("deps"):
+        # First, within seconds: where the default release will come from (nothing is installed or built without one).
+        way, where = sources.decide(SOURCE_VERSION)
+        log(f"distribution {SOURCE_VERSION}: " + (f"built from {where}" if way == "source" else f"official release files in {where}"))
         missing = [pkg for pkg in APT_PACKAGES if not dpkg_installed(pkg)]
         if missing:
             log(f"installing {' '.join(missing)}")

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from . import gobuild, gorelease
+from . import gobuild, gorelease, sources
 from .config import (ARCHES, BROKEN_VERSION, CACHE, DEBS, FIXTURE_DEBS, LABEL_RECIPE, LOGS, PATCHED_VERSION, REGISTRY_VERSION,
                      RELEASE_VERSIONS, RELEASES, SOURCE_VERSION, TAMPERED_VERSION, TARGET_IMAGE)
 from .deps import APT_ENV
@@ -138,8 +138,17 @@ def cmd_releases() -> None:
     """The release files in the upstream layout under $WORLD_CACHE/releases (the hub serves them on :8080)."""
     with step("releases"):
         debian_fixtures()
-        # After debian_fixtures(), which empties RELEASES whenever its own recipe changes: the source builds are put
-        # back from their own cache on every run (0.3 s), and built only when their recipe changed (~3 min cold).
+        # After debian_fixtures(), which empties RELEASES whenever its own recipe changes: the default version is put
+        # back on every run, from the official files downloaded once, or from the source builds' own cache (0.3 s),
+        # built only when their recipe changed (~3 min cold). world/sources.py decides which.
+        way, where = sources.decide(SOURCE_VERSION)
+        if way == "official":
+            for arch in ARCHES:
+                name = release_name(SOURCE_VERSION, arch)
+                for file in (name, gorelease.sha256_name(name)):
+                    write_bytes(RELEASES / f"v{SOURCE_VERSION}" / file, (where / file).read_bytes())
+            log(f"distribution {SOURCE_VERSION}: the official release files from {where}")
+            return
         gobuild.log = log
         try:
             gobuild.build_releases(SOURCE_VERSION, ARCHES, RELEASES / f"v{SOURCE_VERSION}", CACHE)
