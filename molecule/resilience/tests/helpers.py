@@ -8,6 +8,7 @@ Imported as `helpers` (molecule/conftest.py owns the module name `conftest`).
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -22,8 +23,11 @@ import pytest
 
 from conftest import ARCH, DEFAULT_VERSION, MIRROR, Hub, run, world
 
-# Time limits are for a native target; the arm64 target runs under qemu user emulation (about 3x slower).
+# The tests assert behaviour and counts, never durations (those are recorded for the summary). A wait for something
+# the mirror must do ends at HANG_GUARD only so that a hang fails the run instead of blocking it: it is no limit the
+# mirror has to meet. The arm64 target runs under qemu user emulation (about 3x slower).
 SLOW = 3.0 if ARCH == "arm64" else 1.0
+HANG_GUARD = 120 * SLOW
 STORAGE = "/var/lib/registry"
 SMALL_FS = "/srv/registry-small"  # a 128 MiB tmpfs of the target (.config/molecule/config.yml), for the disk-full case
 CERTS = "/var/lib/actuated/certs"
@@ -146,6 +150,20 @@ class Target:
         """The target's clock, for journalctl --since."""
         return self.out("date '+%Y-%m-%d %H:%M:%S'")
 
+    @staticmethod
+    def mark() -> str:
+        """A journalctl --since value for this instant, to the microsecond (the target shares this machine's clock):
+        a count of journal lines from it includes nothing logged before."""
+        return f"@{time.time():.6f}"
+
+    def restarts(self) -> int:
+        """How many times systemd restarted registry.service by itself (Restart=) since the target booted."""
+        return int(self.out("systemctl show -p NRestarts --value registry"))
+
+    def starts(self, since: str) -> int:
+        """How many times registry.service started since SINCE (journalctl --since)."""
+        return sum(line.startswith("Started registry.service") for line in self.journal(since).splitlines())
+
     def journal(self, since: str, unit: str = "registry") -> str:
         """Journal lines of UNIT since SINCE."""
         return self.out(f"journalctl --no-pager -o cat -u {unit} --since '{since}'")
@@ -248,19 +266,31 @@ def pull_loop(jobs: list[tuple[str, str]], *, workers: int, retries: int, max_se
 
 
 POLL_SCRIPT = r"""
-import json, os, ssl, sys, time, urllib.request
+import http.client, json, os, socket, ssl, sys, time, urllib.error, urllib.request
 url, stop, max_seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
 ctx = ssl.create_default_context()
+def why(exc):
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"http {exc.code}"
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(reason, ConnectionRefusedError):
+        return "refused"
+    if isinstance(reason, (TimeoutError, socket.timeout)) or "timed out" in str(reason).lower():
+        return "timeout"
+    if isinstance(reason, (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError, ssl.SSLZeroReturnError,
+                           http.client.IncompleteRead)) or "eof" in str(reason).lower():
+        return "dropped"
+    return f"{type(reason).__name__}: {str(reason)[:80]}"
 samples, t0 = [], time.time()
 print("polling", flush=True)
 while not os.path.exists(stop) and time.time() - t0 < max_seconds:
     start = time.time()
     try:
         with urllib.request.urlopen(url, timeout=1, context=ctx) as resp:
-            ok = resp.status == 200
-    except Exception:
-        ok = False
-    samples.append([round(start, 3), ok])
+            failure = "" if resp.status == 200 else f"http {resp.status}"
+    except Exception as exc:  # every failure is kept, by kind
+        failure = why(exc)
+    samples.append([round(start, 3), not failure, failure])
     time.sleep(max(0.0, 0.1 - (time.time() - start)))
 print(json.dumps(samples))
 """
@@ -270,12 +300,14 @@ class Poller:
     """The VM asks https://MIRROR/v2/ every 100 ms (a new TLS connection each time, 1 s timeout) while the block runs.
 
     `gap(start, end)` is the longest time the VM saw no mirror in that window: from the first failed request of a run
-    of failures to the next answer (resolution 0.1 s)."""
+    of failures to the next answer (resolution 0.1 s). `failures(start, end)` counts the failed requests by kind:
+    "timeout" (no answer within 1 s: the connection waited, e.g. in the socket's queue for the next registry),
+    "refused" (nothing listened), "dropped" (the connection was closed without an answer), "http NNN", or the error."""
 
     def __init__(self, max_seconds: float = 600) -> None:
         self.max_seconds = max_seconds
         self.stop = f"/tmp/resilience-poll-{uuid.uuid4().hex[:8]}"
-        self.samples: list[tuple[float, bool]] = []
+        self.samples: list[tuple[float, bool, str]] = []
         self.proc: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> Poller:
@@ -296,7 +328,7 @@ class Poller:
     def gaps(self, start: float = 0.0, end: float = float("inf")) -> list[float]:
         """Every no-mirror interval that began in [START, END] (seconds), longest first."""
         found, first_fail = [], None
-        for when, ok in self.samples:
+        for when, ok, _failure in self.samples:
             if not ok and first_fail is None:
                 first_fail = when
             elif ok and first_fail is not None:
@@ -310,6 +342,10 @@ class Poller:
     def gap(self, start: float = 0.0, end: float = float("inf")) -> float:
         """The longest no-mirror interval that began in [START, END] (0 if the VM always found the mirror)."""
         return (self.gaps(start, end) or [0.0])[0]
+
+    def failures(self, start: float = 0.0, end: float = float("inf")) -> dict[str, int]:
+        """How many requests begun in [START, END] failed, by kind."""
+        return dict(collections.Counter(failure for when, ok, failure in self.samples if not ok and start <= when <= end))
 
 
 def serves(timeout: float = 2) -> bool:

@@ -226,8 +226,13 @@ def bad_input_runs(host, converge):
     return outputs, before, after
 
 
-def test_every_host_rule_and_every_issue_case_is_here():
-    assert len(BAD_INPUT) >= 40
+def test_every_case_was_run_once_and_each_run_was_refused_naming_its_variable(bad_input_runs):
+    outputs, _before, _after = bad_input_runs
+    assert sorted(outputs) == sorted(BAD_INPUT)  # one run per case, none skipped
+    refused = [case for case, output in outputs.items() if not output.startswith("rc=0\n")]
+    named = [case for case in refused if BAD_INPUT[case][1] in " ".join(outputs[case].split())]
+    assert len(refused) == len(BAD_INPUT), sorted(set(BAD_INPUT) - set(refused))
+    assert len(named) == len(BAD_INPUT), sorted(set(BAD_INPUT) - set(named))
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUT))
