@@ -30,35 +30,30 @@ class ActionModule(ActionBase):
         result["changed"] = False
         spec = self._task.args.get("argument_spec") or self._role_options()
         values, errors = self._values(spec, task_vars)
-        upstreams: list = []
-        tiers: list = []
-        tier_users: list = []
         report = self._task.args.get("host_report")
+        found = rules.Report([], [], [])
         if report is None:
             found = rules.validate(values, spec, defined=list(task_vars), home=os.path.expanduser("~"))
-            errors += found.errors
             if found.warnings:
                 result["warnings"] = found.warnings
-            upstreams, tiers, tier_users = list(found.upstreams), list(found.tiers), list(found.tier_users)
             result["controller_dirs"] = dict(found.controller_dirs)
             what = "input"
         else:
             host = rules.parse_host_report(to_native(report))
             result.update(user_exists=host.user is not None, group_exists=host.group is not None,
                           unit_installed=host.unit_installed, mirror_active=host.active == "active")
-            values, problems = rules.effective(values, spec)
-            errors += problems
             if not errors:
-                normalised = rules.normalise_upstreams(values)
-                fleet = (rules.normalise_tiers(values), rules.normalise_tier_users(values))
-                upstreams, tiers, tier_users = normalised.upstreams, fleet[0].entries, fleet[1].entries
-                errors = normalised.errors + fleet[0].errors + fleet[1].errors or rules.check_host(values, host)
+                found = rules.validate_host(values, spec, host)
             what = "host"
+        errors += found.errors
         result["errors"] = errors
         if not errors:
-            # registry_mirror_upstreams with every default filled in and without its secrets, registry_mirror_tiers
-            # without its secrets and the user names of registry_mirror_tier_users, for the role's tasks.
-            result.update(upstreams=upstreams, tiers=tiers, tier_users=tier_users)
+            # The model the role renders from: registry_mirror_upstreams with every default filled in and without its
+            # secrets, registry_mirror_tiers without its secrets, the user names of registry_mirror_tier_users and
+            # (the input checks) the Docker Hub mirror in the upstreams' shape, the tier's names and the role's paths.
+            result.update(upstreams=list(found.upstreams), tiers=list(found.tiers), tier_users=list(found.tier_users))
+            if what == "input":
+                result.update(primary=dict(found.primary), tier_names=list(found.tier_names), **found.paths)
         if errors:
             result["failed"] = True
             result["msg"] = (f"{len(errors)} problem{'s' if len(errors) > 1 else ''} with the registry_mirror "

@@ -59,27 +59,17 @@ options:
       - Certificates after the first one in O(path) are used as untrusted intermediates.
       - When not set, the chain is not checked.
     type: path
+extends_documentation_fragment: [actuated.registry.attributes]
 attributes:
   check_mode:
-    description: Can run in check mode and return the changed status prediction without modifying the target.
-    support: full
     details:
       - In check mode the module reads and checks the files and reports whether the state would change, but does
         not create or write the state file or its directory.
   diff_mode:
-    description: Returns details on what has changed (or would change in check mode) when in diff mode.
-    support: full
     details:
       - The diff shows the recorded and the current fingerprint (and key digest when O(key_path) is set).
   idempotent:
-    description:
-      - When run twice in a row outside check mode, with the same arguments, the second run reports no change.
-      - This assumes that the watched files have not changed between the runs.
-    support: full
-  platform:
-    description: Target OS/families that can be operated against.
-    support: N/A
-    platforms: posix
+    details: This assumes that the watched files have not changed between the runs.
 notes:
   - The module needs only the Python standard library and the C(openssl) command on the managed host. The fingerprint
     is computed in Python; C(openssl x509) provides the dates, names, serial and public key, C(openssl pkey) the public

@@ -80,33 +80,17 @@ options:
       - Must be less than O(days).
     type: int
     default: 30
-extends_documentation_fragment:
-  - action_common_attributes
-  - action_common_attributes.conn
-  - action_common_attributes.flow
+extends_documentation_fragment: [action_common_attributes, action_common_attributes.conn, action_common_attributes.flow,
+                                 actuated.registry.attributes.controller]
 attributes:
-  action:
-    support: full
-  async:
-    support: none
-  become:
-    support: none
-  bypass_host_loop:
-    support: none
   check_mode:
     support: full
     details: Reads the CA and the tier certificate and reports what would be created or issued, but writes nothing.
-  connection:
-    support: none
-  delegation:
-    support: none
   diff_mode:
     support: full
     details:
       - One diff per file that is created or issued - the certificate's subject, issuer, subject alternative names
         and end of validity before and after. Never key material.
-  platform:
-    platforms: all
 notes:
   - The CA key is EC P-256 rather than RSA 3072 - the same security level as RSA 3072 for a fraction of the key size
     and signing time (generating it in many forks at once costs nothing noticeable), and accepted by every TLS

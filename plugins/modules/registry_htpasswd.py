@@ -18,9 +18,11 @@ description:
     with a fresh random salt.
   - The file is written atomically (a temporary file in the same directory, owner, group and mode set, then renamed
     over O(path)); the directory must exist.
-  - Refuses, before writing anything, a user name that is empty, contains a colon, whitespace or a control character
-    or starts with C(#), a duplicate user name, an empty password, a password with a NUL character and a password
-    longer than 72 bytes in UTF-8 (bcrypt ignores what follows).
+  - Refuses, before writing anything, a user name that is empty, contains a colon, whitespace, a control character or
+    another character that is not printable, starts with C(#) or is longer than 64 characters, a duplicate user name,
+    an empty password, a password with a newline or a control character and a password longer than 72 bytes in UTF-8
+    (bcrypt ignores what follows). The C(actuated.registry.registry_mirror) role checks C(registry_mirror_tier_users)
+    with the same rules before it changes anything.
   - Passwords and hashes are never returned, logged or shown in a diff.
 author:
   - actuated.registry contributors (@self-actuated)
@@ -45,13 +47,15 @@ options:
     suboptions:
       username:
         description:
-          - The user name. Must not be empty, contain a colon, whitespace or a control character, or start with C(#)
-            (distribution reads such a line as a comment).
+          - The user name. Must not be empty, contain a colon, whitespace, a control character or another character
+            that is not printable, start with C(#) (distribution reads such a line as a comment) or be longer than 64
+            characters.
         type: str
         required: true
       password:
         description:
-          - The password, at most 72 bytes in UTF-8 (bcrypt's limit), not empty, without a NUL character.
+          - The password, at most 72 bytes in UTF-8 (bcrypt's limit), not empty, without a newline or a control
+            character.
           - Never logged (the suboption is C(no_log)).
         type: str
         required: true
@@ -77,27 +81,16 @@ options:
       - An existing hash with another cost is replaced, with the same password, by one with this cost.
     type: int
     default: 10
+extends_documentation_fragment: [actuated.registry.attributes]
 attributes:
   check_mode:
-    description: Can run in check mode and return the changed status prediction without modifying the target.
-    support: full
     details:
       - In check mode the module reads the file and verifies the passwords against it, but writes nothing.
       - When the directory of O(path) does not exist, check mode reports a change instead of failing.
   diff_mode:
-    description: Returns details on what has changed (or would change in check mode) when in diff mode.
-    support: full
     details:
       - The diff shows the user names before and after, which users get a new hash, and the file's owner, group and
         mode. It never shows a password or a hash.
-  idempotent:
-    description:
-      - When run twice in a row outside check mode, with the same arguments, the second run reports no change.
-    support: full
-  platform:
-    description: Target OS/families that can be operated against.
-    support: N/A
-    platforms: posix
 notes:
   - The module needs only the Python standard library (Python 3.8 or newer, including 3.13 and newer, where Python's
     C(crypt) module no longer exists) and the system's C(libcrypt).
@@ -164,8 +157,9 @@ import warnings
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.actuated.registry.plugins.module_utils._inputs_htpasswd import password_problems, username_problem
 
-BCRYPT_MAX_BYTES = 72
+
 MIN_COST = 4
 MAX_COST = 14
 NO_BCRYPT = "this host's libcrypt does not support bcrypt; install libcrypt1 (libxcrypt)"
@@ -275,37 +269,21 @@ def _python_crypt() -> t.Any:
 
 
 def user_problems(users: t.Sequence[t.Mapping[str, t.Any]]) -> list[str]:
-    """Everything wrong with USERS, one sentence each, naming the user (or its position), never the password."""
+    """Everything wrong with USERS, one sentence each, naming the user (or its position), never the password. The rules
+    of a user name and a password are the role's preflight's too (module_utils/_inputs_htpasswd.py)."""
     problems = []
     if not users:
         problems.append("users is empty: distribution would refuse every client; give at least one user")
     seen: set[str] = set()
     for index, user in enumerate(users, 1):
         name = user["username"]
-        label = f"users[{index}]"
-        if not name:
-            problems.append(f"{label}: the user name is empty")
-            continue
-        if ":" in name:
-            problems.append(f"{label}: the user name {name!r} contains ':', which separates the name from the hash")
-        if any(char.isspace() for char in name):
-            problems.append(f"{label}: the user name {name!r} contains whitespace")
-        elif any(not char.isprintable() for char in name):
-            problems.append(f"{label}: the user name {name!r} contains a control character")
-        if name.startswith("#"):
-            problems.append(f"{label}: the user name {name!r} starts with '#', which distribution reads as a comment")
-        if name in seen:
-            problems.append(f"{label}: the user name {name!r} is given more than once")
+        trouble = username_problem(name)
+        if trouble:
+            problems.append(f"users[{index}]: the user name {trouble}")
+        if name and name in seen:
+            problems.append(f"users[{index}]: the user name {name!r} is given more than once")
         seen.add(name)
-        label = f"the password of user {name!r}"
-        password = user["password"]
-        if not password:
-            problems.append(f"{label} is empty")
-        elif "\0" in password:
-            problems.append(f"{label} contains a NUL character")
-        elif len(password.encode("utf-8")) > BCRYPT_MAX_BYTES:
-            problems.append(f"{label} is longer than {BCRYPT_MAX_BYTES} bytes (bcrypt's limit; it would ignore the "
-                            f"rest)")
+        problems.extend(f"the password of user {name!r} {text}" for text in password_problems(user["password"]))
     return problems
 
 
@@ -338,26 +316,24 @@ def parse_mode(value: t.Any) -> int:
     return mode
 
 
-def resolve_owner(owner: str | None) -> int | None:
-    if owner is None:
+def _resolve(kind: str, value: str | None, lookup: t.Callable[[str], t.Any]) -> int | None:
+    """The numeric id of the account VALUE of KIND (owner: a user, group: a group), by name or as a number."""
+    if value is None:
         return None
     try:
-        return pwd.getpwnam(owner).pw_uid
+        return int(lookup(value)[2])  # pw_uid, gr_gid
     except KeyError:
-        if owner.isdigit():
-            return int(owner)
-    raise HtpasswdError(f"owner {owner!r} does not exist on this host")
+        if value.isdigit():
+            return int(value)
+    raise HtpasswdError(f"{kind} {value!r} does not exist on this host")
+
+
+def resolve_owner(owner: str | None) -> int | None:
+    return _resolve("owner", owner, pwd.getpwnam)
 
 
 def resolve_group(group: str | None) -> int | None:
-    if group is None:
-        return None
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        if group.isdigit():
-            return int(group)
-    raise HtpasswdError(f"group {group!r} does not exist on this host")
+    return _resolve("group", group, grp.getgrnam)
 
 
 def _user_name(uid: int) -> str:
@@ -460,6 +436,12 @@ class Htpasswd:
                 rehashed.append(f"{name} (new password)")
             lines.append(f"{name}:{self.hash_password(password)}")
         new_content = ("\n".join(lines) + "\n").encode("utf-8")
+        # Checked as its reader reads it (parse_htpasswd reads as distribution does) before it can land: each user
+        # once, in order, with a bcrypt hash.
+        read_back = parse_htpasswd(new_content.decode("utf-8"))
+        if list(read_back) != names or not all(BCRYPT_HASH.match(hashed) for hashed in read_back.values()):
+            self.fail(f"the new {self.path} would not read back as the users given, each once with a bcrypt hash; "
+                      "nothing was changed")
 
         want_uid = uid if uid is not None else (st.st_uid if st else os.geteuid())
         want_gid = gid if gid is not None else (st.st_gid if st else os.getegid())

@@ -31,8 +31,11 @@ description:
     C(password) in C(registry_mirror_tiers), nor of a C(password) in C(registry_mirror_tier_users), at any
     verbosity - only what is wrong with it (empty, a newline, a control character, whitespace, a non-ASCII
     character, a character the environment file would interpret, longer than bcrypt's 72 bytes).
-  - Returns C(registry_mirror_upstreams) normalised (RV(upstreams)), C(registry_mirror_tiers) without secrets
-    (RV(tiers)) and the user names of C(registry_mirror_tier_users) (RV(tier_users)) for the role's tasks.
+  - Returns the model the role renders from, without secrets - C(registry_mirror_upstreams) normalised
+    (RV(upstreams)), the Docker Hub mirror in the same shape (RV(primary)), C(registry_mirror_tiers) (RV(tiers)), the
+    user names of C(registry_mirror_tier_users) (RV(tier_users)), C(registry_mirror_tier_names) as a list
+    (RV(tier_names)) and the paths the role derives (RV(upstreams_dir), RV(release_base_url), RV(controller_dirs)).
+    A secret stays in its variable; an entry says where it is (RV(upstreams[].index), RV(tiers[].index)).
   - Used by the C(actuated.registry.registry_mirror) role as the first task of its preflight; it reads the variables
     from the host's variables, not from its arguments.
 author:
@@ -48,33 +51,17 @@ options:
       - The output of the role's inspection command on the host (tab-separated C(user), C(group), C(unit) and C(path)
         lines). When set, the host rules run instead of the input rules.
     type: str
-extends_documentation_fragment:
-  - action_common_attributes
-  - action_common_attributes.conn
-  - action_common_attributes.flow
+extends_documentation_fragment: [action_common_attributes, action_common_attributes.conn, action_common_attributes.flow,
+                                 actuated.registry.attributes.controller]
 attributes:
-  action:
-    support: full
-  async:
-    support: none
-  become:
-    support: none
-  bypass_host_loop:
-    support: none
   check_mode:
     support: full
     details: Reads only; the same in check mode.
-  connection:
-    support: none
-  delegation:
-    support: none
   diff_mode:
     support: none
-  platform:
-    platforms: all
 notes:
-  - The rules themselves live in the collection's private module utility C(_mirror_inputs), unit-tested without a
-    host.
+  - The rules themselves live in the collection's private module utilities C(_mirror_inputs) (C(validate)) and
+    C(_inputs_*) (by concern), unit-tested without a host.
 seealso:
   - module: ansible.builtin.validate_argument_spec
 """
@@ -159,6 +146,24 @@ upstreams:
     credentials_env:
       description: C(REGISTRY_MIRROR_) and the name in upper case with C(_) for C(-).
       type: str
+    index:
+      description:
+        - The entry's place in C(registry_mirror_upstreams), from 1 - where a template finds its user name and
+          password.
+      type: int
+    fallbacks:
+      description: None - only the Docker Hub mirror of an edge with tiers has some (RV(primary)).
+      type: list
+      elements: dict
+    config_file:
+      description: Its registry configuration, C(<registry_mirror_config_dir>/upstreams/<name>/config.yml).
+      type: str
+    settings_file:
+      description: Its supervisor's settings, C(supervisor.json) next to RV(upstreams[].config_file).
+      type: str
+    env_file:
+      description: Its root-only credentials file, C(proxy.env) next to RV(upstreams[].config_file).
+      type: str
   sample:
     - name: ghcr
       url: https://ghcr.io
@@ -173,6 +178,66 @@ upstreams:
       allow_http: false
       credentials: true
       credentials_env: REGISTRY_MIRROR_GHCR
+      index: 1
+      fallbacks: []
+      config_file: /etc/registry/upstreams/ghcr/config.yml
+      settings_file: /etc/registry/upstreams/ghcr/supervisor.json
+      env_file: /etc/registry/upstreams/ghcr/proxy.env
+primary:
+  description:
+    - The Docker Hub mirror, with the keys of an entry of RV(upstreams) - C(name) C(docker-hub), C(registry)
+      C(docker.io), C(url) C(registry_mirror_upstream_url) without a trailing C(/) (on an edge with tiers, the first
+      tier's), C(port), C(metrics_port), C(supervisor_port), C(ttl), C(storage_dir), C(cache_budget_mb) and
+      C(cache_budget_percent) from the C(registry_mirror_*) variables, C(allow_http) from
+      C(registry_mirror_upstream_allow_http), its files in C(registry_mirror_config_dir), C(credentials_env) empty and
+      C(index) 0 (its credentials are the Docker Hub account's, or on an edge with tiers the tiers').
+    - C(credentials) says whether the role writes its C(proxy.env). C(fallbacks), on an edge with tiers, lists what its
+      supervisor tries after C(url) in order - the other tiers, then Docker Hub anonymously - each as C(url) and
+      C(credentials) (the tier's RV(tiers[].credentials_env), or empty).
+  returned: when the input checks pass (not with O(host_report))
+  type: dict
+  sample:
+    name: docker-hub
+    url: https://registry-1.docker.io
+    registry: docker.io
+    port: 5000
+    metrics_port: 5001
+    supervisor_port: 5002
+    ttl: 168h
+    storage_dir: /var/lib/registry
+    cache_budget_mb: 40960
+    cache_budget_percent: 25
+    allow_http: false
+    credentials: true
+    credentials_env: ""
+    index: 0
+    fallbacks: []
+    config_file: /etc/registry/config.yml
+    settings_file: /etc/registry/supervisor.json
+    env_file: /etc/registry/proxy.env
+tier_names:
+  description:
+    - C(registry_mirror_tier_names) as a list (a comma-separated string split, each part trimmed, empty ones dropped).
+  returned: when the input checks pass (not with O(host_report))
+  type: list
+  elements: str
+  sample: [tier1.site.example, 10.20.0.5]
+upstreams_dir:
+  description: The directory of the further upstreams' directories (C(<registry_mirror_config_dir>/upstreams)).
+  returned: when the input checks pass (not with O(host_report))
+  type: str
+  sample: /etc/registry/upstreams
+release_base_url:
+  description: C(registry_mirror_release_base_url) without a trailing C(/).
+  returned: when the input checks pass (not with O(host_report))
+  type: str
+  sample: https://github.com/distribution/distribution/releases/download
+bridge_addresses:
+  description: actuated's VM bridge addresses, which C(registry_mirror_bind_address=auto) chooses from.
+  returned: when the input checks pass (not with O(host_report))
+  type: list
+  elements: str
+  sample: [192.168.128.1, 192.168.129.1]
 tiers:
   description:
     - C(registry_mirror_tiers) (an edge's tiers) in the order given, without secrets - the same list from the same

@@ -3,6 +3,9 @@
 """registry.service's main process: keeps the mirror serving whether or not Docker Hub answers.
 
 Usage: registry-supervisor SETTINGS.json [SETTINGS.json ...]
+       registry-supervisor --check-settings SETTINGS.json    (the role's validate step: load it as at start, exit 2 if
+                                                              invalid, saying why)
+       registry-supervisor --check-env ENVIRONMENT_FILE      (the same for a credentials file, proxy.env: never a value)
 
 distribution in pull-through mode contacts its upstream while starting and exits when it cannot, so a mirror
 (re)started during an upstream outage (a reboot, a certificate renewal, an upgrade) would serve nothing, although its
@@ -1569,6 +1572,43 @@ class Group:
                 member.relay.join(timeout=1)
 
 
+# A line of a credentials file the role writes for systemd (EnvironmentFile=): NAME="VALUE", the value without what
+# systemd would interpret inside double quotes or anything that could end the line.
+ENV_ASSIGNMENT = re.compile(r'([A-Z][A-Z0-9_]*)="[^"\\$`\x00-\x1f\x7f]*"')
+
+
+def check_env_file(path: str) -> None:
+    """Check a credentials file (proxy.env) before it replaces the live one: comments, blank lines and NAME="VALUE"
+    lines of the credentials this program reads (CREDENTIAL_ENV, MIRROR_CREDENTIAL_ENV), each once, each user name with
+    its password. Raises SettingsError naming the line or variable, never a value."""
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read().decode("utf-8")
+    except OSError as exc:
+        raise SettingsError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError:
+        raise SettingsError(f"{path}: not UTF-8 text") from None
+    names: list[str] = []
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip() or line.lstrip().startswith(("#", ";")):
+            continue
+        match = ENV_ASSIGNMENT.fullmatch(line)
+        if not match:
+            raise SettingsError(f'{path}: line {number} is not NAME="VALUE" with a value free of quotes, backslashes, '
+                                "dollar signs, backticks and control characters (its value is not shown)")
+        name = match.group(1)
+        if name not in CREDENTIAL_ENV and not MIRROR_CREDENTIAL_ENV.fullmatch(name):
+            raise SettingsError(f"{path}: line {number} sets {name}, which is not a credential {PROG} reads")
+        if name in names:
+            raise SettingsError(f"{path}: line {number} sets {name} again")
+        names.append(name)
+    for name in names:
+        stem, _sep, half = name.rpartition("_")
+        partner = f"{stem}_{'PASSWORD' if half == 'USERNAME' else 'USERNAME'}"
+        if partner not in names:
+            raise SettingsError(f"{path}: {name} is set without {partner}")
+
+
 def load_group(paths: list[str], parent: Mapping[str, str]) -> list[Member] | None:
     """The mirrors of group mode, the first file the primary; None when a file is invalid (said, each)."""
     members: list[Member] = []
@@ -1584,8 +1624,19 @@ def load_group(paths: list[str], parent: Mapping[str, str]) -> list[Member] | No
 def main(argv: list[str]) -> int:
     """Read the settings named on the command line and supervise: one mirror, or a group of them."""
     paths = argv[1:]
+    if len(paths) == 2 and paths[0] in ("--check-settings", "--check-env"):
+        try:
+            if paths[0] == "--check-settings":
+                Settings.load(paths[1])
+            else:
+                check_env_file(paths[1])
+        except SettingsError as exc:
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            return 2
+        return 0
     if not paths:
-        print(f"usage: {PROG} SETTINGS.json [SETTINGS.json ...]", file=sys.stderr)
+        print(f"usage: {PROG} SETTINGS.json [SETTINGS.json ...] | --check-settings SETTINGS.json | --check-env FILE",
+              file=sys.stderr)
         return 2
     if len(paths) > 1:
         members = load_group(paths, os.environ)

@@ -88,8 +88,8 @@ def test_a_source_tarball_is_used_without_any_request(monkeypatch: pytest.Monkey
     assert not (tmp_path / "official").exists()
 
 
-def test_without_a_source_the_official_files_are_downloaded_once_and_checked(tmp_path: Path, releases: Releases,
-                                                                              defaults: Path, no_source: Path) -> None:
+def test_without_a_source_the_official_files_are_downloaded_once_and_checked(
+        tmp_path: Path, releases: Releases, defaults: Path, no_source: Path) -> None:
     way, where = sources.decide(VERSION, cache=tmp_path / "official", defaults=defaults)
     assert way == "official" and where == tmp_path / "official" / f"v{VERSION}"
     for arch in ("amd64", "arm64"):

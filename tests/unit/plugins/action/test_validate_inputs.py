@@ -134,7 +134,10 @@ UP_PASSWORD = "ghp_UPSTR3AMS3CRET42"
 GHCR = {"name": "ghcr", "url": "https://ghcr.io/", "port": 5010}
 GHCR_NORMALISED = {"name": "ghcr", "url": "https://ghcr.io", "registry": "ghcr.io", "port": 5010, "metrics_port": 5011,
                    "supervisor_port": 5012, "ttl": "168h", "storage_dir": "/var/lib/registry-ghcr", "cache_budget_mb": 40960,
-                   "cache_budget_percent": 10, "allow_http": False, "credentials": True, "credentials_env": "REGISTRY_MIRROR_GHCR"}
+                   "cache_budget_percent": 10, "allow_http": False, "credentials": True, "credentials_env": "REGISTRY_MIRROR_GHCR",
+                   "index": 1, "fallbacks": [], "config_file": "/etc/registry/upstreams/ghcr/config.yml",
+                   "settings_file": "/etc/registry/upstreams/ghcr/supervisor.json",
+                   "env_file": "/etc/registry/upstreams/ghcr/proxy.env"}
 
 
 def test_upstreams_are_returned_normalised_without_secrets() -> None:
@@ -144,7 +147,9 @@ def test_upstreams_are_returned_normalised_without_secrets() -> None:
     assert result["upstreams"] == [GHCR_NORMALISED, {
         "name": "quay", "url": "https://quay.io", "registry": "quay.io", "port": 5020, "metrics_port": 5021, "supervisor_port": 5022,
         "ttl": "168h", "storage_dir": "/var/lib/registry-quay", "cache_budget_mb": 40960, "cache_budget_percent": 10,
-        "allow_http": False, "credentials": False, "credentials_env": "REGISTRY_MIRROR_QUAY"}]
+        "allow_http": False, "credentials": False, "credentials_env": "REGISTRY_MIRROR_QUAY", "index": 2, "fallbacks": [],
+        "config_file": "/etc/registry/upstreams/quay/config.yml", "settings_file": "/etc/registry/upstreams/quay/supervisor.json",
+        "env_file": "/etc/registry/upstreams/quay/proxy.env"}]
     dumped = json.dumps(result)
     assert UP_USER not in dumped and UP_PASSWORD not in dumped
 

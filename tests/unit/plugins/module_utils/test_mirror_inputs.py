@@ -1,7 +1,8 @@
 # Copyright (c) actuated.registry contributors
 # SPDX-License-Identifier: MIT
 
-"""The registry_mirror role's input and host rules (plugins/module_utils/_mirror_inputs.py), without a host.
+"""The registry_mirror role's input and host rules (plugins/module_utils/_mirror_inputs.py and _inputs_*.py), without
+a host.
 
 Each bad-input case asserts that the run would stop (at least one error), that an error names the variable and the
 problem, that every error starts with the name of a variable, and that no message holds a secret's value."""
@@ -16,6 +17,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ansible_collections.actuated.registry.plugins.module_utils import _inputs_basic as basic
+from ansible_collections.actuated.registry.plugins.module_utils import _inputs_entries as entry_rules
+from ansible_collections.actuated.registry.plugins.module_utils import _inputs_fleet as fleet
+from ansible_collections.actuated.registry.plugins.module_utils import _inputs_host as host_rules
+from ansible_collections.actuated.registry.plugins.module_utils import _inputs_htpasswd as htpasswd
+from ansible_collections.actuated.registry.plugins.module_utils import _inputs_upstreams as upstream_rules
 from ansible_collections.actuated.registry.plugins.module_utils import _mirror_inputs as rules
 
 ROLE = Path(__file__).resolve().parents[4] / "roles" / "registry_mirror"
@@ -551,7 +558,7 @@ FLEET_BAD_INPUT: dict[str, tuple[dict[str, t.Any], str, str]] = {
                                       "contains a control character"),
     "tier user password over 72 bytes": (tier_users({**EDGE_USER, "password": TU_PASSWORD * 4}), f"{TU}[edge].password",
                                          "is longer than 72 bytes (its value is not shown): bcrypt, which hashes it for the "
-                                         "tier's htpasswd file, ignores every byte after the 72nd"),
+                                         "htpasswd file, ignores every byte after the 72nd"),
     "tier user password of 37 two-byte letters": (tier_users({**EDGE_USER, "password": "\u00e9" * 37}), f"{TU}[edge].password",
                                                   "is longer than 72 bytes"),
     "tier user password a dictionary": (tier_users({**EDGE_USER, "password": {"value": TU_PASSWORD}}), f"{TU}[edge].password",
@@ -603,10 +610,21 @@ SECRETS = (TOKEN, USER, UP_USER, UP_PASSWORD, TIER_LOGIN, TIER_PASSWORD, TU_PASS
 
 DEFAULT_CONTROLLER_DIRS = {"registry_mirror_local_cache_dir": f"{HOME}/.cache/actuated.registry",
                            "registry_mirror_fleet_ca_dir": f"{HOME}/.local/share/actuated.registry/fleet-ca"}
+# The Docker Hub mirror of the defaults, in the shape of a normalised upstream.
+DEFAULT_PRIMARY = {
+    "name": "docker-hub", "url": "https://registry-1.docker.io", "registry": "docker.io", "port": 5000, "metrics_port": 5001,
+    "supervisor_port": 5002, "ttl": "168h", "storage_dir": "/var/lib/registry", "cache_budget_mb": 40960,
+    "cache_budget_percent": 25, "allow_http": False, "credentials": False, "credentials_env": "", "index": 0, "fallbacks": [],
+    "config_file": "/etc/registry/config.yml", "settings_file": "/etc/registry/supervisor.json",
+    "env_file": "/etc/registry/proxy.env"}
+DEFAULT_PATHS = {"upstreams_dir": "/etc/registry/upstreams",
+                 "release_base_url": "https://github.com/distribution/distribution/releases/download",
+                 "bridge_addresses": ["192.168.128.1", "192.168.129.1"]}
+DEFAULT_REPORT = rules.Report([], [], [], controller_dirs=DEFAULT_CONTROLLER_DIRS, primary=DEFAULT_PRIMARY, paths=DEFAULT_PATHS)
 
 
 def test_the_defaults_pass() -> None:
-    assert run({}) == rules.Report([], [], [], controller_dirs=DEFAULT_CONTROLLER_DIRS)
+    assert run({}) == DEFAULT_REPORT
 
 
 def test_a_controller_directory_written_with_dots_is_resolved_by_the_controller(tmp_path) -> None:
@@ -621,7 +639,8 @@ def test_a_controller_directory_written_with_dots_is_resolved_by_the_controller(
     assert found.controller_dirs == {"registry_mirror_local_cache_dir": f"{tmp_path}/fleet/.cache/release-cache",
                                      "registry_mirror_fleet_ca_dir": f"{tmp_path}/fleet-ca"}
     refused = run({"registry_mirror_storage_dir": f"{tmp_path}/fleet/../registry"})
-    assert refused.errors == [f"registry_mirror_storage_dir is '{tmp_path}/fleet/../registry', which is not normalised: "
+    assert refused.errors == [f"registry_mirror_storage_dir is {basic.show(f'{tmp_path}/fleet/../registry')}, which is not "
+                              "normalised: "
                               f"write {tmp_path}/registry (on the host, a .. after a symbolic link would lead elsewhere "
                               "than it reads)"]
 
@@ -677,7 +696,7 @@ def test_no_message_holds_a_secret(case: str) -> None:
     overrides, _variable, _problem = BAD_INPUT[case]
     report = run(overrides)
     text = "\n".join(report.errors + report.warnings)
-    for name in rules.SECRET_VARIABLES:
+    for name in basic.SECRET_VARIABLES:
         value = str(overrides.get(name, ""))
         if value:
             assert value not in text
@@ -729,7 +748,7 @@ def test_a_url_with_a_password_is_shown_without_it() -> None:
 
 @pytest.mark.parametrize("value", ["a\nb", "a\x00b", "a b", "a\u2028b", "a\u00e9b", 'a"b', "a\\b", "a`b", "a$b"])
 def test_secret_problems_name_a_class_not_the_character(value: str) -> None:
-    for text in rules.secret_problems(value, username=False):
+    for text in basic.secret_problems(value, username=False):
         assert text.startswith(("a ", "whitespace")) and value not in text
 
 
@@ -770,21 +789,28 @@ def test_upstreams_are_normalised_with_every_default() -> None:
     assert report.upstreams == [
         {"name": "ghcr", "url": "https://ghcr.io", "registry": "ghcr.io", "port": 5010, "metrics_port": 5011,
          "supervisor_port": 5012, "ttl": "24h", "storage_dir": "/srv/hub-ghcr", "cache_budget_mb": 2048,
-         "cache_budget_percent": 10, "allow_http": False, "credentials": True, "credentials_env": "REGISTRY_MIRROR_GHCR"},
+         "cache_budget_percent": 10, "allow_http": False, "credentials": True, "credentials_env": "REGISTRY_MIRROR_GHCR",
+         "index": 1, "fallbacks": [], "config_file": "/etc/registry/upstreams/ghcr/config.yml",
+         "settings_file": "/etc/registry/upstreams/ghcr/supervisor.json", "env_file": "/etc/registry/upstreams/ghcr/proxy.env"},
         {"name": "k8s-io", "url": "https://registry.k8s.io:443", "registry": "registry.k8s.io", "port": 5030,
          "metrics_port": 6031, "supervisor_port": 6032, "ttl": "72h", "storage_dir": "/srv/k8s", "cache_budget_mb": 100,
-         "cache_budget_percent": 5, "allow_http": False, "credentials": False, "credentials_env": "REGISTRY_MIRROR_K8S_IO"},
+         "cache_budget_percent": 5, "allow_http": False, "credentials": False, "credentials_env": "REGISTRY_MIRROR_K8S_IO",
+         "index": 2, "fallbacks": [], "config_file": "/etc/registry/upstreams/k8s-io/config.yml",
+         "settings_file": "/etc/registry/upstreams/k8s-io/supervisor.json",
+         "env_file": "/etc/registry/upstreams/k8s-io/proxy.env"},
     ]
     # Every key, in the same order, whatever the entry sets; never a secret.
     for entry in report.upstreams:
-        assert list(entry) == [key for key in rules.UPSTREAM_OPTIONS if key not in rules.UPSTREAM_SECRETS] + [
-            "credentials", "credentials_env"]
+        assert list(entry) == [key for key in entry_rules.UPSTREAM_OPTIONS if key not in entry_rules.UPSTREAM_SECRETS] + [
+            "credentials", "credentials_env", "index", "fallbacks", "config_file", "settings_file", "env_file"]
+    # The Docker Hub mirror has the same keys, in the same order.
+    assert list(report.primary) == list(report.upstreams[0])
     assert UP_USER not in repr(report) and UP_PASSWORD not in repr(report)
 
 
 def test_no_upstreams_is_docker_hub_alone() -> None:
     assert run({}).upstreams == [] and run({U: None}).upstreams == []
-    assert run({U: []}) == rules.Report([], [], [], controller_dirs=DEFAULT_CONTROLLER_DIRS)
+    assert run({U: []}) == DEFAULT_REPORT
 
 
 def test_the_normalisation_depends_on_the_variables_alone() -> None:
@@ -792,7 +818,7 @@ def test_the_normalisation_depends_on_the_variables_alone() -> None:
     overrides = ups({**GHCR, **CREDS}, QUAY, registry_mirror_storage_dir="/srv/hub")
     values, errors = rules.effective({**{name: option.get("default") for name, option in SPEC.items()}, **overrides}, SPEC)
     assert errors == []
-    assert rules.normalise_upstreams(values).upstreams == run(overrides).upstreams == rules.normalise_upstreams(values).upstreams
+    assert upstream_rules.normalise_upstreams(values).upstreams == run(overrides).upstreams == upstream_rules.normalise_upstreams(values).upstreams
 
 
 def test_a_bad_entry_leaves_no_list() -> None:
@@ -835,24 +861,16 @@ def test_cache_budgets_over_90_percent_warn(shares: list[int], warned: bool) -> 
 @pytest.mark.parametrize("name,prefix", [("ghcr", "REGISTRY_MIRROR_GHCR"), ("k8s-io", "REGISTRY_MIRROR_K8S_IO"),
                                          ("a-b-c9", "REGISTRY_MIRROR_A_B_C9")])
 def test_credentials_env(name: str, prefix: str) -> None:
-    assert rules.credentials_env(name) == prefix
+    assert upstream_rules.credentials_env(name) == prefix
 
 
 def test_the_upstream_keys_are_the_specs() -> None:
     option = SPEC[U]
     assert (option["type"], option["elements"], option["default"]) == ("list", "dict", [])
-    assert {key: sub["type"] for key, sub in option["options"].items()} == rules.UPSTREAM_OPTIONS
-    assert {key for key, sub in option["options"].items() if sub.get("required")} == set(rules.UPSTREAM_REQUIRED)
+    assert {key: sub["type"] for key, sub in option["options"].items()} == entry_rules.UPSTREAM_OPTIONS
+    assert {key for key, sub in option["options"].items() if sub.get("required")} == set(entry_rules.UPSTREAM_REQUIRED)
     assert {key for key, sub in option["options"].items() if sub.get("no_log")} == {"password"}
-    assert option["options"]["cache_budget_percent"]["default"] == rules.UPSTREAM_BUDGET_PERCENT
-
-
-def test_the_primary_name_is_the_roles() -> None:
-    """No upstream may take the name the role gives the Docker Hub mirror (when the role names it)."""
-    primary = yaml.safe_load((ROLE / "vars" / "main.yml").read_text()).get("_registry_mirror_primary")
-    if primary is None:
-        pytest.skip("the role does not name the Docker Hub mirror")
-    assert primary["name"] == rules.PRIMARY_NAME
+    assert option["options"]["cache_budget_percent"]["default"] == upstream_rules.UPSTREAM_BUDGET_PERCENT
 
 
 # ---- consistency with the role ---------------------------------------------------------------------------------
@@ -860,11 +878,11 @@ def test_the_primary_name_is_the_roles() -> None:
 
 def test_release_architectures_are_the_roles() -> None:
     arch_map = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())["_registry_mirror_arch_map"]
-    assert set(arch_map.values()) == set(rules.RELEASE_ARCHITECTURES)
+    assert set(arch_map.values()) == set(basic.RELEASE_ARCHITECTURES)
 
 
 def test_the_account_comment_is_the_roles() -> None:
-    assert yaml.safe_load((ROLE / "vars" / "main.yml").read_text())["_registry_mirror_account_comment"] == rules.ACCOUNT_COMMENT
+    assert yaml.safe_load((ROLE / "vars" / "main.yml").read_text())["_registry_mirror_account_comment"] == basic.ACCOUNT_COMMENT
 
 
 def test_every_variable_has_a_bad_input_case() -> None:
@@ -924,6 +942,51 @@ def test_tiers_are_normalised_without_secrets() -> None:
     assert TIER_LOGIN not in repr(report) and TIER_PASSWORD not in repr(report)
 
 
+# ---- the model the role renders from --------------------------------------------------------------------------------
+
+
+def test_the_docker_hub_mirror_is_an_entry_like_the_upstreams() -> None:
+    """Its URL keeps the case it was given, without the trailing slash; its numbers are numbers."""
+    report = run({"registry_mirror_upstream_url": "https://Hub.Example.TEST:8443/", "registry_mirror_port": "5005",
+                  "registry_mirror_cache_budget_mb": "100", "registry_mirror_dockerhub_username": USER,
+                  "registry_mirror_dockerhub_token": TOKEN, "registry_mirror_config_dir": "/srv/etc/registry",
+                  "registry_mirror_release_base_url": "https://releases.example.test/dist//", **ups(GHCR)})
+    assert report.errors == []
+    assert report.primary == {**DEFAULT_PRIMARY, "url": "https://Hub.Example.TEST:8443", "port": 5005, "cache_budget_mb": 100,
+                              "credentials": True, "config_file": "/srv/etc/registry/config.yml",
+                              "settings_file": "/srv/etc/registry/supervisor.json", "env_file": "/srv/etc/registry/proxy.env"}
+    assert report.paths == {**DEFAULT_PATHS, "upstreams_dir": "/srv/etc/registry/upstreams",
+                            "release_base_url": "https://releases.example.test/dist"}
+    assert report.upstreams[0]["settings_file"] == "/srv/etc/registry/upstreams/ghcr/supervisor.json"
+    assert TOKEN not in repr(report) and USER not in repr(report)
+
+
+def test_an_edge_pulls_through_its_tiers_then_docker_hub() -> None:
+    report = run(tiers({"url": "https://Tier1.site.test:5000/"}, {**TIER, "url": "https://tier2.site.test", **TIER_CREDS},
+                       registry_mirror_upstream_url="https://hub.example.test/"))
+    assert report.errors == []
+    assert report.primary["url"] == "https://tier1.site.test:5000" and report.primary["credentials"] is True
+    assert report.primary["fallbacks"] == [{"url": "https://tier2.site.test", "credentials": "REGISTRY_MIRROR_TIER2"},
+                                           {"url": "https://hub.example.test", "credentials": ""}]
+    anonymous = run(tiers(TIER)).primary
+    assert anonymous["credentials"] is False and anonymous["fallbacks"] == [{"url": "https://registry-1.docker.io", "credentials": ""}]
+    assert TIER_LOGIN not in repr(report) and TIER_PASSWORD not in repr(report)
+
+
+@pytest.mark.parametrize("names,listed", [("tier1.site.test, 10.20.0.6,, tier1", ["tier1.site.test", "10.20.0.6", "tier1"]),
+                                          (["tier1.site.test"], ["tier1.site.test"]), (None, []), ("", [])])
+def test_the_tier_names_are_a_list(names: t.Any, listed: list[str]) -> None:
+    report = run(on_tier(tier_names=names))
+    assert report.errors == [] and report.tier_names == listed
+
+
+@pytest.mark.parametrize("name,problem", [("#ci", "which starts with '#': distribution reads such a line"),
+                                          ("c\u200bi", "which contains a character that is not printable")])
+def test_the_preflight_refuses_a_user_name_the_htpasswd_module_refuses(name: str, problem: str) -> None:
+    errors = run(tier_users({**EDGE_USER, "username": name})).errors
+    assert len(errors) == 1 and errors[0].startswith(f"{TU}[0].username is ") and problem in errors[0]
+
+
 def test_tier_users_are_their_names() -> None:
     report = run(tier_users(EDGE_USER, {"username": "ci@site-2", "password": TU_PASSWORD + "2"}))
     assert report.errors == [] and report.tiers == [] and report.tier_users == ["edge", "ci@site-2"]
@@ -932,7 +995,7 @@ def test_tier_users_are_their_names() -> None:
 
 def test_without_fleet_variables_there_are_no_tiers() -> None:
     assert run({}).tiers == [] and run({}).tier_users == []
-    assert run({T: None, TU: None}) == rules.Report([], [], [], controller_dirs=DEFAULT_CONTROLLER_DIRS)
+    assert run({T: None, TU: None}) == DEFAULT_REPORT
 
 
 def test_a_tier_with_a_certificate_and_names_warns() -> None:
@@ -945,10 +1008,10 @@ def test_a_tier_with_a_certificate_and_names_warns() -> None:
 def test_the_variables_of_the_other_mode_are_each_named() -> None:
     edge = run({TU: [EDGE_USER], "registry_mirror_tier_tls_certificate": "/srv/t.pem", "registry_mirror_tier_tls_key": "/srv/t.key",
                 "registry_mirror_tier_names": ["tier1.site.test"]}).errors
-    assert [error.split(" ", 1)[0] for error in edge] == list(rules.TIER_ONLY)
+    assert [error.split(" ", 1)[0] for error in edge] == list(fleet.TIER_ONLY)
     assert all("registry_mirror_mode is edge: it applies to tiers only" in error for error in edge)
     tier = run({**TIER_MODE, T: [TIER], "registry_mirror_tier_ca": "/srv/ca.crt"}).errors
-    assert [error.split(" ", 1)[0] for error in tier] == list(rules.EDGE_ONLY)
+    assert [error.split(" ", 1)[0] for error in tier] == list(fleet.EDGE_ONLY)
     assert TU_PASSWORD not in "\n".join(edge)
 
 
@@ -965,16 +1028,16 @@ def test_every_fleet_problem_is_reported_at_once() -> None:
 @pytest.mark.parametrize("password", ["", "a\nb", "a\rb", "a\x00b", "a\tb", "a\x7fb", "a\u0085b", "a\u2028b", "x" * 73,
                                       "\u00e9" * 37, "\U0001f512" * 19])
 def test_tier_password_problems_name_a_class_not_the_value(password: str) -> None:
-    problems = rules.tier_password_problems(password)
-    assert bool(problems) == (password != "")
-    for text in problems:
+    problems = htpasswd.password_problems(password)
+    assert problems and (password or problems == ["is empty"])
+    for text in problems if password else ():
         assert "(its value is not shown)" in text and (not password or password not in text)
         assert str(len(password)) not in text.replace("72", "") and str(len(password.encode())) not in text.replace("72", "")
 
 
 @pytest.mark.parametrize("password", ["x" * 72, "\u00e9" * 36, " spaces and 'quotes' \"$`\\ are fine ", "\U0001f512" * 18])
 def test_tier_passwords_that_pass(password: str) -> None:
-    assert rules.tier_password_problems(password) == []
+    assert htpasswd.password_problems(password) == []
 
 
 @pytest.mark.parametrize("index,item,taken,label", [
@@ -987,20 +1050,20 @@ def test_tier_passwords_that_pass(password: str) -> None:
     (4, "edge", (), f"{TU}[4]"),
 ])
 def test_entry_labels(index: int, item: t.Any, taken: tuple[str, ...], label: str) -> None:
-    assert rules.entry_label(label.split("[", 1)[0], index, item, taken) == label
+    assert entry_rules.entry_label(label.split("[", 1)[0], index, item, taken) == label
 
 
 def test_the_fleet_keys_are_the_specs() -> None:
     assert SPEC["registry_mirror_mode"]["choices"] == ["edge", "tier"] and SPEC["registry_mirror_mode"]["default"] == "edge"
-    for variable, options, required in ((T, rules.TIER_OPTIONS, rules.TIER_REQUIRED),
-                                        (TU, rules.TIER_USER_OPTIONS, rules.TIER_USER_REQUIRED)):
+    for variable, options, required in ((T, entry_rules.TIER_OPTIONS, entry_rules.TIER_REQUIRED),
+                                        (TU, entry_rules.TIER_USER_OPTIONS, entry_rules.TIER_USER_REQUIRED)):
         option = SPEC[variable]
         assert (option["type"], option["elements"], option["default"]) == ("list", "dict", [])
         assert {key: sub["type"] for key, sub in option["options"].items()} == options
         assert {key for key, sub in option["options"].items() if sub.get("required")} == set(required)
         assert {key for key, sub in option["options"].items() if sub.get("no_log")} == {"password"}
-    assert set(rules.TIER_SECRETS) == {"username", "password"} and rules.TIER_USER_SECRETS == ("password",)
-    for name in rules.TIER_ONLY + rules.EDGE_ONLY:
+    assert set(entry_rules.TIER_SECRETS) == {"username", "password"} and entry_rules.TIER_USER_SECRETS == ("password",)
+    for name in fleet.TIER_ONLY + fleet.EDGE_ONLY:
         assert SPEC[name]["default"] in ("", []), name
 
 
@@ -1008,14 +1071,14 @@ def test_the_fleet_defaults() -> None:
     """Every fleet variable is unset by default: an edge without tiers, as before."""
     defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
     assert defaults["registry_mirror_mode"] == "edge"
-    assert all(defaults[name] in ("", []) for name in rules.TIER_ONLY + rules.EDGE_ONLY)
+    assert all(defaults[name] in ("", []) for name in fleet.TIER_ONLY + fleet.EDGE_ONLY)
     assert defaults["registry_mirror_fleet_ca_dir"].endswith("/.local/share/actuated.registry/fleet-ca")
     assert SPEC["registry_mirror_fleet_ca_dir"]["default"] == "~/.local/share/actuated.registry/fleet-ca"
 
 
 # ---- host rules ------------------------------------------------------------------------------------------------
 
-OURS = f"user\tregistry:x:998:998:{rules.ACCOUNT_COMMENT}:/var/lib/registry:/usr/sbin/nologin\ngroup\tregistry:x:998:\n"
+OURS = f"user\tregistry:x:998:998:{basic.ACCOUNT_COMMENT}:/var/lib/registry:/usr/sbin/nologin\ngroup\tregistry:x:998:\n"
 FRESH = "user\t\ngroup\t\n"
 ABSENT = "path\t{0}\t{0}\t-\t-\t-\t-\t-\t-\t{1}\tdirectory\n"
 PRESENT = "path\t{0}\t{0}\t-\tdirectory\t{1}\t{2}\t{3}\t{4}\t{0}\tdirectory\n"
@@ -1063,7 +1126,7 @@ BAD_HOST: dict[str, tuple[str, dict[str, t.Any], str, str]] = {
 @pytest.mark.parametrize("case", sorted(BAD_HOST))
 def test_bad_host_names_the_variable_and_the_problem(case: str) -> None:
     report, overrides, variable, problem = BAD_HOST[case]
-    errors = rules.check_host({**VALUES, **overrides}, rules.parse_host_report(report))
+    errors = host_rules.check_host({**VALUES, **overrides}, host_rules.parse_host_report(report))
     assert any(error.startswith(variable + " ") and problem in error for error in errors), errors
 
 
@@ -1078,11 +1141,11 @@ def test_bad_host_names_the_variable_and_the_problem(case: str) -> None:
      {"registry_mirror_group": "mirror", "registry_mirror_existing_accounts": ["mirror"]}),
 ], ids=["fresh host", "the role's own", "a new config dir", "an allowed existing account", "an allowed existing group"])
 def test_good_host_passes(report: str, overrides: dict[str, t.Any]) -> None:
-    assert rules.check_host({**VALUES, **overrides}, rules.parse_host_report(report)) == []
+    assert host_rules.check_host({**VALUES, **overrides}, host_rules.parse_host_report(report)) == []
 
 
 def test_the_report_says_whether_the_mirror_runs() -> None:
-    host = rules.parse_host_report(OURS + "unit\tinstalled\tactive\n" + ROLE_DIRS)
+    host = host_rules.parse_host_report(OURS + "unit\tinstalled\tactive\n" + ROLE_DIRS)
     assert host.unit_installed and host.active == "active" and host.user and host.group
 
 
@@ -1131,7 +1194,7 @@ BAD_UPSTREAM_HOST: dict[str, tuple[str, str, str]] = {
 @pytest.mark.parametrize("case", sorted(BAD_UPSTREAM_HOST))
 def test_bad_upstream_storage_on_the_host(case: str) -> None:
     report, variable, problem = BAD_UPSTREAM_HOST[case]
-    errors = rules.check_host(upstream_values(), rules.parse_host_report(report))
+    errors = host_rules.check_host(upstream_values(), host_rules.parse_host_report(report))
     assert any(error.startswith(variable + " ") and problem in error for error in errors), errors
     assert UP_USER not in "\n".join(errors) and UP_PASSWORD not in "\n".join(errors)
 
@@ -1144,7 +1207,7 @@ def test_bad_upstream_storage_on_the_host(case: str) -> None:
     OURS + ROLE_DIRS,
 ], ids=["fresh host", "the role's own", "no path lines"])
 def test_good_upstream_storage_on_the_host(report: str) -> None:
-    assert rules.check_host(upstream_values(), rules.parse_host_report(report)) == []
+    assert host_rules.check_host(upstream_values(), host_rules.parse_host_report(report)) == []
 
 
 def test_the_host_checks_use_the_normalised_storage_dir() -> None:
@@ -1152,7 +1215,7 @@ def test_the_host_checks_use_the_normalised_storage_dir() -> None:
     values = upstream_values(registry_mirror_storage_dir="/srv/hub")
     report = OURS + PRESENT.format("/srv/hub", 998, 998, "registry", "registry") + PRESENT.format(CONFIG, 0, 998, "root", "registry")
     report += PRESENT.format("/srv/hub-ghcr", 0, 0, "root", "root") + ABSENT.format(QUAY_DIR, "/srv")
-    errors = rules.check_host(values, rules.parse_host_report(report))
+    errors = host_rules.check_host(values, host_rules.parse_host_report(report))
     assert errors == [f"{U}[ghcr].storage_dir is /srv/hub-ghcr, which exists and belongs to root:root (uid 0, gid 0), not to the "
                       "service user registry: the role only takes over directories it created for the mirror; choose a "
                       "directory that does not exist yet"]
@@ -1177,7 +1240,7 @@ def test_the_inspection_command_reports_what_the_rules_read(tmp_path: Path) -> N
     (tmp_path / "link").symlink_to(tmp_path / "dir")
     paths = [str(tmp_path / "dir"), str(tmp_path / "link"), str(tmp_path / "file" / "sub"), str(tmp_path / "new" / "sub")]
     out = subprocess.run([*inspection_script(), "root", "root", *paths], check=True, capture_output=True, text=True).stdout
-    host = rules.parse_host_report(out)
+    host = host_rules.parse_host_report(out)
     assert host.user is not None and host.user.id == 0 and host.group is not None and host.group.id == 0
     made = host.paths[paths[0]]
     assert made.kind == "directory" and not made.link and made.real == paths[0]

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import shutil
@@ -15,25 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from ansible.module_utils import basic
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.actuated.registry.plugins.modules import cert_watch
-
-try:
-    from ansible.module_utils.testing import patch_module_args
-except ImportError:  # pragma: no cover - ansible-core < 2.19
-    from ansible.module_utils.common.text.converters import to_bytes
-
-    @contextlib.contextmanager  # type: ignore[no-redef]
-    def patch_module_args(args: dict[str, t.Any] | None = None) -> t.Iterator[None]:
-        serialized = to_bytes(json.dumps({"ANSIBLE_MODULE_ARGS": args or {}}))
-        original = basic._ANSIBLE_ARGS  # pylint: disable=protected-access
-        basic._ANSIBLE_ARGS = serialized  # pylint: disable=protected-access
-        try:
-            yield
-        finally:
-            basic._ANSIBLE_ARGS = original  # pylint: disable=protected-access
 
 
 class AnsibleExitJson(Exception):

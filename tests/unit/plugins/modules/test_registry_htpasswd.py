@@ -6,7 +6,6 @@ stdout, Ansible's own no_log handling) where the whole output must be free of se
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import grp
@@ -24,23 +23,9 @@ import pytest
 
 from ansible.module_utils import basic
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.actuated.registry.plugins.modules import registry_htpasswd
-
-try:
-    from ansible.module_utils.testing import patch_module_args
-except ImportError:  # pragma: no cover - ansible-core < 2.19
-    from ansible.module_utils.common.text.converters import to_bytes
-
-    @contextlib.contextmanager  # type: ignore[no-redef]
-    def patch_module_args(args: dict[str, t.Any] | None = None) -> t.Iterator[None]:
-        serialized = to_bytes(json.dumps({"ANSIBLE_MODULE_ARGS": args or {}}))
-        original = basic._ANSIBLE_ARGS  # pylint: disable=protected-access
-        basic._ANSIBLE_ARGS = serialized  # pylint: disable=protected-access
-        try:
-            yield
-        finally:
-            basic._ANSIBLE_ARGS = original  # pylint: disable=protected-access
 
 
 ALICE = {"username": "alice", "password": "correct horse battery staple"}
@@ -388,18 +373,28 @@ def test_no_password_in_the_output_of_a_failure(path: Path) -> None:
 
 @pytest.mark.parametrize(("users", "message"), [
     ([{"username": "al:ice", "password": "pw"}],
-     "users[1]: the user name 'al:ice' contains ':', which separates the name from the hash"),
-    ([{"username": "al ice", "password": "pw"}], "users[1]: the user name 'al ice' contains whitespace"),
-    ([{"username": "alice\n", "password": "pw"}], "users[1]: the user name 'alice\\n' contains whitespace"),
-    ([{"username": "al\x07ice", "password": "pw"}], "users[1]: the user name 'al\\x07ice' contains a control character"),
+     "users[1]: the user name is 'al:ice', which contains ':': the htpasswd file separates the user name from the "
+     "password hash with it"),
+    ([{"username": "al ice", "password": "pw"}], "users[1]: the user name is 'al ice', which contains whitespace"),
+    ([{"username": "alice\n", "password": "pw"}], "users[1]: the user name is 'alice\\n', which contains a newline"),
+    ([{"username": "al\x07ice", "password": "pw"}],
+     "users[1]: the user name is 'al\\x07ice', which contains a control character"),
+    ([{"username": "al\u200bice", "password": "pw"}],
+     "users[1]: the user name is 'al\\u200bice', which contains a character that is not printable"),
     ([{"username": "#alice", "password": "pw"}],
-     "users[1]: the user name '#alice' starts with '#', which distribution reads as a comment"),
-    ([{"username": "", "password": "pw"}], "users[1]: the user name is empty"),
+     "users[1]: the user name is '#alice', which starts with '#': distribution reads such a line of the htpasswd file "
+     "as a comment"),
+    ([{"username": "a" * 65, "password": "pw"}],
+     f"users[1]: the user name is '{'a' * 65}', 65 characters long: a user name has at most 64"),
+    ([{"username": "", "password": "pw"}], "users[1]: the user name is empty: give the user name the clients pull with"),
     ([ALICE, {"username": "alice", "password": "other"}], "users[2]: the user name 'alice' is given more than once"),
     ([{"username": "alice", "password": ""}], "the password of user 'alice' is empty"),
-    ([{"username": "alice", "password": "a\0b"}], "the password of user 'alice' contains a NUL character"),
+    ([{"username": "alice", "password": "a\0b"}],
+     "the password of user 'alice' contains a control character (its value is not shown)"),
+    ([{"username": "alice", "password": "a\nb"}], "the password of user 'alice' contains a newline (its value is not shown)"),
     ([{"username": "alice", "password": "x" * 73}],
-     "the password of user 'alice' is longer than 72 bytes (bcrypt's limit; it would ignore the rest)"),
+     "the password of user 'alice' is longer than 72 bytes (its value is not shown): bcrypt, which hashes it for the "
+     "htpasswd file, ignores every byte after the 72nd; choose a shorter one"),
     ([], "users is empty: distribution would refuse every client; give at least one user"),
 ])
 def test_bad_users_are_refused_before_writing(run: Run, path: Path, users: list[dict[str, str]], message: str) -> None:
@@ -408,6 +403,18 @@ def test_bad_users_are_refused_before_writing(run: Run, path: Path, users: list[
     result = run(path=path, users=users)
     assert result["failed"]
     assert result["msg"] == f"1 problem with the arguments; nothing was changed:\n- {message}"
+    assert path.read_text() == "keep: me\n"
+
+
+def test_a_file_that_would_not_read_back_is_not_written(run: Run, path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The new file is read as distribution reads it before it lands: here the reader loses a user."""
+    path.parent.mkdir(parents=True)
+    path.write_text("keep: me\n")
+    monkeypatch.setattr(registry_htpasswd, "parse_htpasswd",
+                        lambda text: {} if "alice" in text else dict(line.split(":", 1) for line in text.splitlines()))
+    result = run(path=path, users=[ALICE])
+    assert result["failed"] and result["msg"] == (f"the new {path} would not read back as the users given, each once with "
+                                                  "a bcrypt hash; nothing was changed")
     assert path.read_text() == "keep: me\n"
 
 
@@ -440,9 +447,9 @@ def test_every_problem_at_once(run: Run, path: Path) -> None:
     assert result["msg"].splitlines() == [
         "5 problems with the arguments; nothing was changed:",
         "- cost must be between 4 and 14, not 2",
-        "- users[1]: the user name 'a b' contains whitespace",
+        "- users[1]: the user name is 'a b', which contains whitespace",
         "- the password of user 'a b' is empty",
-        "- users[2]: the user name 'a b' contains whitespace",
+        "- users[2]: the user name is 'a b', which contains whitespace",
         "- users[2]: the user name 'a b' is given more than once",
     ]
 

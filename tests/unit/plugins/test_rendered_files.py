@@ -1,0 +1,147 @@
+# Copyright (c) actuated.registry contributors
+# SPDX-License-Identifier: MIT
+
+"""The settings files the role renders pass the checks of the program that reads them - the validate steps of
+tasks/configure.yml: each supervisor.json with ``registry-supervisor --check-settings``, each proxy.env with
+``--check-env``. Rendered by one ansible-playbook run (no target: connection local, files written under a temporary
+directory) from the role's own preflight model, templates and loops, for a Docker Hub mirror with a further upstream,
+an edge with tiers and a tier."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import typing as t
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[3]
+ROLE = REPO / "roles" / "registry_mirror"
+SUPERVISOR = ROLE / "files" / "registry-supervisor.py"
+BIN = Path(sys.executable).parent
+HOSTS = {
+    "hub": {"registry_mirror_dockerhub_username": "hubuser", "registry_mirror_dockerhub_token": "dckr_pat_hub",
+            "registry_mirror_upstream_url": "https://hub.example.test/",
+            "registry_mirror_upstreams": [{"name": "ghcr", "url": "https://GHCR.example.test/", "port": 5010,
+                                           "username": "ghuser", "password": "ghtoken"},
+                                          {"name": "quay", "url": "https://quay.example.test", "port": 5020}]},
+    "edge": {"registry_mirror_bind_address": "10.88.2.21", "registry_mirror_metrics_enabled": True,
+             "registry_mirror_tiers": [{"url": "https://10.88.2.10:5000/"},
+                                       {"url": "https://tier-c.example.test", "username": "c-edges", "password": "pw-c"}]},
+    "tier": {"registry_mirror_mode": "tier", "registry_mirror_bind_address": "10.88.1.10",
+             "registry_mirror_dockerhub_username": "hubuser", "registry_mirror_dockerhub_token": "dckr_pat_hub",
+             "registry_mirror_tier_users": [{"username": "site-a-edges", "password": "fleet-test-A"}]},
+}
+# What the role's templates of configure.yml render that a program of the role reads, and its check.
+CHECKED = {"supervisor.json.j2": "--check-settings", "proxy.env.j2": "--check-env", "upstream-proxy.env.j2": "--check-env"}
+
+
+def _tasks(path: Path) -> t.Iterator[dict]:
+    for task in yaml.safe_load(path.read_text(encoding="utf-8")):
+        yield from _tasks_in(task)
+
+
+def _tasks_in(task: dict) -> t.Iterator[dict]:
+    if "block" in task:
+        for inner in task["block"]:
+            yield from _tasks_in(inner)
+    else:
+        yield task
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tuple[Path, str]]]:
+    """{host: [(rendered file, its check option)]}, through the role's own tasks (copied, with a task file that runs
+    preflight's model tasks and configure's templates with their destinations under the temporary directory)."""
+    playbook = BIN / "ansible-playbook"
+    if not playbook.exists():
+        pytest.skip("ansible-playbook is not next to this Python")
+    tmp = tmp_path_factory.mktemp("render")
+    collection = tmp / "ansible_collections" / "actuated" / "registry"
+    for part in ("plugins", "roles", "meta"):
+        shutil.copytree(REPO / part, collection / part)
+    shutil.copy(REPO / "galaxy.yml", collection / "galaxy.yml")
+    out = tmp / "out"
+    tasks = [task for task in _tasks(ROLE / "tasks" / "preflight.yml")
+             if "actuated.registry.validate_inputs" in task and not (task["actuated.registry.validate_inputs"] or {})
+             or "__registry_mirror_inputs" in str(task.get("ansible.builtin.set_fact", ""))]
+    for task in _tasks(ROLE / "tasks" / "configure.yml"):
+        template = task.get("ansible.builtin.template") or {}
+        if template.get("src") not in CHECKED:
+            continue
+        keep = {key: task[key] for key in ("loop", "loop_control", "when") if key in task}
+        keep["vars"] = {"__test_dest": f"{out}/{{{{ inventory_hostname }}}}/{CHECKED[template['src']]}" + template["dest"]}
+        tasks.append({**keep, "name": f"directory of {template['src']}",
+                      "ansible.builtin.file": {"path": "{{ __test_dest | dirname }}", "state": "directory"}})
+        tasks.append({**keep, "name": f"render {template['src']}",
+                      "ansible.builtin.template": {"src": template["src"], "dest": "{{ __test_dest }}"}})
+    (collection / "roles" / "registry_mirror" / "tasks" / "zz_test_render.yml").write_text(yaml.safe_dump(tasks, sort_keys=False))
+    hosts = {name: {**variables, "_registry_mirror_address": variables.get("registry_mirror_bind_address", "192.168.128.1")}
+             for name, variables in HOSTS.items()}
+    (tmp / "inventory.yml").write_text(yaml.safe_dump({"all": {
+        "vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+                 "registry_mirror_local_cache_dir": str(tmp / "cache"), "registry_mirror_fleet_ca_dir": str(tmp / "ca")},
+        "hosts": hosts}}))
+    (tmp / "playbook.yml").write_text(yaml.safe_dump([{"hosts": "all", "gather_facts": False, "tasks": [
+        {"ansible.builtin.include_role": {"name": "actuated.registry.registry_mirror", "tasks_from": "zz_test_render.yml"}}]}]))
+    env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(tmp), "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOCAL_TEMP": str(tmp / "tmp"),
+           "ANSIBLE_REMOTE_TEMP": str(tmp / "rtmp"), "ANSIBLE_RETRY_FILES_ENABLED": "0", "ANSIBLE_CONFIG": str(tmp / "none.cfg")}
+    proc = subprocess.run([str(playbook), "-i", str(tmp / "inventory.yml"), str(tmp / "playbook.yml")], cwd=tmp, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return {host: [(path, path.relative_to(out / host).parts[0]) for path in sorted((out / host).rglob("*")) if path.is_file()]
+            for host in HOSTS}
+
+
+def check(option: str, path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SUPERVISOR), option, str(path)], capture_output=True, text=True, check=False)
+
+
+@pytest.mark.parametrize("host,files", [("hub", {"supervisor.json": 3, "proxy.env": 2}),
+                                        ("edge", {"supervisor.json": 1, "proxy.env": 1}),
+                                        ("tier", {"supervisor.json": 1, "proxy.env": 1})])
+def test_every_rendered_file_passes_its_readers_check(rendered: dict, host: str, files: dict, pki: t.Any) -> None:
+    found = rendered[host]
+    assert {name: sum(path.name == name for path, _o in found) for name in files} == files
+    for path, option in found:
+        if option == "--check-settings" and json.loads(path.read_text()).get("ca_file"):
+            # An edge's supervisor trusts the tiers' CA, installed before its settings: here a CA of the test's.
+            settings = json.loads(path.read_text())
+            path.write_text(json.dumps({**settings, "ca_file": str(pki.ca_crt)}))
+        proc = check(option, path)
+        assert proc.returncode == 0 and proc.stderr == "", (path, proc.stderr)
+
+
+def test_the_edges_settings_name_its_fallbacks(rendered: dict) -> None:
+    settings = [json.loads(path.read_text()) for path, _o in rendered["edge"] if path.name == "supervisor.json"][0]
+    assert settings["upstream"] == "https://10.88.2.10:5000"
+    assert settings["fallbacks"] == [{"credentials": "REGISTRY_MIRROR_TIER2", "url": "https://tier-c.example.test"},
+                                     {"credentials": "", "url": "https://registry-1.docker.io"}]
+
+
+def test_a_broken_settings_file_is_refused_with_the_reason(tmp_path: Path) -> None:
+    path = tmp_path / "supervisor.json"
+    path.write_text(json.dumps({"binary": "/usr/local/bin/registry", "config": "/etc/registry/config.yml",
+                                "upstream": "https://registry-1.docker.io", "version": "3.1.1", "port": 70000}))
+    proc = check("--check-settings", path)
+    assert proc.returncode == 2 and proc.stderr == f"registry-supervisor: {path}: port must be at most 65535, not 70000\n"
+
+
+@pytest.mark.parametrize("text,reason", [
+    ('REGISTRY_PROXY_USERNAME="u"\n', "REGISTRY_PROXY_USERNAME is set without REGISTRY_PROXY_PASSWORD"),
+    ('REGISTRY_PROXY_USERNAME="u"\nREGISTRY_PROXY_PASSWORD="S3CRET$x"\n', "line 3 is not NAME=\"VALUE\""),
+    ('REGISTRY_PROXY_USERNAME="u"\nREGISTRY_PROXY_PASSWORD=S3CRET\n', "line 3 is not NAME=\"VALUE\""),
+    ('PATH="S3CRET"\n', "line 2 sets PATH, which is not a credential registry-supervisor reads"),
+    ('REGISTRY_MIRROR_GHCR_USERNAME="u"\nREGISTRY_MIRROR_GHCR_PASSWORD="S3CRET"\nREGISTRY_MIRROR_GHCR_PASSWORD="S3CRET"\n',
+     "line 4 sets REGISTRY_MIRROR_GHCR_PASSWORD again"),
+])
+def test_a_broken_credentials_file_is_refused_without_its_values(tmp_path: Path, text: str, reason: str) -> None:
+    path = tmp_path / "proxy.env"
+    path.write_text("# comment\n" + text)
+    proc = check("--check-env", path)
+    assert proc.returncode == 2 and reason in proc.stderr and "S3CRET" not in proc.stderr
