@@ -10,6 +10,11 @@
 #                                  the role compares with its files to restart a registry that predates them.
 #   registry-tls-sync --renew ...  sync; exit 0 if a valid new pair was copied (the registry must restart to serve it),
 #                                  2 if nothing changed, 1 if the pair is invalid (the previous copy stays)
+#
+# DIR (/run/registry) belongs to the registry's user, and this runs as root: nothing here follows a name in DIR. Every
+# file it puts there is made, owned and moded in a root-owned directory beside DIR (same file system), then renamed
+# into DIR: rename(2) replaces whatever the user left under that name (a symbolic link included) and writes nothing
+# through it.
 set -eu
 renew=false
 if [ "${1:-}" = --renew ]; then renew=true; shift; fi
@@ -20,6 +25,20 @@ fi
 cert=$1 key=$2 dir=$3 user=$4 group=$5
 
 say() { echo "registry-tls-sync: $*" >&2; }
+
+staging=
+cleanup() { [ -z "$staging" ] || rm -rf "$staging"; }
+trap cleanup EXIT
+# A root-owned directory beside DIR for the files this run puts into DIR.
+stage() {
+    [ -n "$staging" ] || staging=$(mktemp -d "$(dirname "$dir")/.registry-tls-sync.XXXXXX")
+}
+# Mark the start, for the role (it compares the mtime with its files'): a new empty file renamed over DIR/.started.
+started() {
+    stage
+    : > "$staging/.started"
+    mv -f "$staging/.started" "$dir/.started"
+}
 
 invalid() {
     if [ "$renew" = true ]; then say "$*"; exit 1; fi
@@ -36,7 +55,7 @@ invalid() {
 # The runtime copy only ever holds a pair validated when it was copied: when nothing changed, start at once.
 if cmp -s "$cert" "$dir/server.crt" 2>/dev/null && cmp -s "$key" "$dir/server.key" 2>/dev/null; then
     [ "$renew" = true ] && exit 2
-    touch "$dir/.started"
+    started
     exit 0
 fi
 # One openssl process per file: each start costs most of a second under emulation, and this runs at every renewal.
@@ -50,9 +69,10 @@ key_pub=$(openssl pkey -in "$key" -pubout 2>/dev/null) || invalid "$key is not a
 [ "$expired" = 0 ] || invalid "certificate $cert has expired"
 
 mkdir -p "$dir"
-install -o "$user" -g "$group" -m 0440 "$cert" "$dir/.server.crt.new"
-install -o "$user" -g "$group" -m 0400 "$key" "$dir/.server.key.new"
-mv -f "$dir/.server.crt.new" "$dir/server.crt"
-mv -f "$dir/.server.key.new" "$dir/server.key"
-[ "$renew" = true ] || touch "$dir/.started"
+stage
+install -o "$user" -g "$group" -m 0440 "$cert" "$staging/server.crt"
+install -o "$user" -g "$group" -m 0400 "$key" "$staging/server.key"
+mv -f "$staging/server.crt" "$dir/server.crt"
+mv -f "$staging/server.key" "$dir/server.key"
+[ "$renew" = true ] || started
 say "installed certificate $fingerprint for the registry"

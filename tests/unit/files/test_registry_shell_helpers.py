@@ -67,6 +67,47 @@ def test_tls_sync_copies_a_valid_pair_for_the_registry_user(libexec: Path, certs
     assert unchanged.returncode == 2, unchanged.stderr
 
 
+# Every name registry-tls-sync (root) writes in DIR, which the registry's user owns, and the names it wrote there before.
+PLANTED = (".started", "server.crt", "server.key", ".server.crt.new", ".server.key.new")
+
+
+def test_tls_sync_follows_no_link_the_registry_user_plants(libexec: Path, certs: Path, tmp_path: Path) -> None:
+    """A link planted under each name: after a first sync, an unchanged start and a renewal, every file outside is as
+    it was (content, owner, mode, time), none was created, and DIR holds regular files."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    existing = {}
+    for number, name in enumerate(PLANTED):
+        target = outside / f"target{number}"
+        if number % 2 == 0:  # half of them point at a file that exists, half at one that does not yet
+            target.write_text(f"root's file {number}\n", encoding="utf-8")
+            os.chown(target, 65534, 65534)
+            target.chmod(0o600)
+            existing[target] = target.stat()
+        (runtime / name).symlink_to(target)
+    crt, key = pair(certs, "server")
+    renewed_crt, renewed_key = pair(certs, "renewed")
+    steps = ((crt, key), (crt, key), ("--renew", renewed_crt, renewed_key))
+    for number, args in enumerate(steps):
+        result = run(libexec / "registry-tls-sync", *args, runtime, USER, USER)
+        assert result.returncode == 0, (number, result.stderr)
+        for name in PLANTED[:1]:
+            (runtime / name).unlink(missing_ok=True)
+            (runtime / name).symlink_to(outside / "target0")  # planted again before each step
+    assert sorted(path.name for path in outside.iterdir()) == sorted(path.name for path in existing)
+    for target, before in existing.items():
+        after = target.stat()
+        assert (after.st_uid, after.st_gid, after.st_mode, after.st_mtime_ns, after.st_size) == (
+            before.st_uid, before.st_gid, before.st_mode, before.st_mtime_ns, before.st_size), target
+    assert (runtime / "server.crt").read_bytes() == renewed_crt.read_bytes()
+    assert (runtime / "server.key").read_bytes() == renewed_key.read_bytes()
+    for name in ("server.crt", "server.key"):
+        assert stat.S_ISREG((runtime / name).lstat().st_mode)
+    assert not list(tmp_path.glob(".registry-tls-sync.*"))  # the staging directory is gone
+
+
 def test_tls_sync_keeps_the_previous_pair_when_the_key_does_not_belong(
         libexec: Path, certs: Path, tmp_path: Path) -> None:
     crt, key = pair(certs, "server")
