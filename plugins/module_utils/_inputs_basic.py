@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import os
 import posixpath
 import re
@@ -360,8 +361,29 @@ def check_url(value: str, *, schemes: t.Sequence[str], path_allowed: bool, allow
     return problems
 
 
+# Where a mirror may listen, by IPv4 range (RFC 6890's special-purpose registry). PRIVATE_NETWORKS: RFC 1918's, and
+# link-local (RFC 3927), which no router forwards: an edge listens there only with
+# registry_mirror_bind_any_private_address, a tier with or without registry_mirror_tier_users. DOCUMENTATION_NETWORKS
+# (RFC 5737) stand for public addresses in examples: refused, as globally routable ones are. The other ranges that are
+# not global (shared address space, RFC 6598, the carrier-grade NAT range that the provider's other customers reach;
+# benchmarking, RFC 2544; IETF protocol assignments) are not private: no edge, and a tier only with accounts.
+PRIVATE_NETWORKS = tuple(ipaddress.IPv4Network(network) for network in (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"))
+PRIVATE_TEXT = "RFC 1918's 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, or link-local 169.254.0.0/16"
+DOCUMENTATION_NETWORKS = tuple(ipaddress.IPv4Network(network) for network in (
+    "192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"))
+_THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
+
+
+def private_address(value: str) -> bool:
+    """Whether VALUE, a valid IPv4 address, is in one of PRIVATE_NETWORKS."""
+    address = ipaddress.IPv4Address(value)
+    return any(address in network for network in PRIVATE_NETWORKS)
+
+
 def check_bind_address(value: str) -> list:
-    """Problems of the address to listen on: 'auto' or one unicast IPv4 address the VMs can reach."""
+    """Problems of the address to listen on, whatever the mode: 'auto' or one unicast IPv4 address that is not globally
+    routable (what each mode allows besides: _inputs_fleet.bind_problems())."""
     if value == "auto":
         return []
     if not _IPV4.fullmatch(value):
@@ -377,8 +399,16 @@ def check_bind_address(value: str) -> list:
         return [f"is {value}, every interface: that would expose the mirror beyond the VMs; give the bridge address"]
     if address.is_loopback:
         return [f"is {value}, a loopback address: the VMs could not reach the mirror"]
-    if address.is_multicast or value == "255.255.255.255" or address.is_reserved:
+    if address.is_multicast or value == "255.255.255.255" or address.is_reserved or address in _THIS_NETWORK:
         return [f"is {value}, which is not a unicast address a registry can listen on"]
+    if any(address in network for network in DOCUMENTATION_NETWORKS):
+        return [f"is {value}, a documentation address (RFC 5737), which stands for a public one in examples: a mirror "
+                "never listens on a public address; give actuated's bridge address (or auto) on an edge, the host's "
+                "private address on a tier"]
+    if address.is_global:
+        return [f"is {value}, a globally routable address: a mirror there would serve anyone on the internet (an open "
+                "pull-through proxy, with the operator's credentials when it has any); give actuated's bridge address "
+                f"(or auto) on an edge, the host's private address ({PRIVATE_TEXT}) on a tier"]
     return []
 
 
@@ -466,6 +496,58 @@ def secret_problems(value: str, *, username: bool) -> list:
     if username:
         return unsafe_characters(value, lambda c: bool(_USERNAME.fullmatch(c)))
     return unsafe_characters(value, lambda c: 32 < ord(c) < 127 and c not in _ENV_SPECIAL)
+
+
+# Prefixes of access tokens that a user name never has: (prefix, what it is), a longer prefix before its own prefixes.
+TOKEN_PREFIXES = (
+    ("dckr_pat_", "a Docker Hub personal access token"), ("dckr_oat_", "a Docker Hub organization access token"),
+    ("github_pat_", "a GitHub fine-grained token"), ("ghp_", "a GitHub personal access token"),
+    ("gho_", "a GitHub OAuth token"), ("ghu_", "a GitHub App user token"), ("ghs_", "a GitHub App installation token"),
+    ("ghr_", "a GitHub refresh token"), ("glpat-", "a GitLab personal access token"),
+)
+_HEX_RUN = re.compile(r"[0-9A-Fa-f]{32,}")
+_TOKEN_CHARACTERS = re.compile(r"^[A-Za-z0-9_-]{24,}$")
+# A random-looking string: the kind of character (lower, upper, digit, other) changes between at least this share of
+# neighbours (about 0.6 for random letters and digits, at most 0.35 for names such as BuildAgentsServiceAccount2024),
+# with at least this many bits of entropy per character.
+_RANDOM_CHANGES = 0.4
+_RANDOM_BITS = 3.5
+
+
+def _kind_of(char: str) -> str:
+    """The kind of a character, for token_kind()."""
+    return "lower" if char.islower() else "upper" if char.isupper() else "digit" if char.isdigit() else "other"
+
+
+def token_kind(value: str) -> str | None:
+    """What the user name VALUE looks like when it looks like a token rather than a name, or None: a known token
+    prefix (TOKEN_PREFIXES), a run of 32 or more hexadecimal characters with letters and digits, or a long
+    random-looking string (24 or more letters, digits, _ and -, mixing lower- and upper-case letters and digits). The
+    answer never holds a part of VALUE."""
+    for prefix, what in TOKEN_PREFIXES:
+        if value.startswith(prefix):
+            return what
+    for run in _HEX_RUN.findall(value):
+        if re.search("[0-9]", run) and re.search("[A-Fa-f]", run):
+            return "a key (a long run of hexadecimal characters)"
+    if not _TOKEN_CHARACTERS.fullmatch(value) or {"lower", "upper", "digit"} - {_kind_of(char) for char in value}:
+        return None
+    changes = sum(_kind_of(one) != _kind_of(two) for one, two in zip(value, value[1:])) / (len(value) - 1)
+    counts = [value.count(char) for char in set(value)]
+    bits = -sum(count / len(value) * math.log2(count / len(value)) for count in counts)
+    if changes >= _RANDOM_CHANGES and bits >= _RANDOM_BITS:
+        return "a token (a long random string)"
+    return None
+
+
+def token_username_warnings(user_var: str, username: str, secret_var: str, advice: str = "") -> list:
+    """A warning when USERNAME, the value of USER_VAR, looks like a token (token_kind()), naming the variable and never
+    showing the value. SECRET_VAR: where the token belongs; ADVICE: what to do instead, when not the usual."""
+    kind = token_kind(username) if isinstance(username, str) else None
+    if not kind:
+        return []
+    return [f"{user_var} looks like {kind}, not a user name (its value is not shown): "
+            + (advice or f"give the account's user name there, and the token in {secret_var}")]
 
 
 def check_credentials(username: str, token: str) -> list:

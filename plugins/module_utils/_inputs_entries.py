@@ -14,7 +14,8 @@ import difflib
 import re
 import typing as t
 
-from ansible_collections.actuated.registry.plugins.module_utils._inputs_basic import SECRET_VARIABLES, coerce, show
+from ansible_collections.actuated.registry.plugins.module_utils._inputs_basic import (
+    SECRET_VARIABLES, coerce, show, token_kind)
 from ansible_collections.actuated.registry.plugins.module_utils._inputs_htpasswd import username_problem
 
 UPSTREAMS = "registry_mirror_upstreams"
@@ -91,11 +92,12 @@ _LABEL = re.compile(r"^[A-Za-z0-9._@+-]{1,64}$")
 
 def entry_label(variable: str, index: int, item: t.Any, taken: t.Container[str] = ()) -> str:
     """How messages name an entry of the list VARIABLE (a key of ENTRY_LISTS): VARIABLE[LABEL] when the entry has a
-    valid label of its own (an upstream's name, a tier user's user name) that no earlier entry took, else
-    VARIABLE[INDEX] (0-based, as in a template)."""
+    valid label of its own (an upstream's name, a tier user's user name) that no earlier entry took and that does not
+    look like a token (token_kind(): never shown), else VARIABLE[INDEX] (0-based, as in a template)."""
     kind = ENTRY_LISTS[variable]
     label = item.get(kind.label_key) if kind.label_key and isinstance(item, dict) else None
-    if isinstance(label, str) and kind.label_problem(label) is None and _LABEL.fullmatch(label) and label not in taken:
+    if (isinstance(label, str) and kind.label_problem(label) is None and _LABEL.fullmatch(label) and label not in taken
+            and token_kind(label) is None):
         return f"{variable}[{label}]"
     return f"{variable}[{index}]"
 

@@ -13,13 +13,17 @@ import ipaddress
 import re
 import typing as t
 
-from ansible_collections.actuated.registry.plugins.module_utils._inputs_basic import HOSTNAME, check_url, credential_problems, show
+from ansible_collections.actuated.registry.plugins.module_utils._inputs_basic import (
+    HOSTNAME, PRIVATE_TEXT, check_url, credential_problems, private_address, show, token_kind, token_username_warnings)
 from ansible_collections.actuated.registry.plugins.module_utils._inputs_entries import (
     TIER_USERS, TIERS, UPSTREAMS, entry_label, given_fields, unknown_keys)
 from ansible_collections.actuated.registry.plugins.module_utils._inputs_htpasswd import password_problems, username_problem
 from ansible_collections.actuated.registry.plugins.module_utils._inputs_upstreams import normalise_upstreams, url_key
 
 MODE = "registry_mirror_mode"
+BIND = "registry_mirror_bind_address"
+# An edge's opt-in to listen on a private address of the host other than actuated's bridges.
+BIND_ANY = "registry_mirror_bind_any_private_address"
 MAX_TIERS = 8
 MAX_TIER_USERS = 100
 # actuated's VM bridges: where an edge listens (registry_mirror_bind_address auto picks the one the host has), never a
@@ -32,10 +36,12 @@ EDGE_ONLY = (TIERS, "registry_mirror_tier_ca")
 
 
 class Normalised(t.NamedTuple):
-    """What normalise_tiers() or normalise_tier_users() found: the entries without problems (normalised) and errors."""
+    """What normalise_tiers() or normalise_tier_users() found: the entries without problems (normalised), errors and
+    warnings."""
 
     entries: list
     errors: list
+    warnings: list = []  # (never changed in place)
 
 
 def tier_credentials_env(index: int) -> str:
@@ -75,6 +81,7 @@ def normalise_tiers(values: t.Mapping[str, t.Any]) -> Normalised:
     owners = _tier_url_owners(values)
     allow_http = bool(values.get("registry_mirror_upstream_allow_http"))
     entries = []
+    warnings: list = []
     for index, item in enumerate(items):
         label = entry_label(TIERS, index, item)
         if not isinstance(item, dict):
@@ -101,11 +108,12 @@ def normalise_tiers(values: t.Mapping[str, t.Any]) -> Normalised:
         problems.extend(f"{var} {text}" for var, text in credential_problems(
             f"{label}.username", fields.get("username", ""), f"{label}.password", fields.get("password", ""),
             "an account on the tier, one of its registry_mirror_tier_users", "a tier open to its private network"))
+        warnings.extend(token_username_warnings(f"{label}.username", fields.get("username", ""), f"{label}.password"))
         errors.extend(problems)
         if not problems and "url" in fields:
             entries.append({"url": fields["url"], "index": index + 1, "credentials": bool(fields.get("username")),
                             "credentials_env": tier_credentials_env(index + 1)})
-    return Normalised(entries, errors)
+    return Normalised(entries, errors, warnings)
 
 
 def normalise_tier_users(values: t.Mapping[str, t.Any]) -> Normalised:
@@ -117,6 +125,7 @@ def normalise_tier_users(values: t.Mapping[str, t.Any]) -> Normalised:
                       "a few accounts)")
     names: dict = {}
     entries = []
+    warnings: list = []
     for index, item in enumerate(items):
         label = entry_label(TIER_USERS, index, item, names)
         if not isinstance(item, dict):
@@ -127,20 +136,28 @@ def normalise_tier_users(values: t.Mapping[str, t.Any]) -> Normalised:
         problems += wrong_type
         name = fields.get("username")
         if name is not None:
+            # A user name is shown, unless it looks like a token (its label is then the index: entry_label()).
+            secretish = token_kind(name) is not None
+            shown = "a token-like name (not shown)" if secretish else show(name)
             trouble = username_problem(name)
             if trouble:
-                problems.append(f"{label}.username {trouble}")
+                hidden = "is not a valid user name, and looks like a token (its value is not shown)"
+                problems.append(f"{label}.username {hidden if secretish else trouble}")
             elif name in names:
-                problems.append(f"{label}.username is {show(name)}, the same as {names[name]}.username: every account "
+                problems.append(f"{label}.username is {shown}, the same as {names[name]}.username: every account "
                                 "needs a user name of its own")
             else:
                 names[name] = label
+            warnings.extend(token_username_warnings(
+                f"{label}.username", name, f"{label}.password",
+                advice="a tier user's name is not secret (the edges' inventories hold it, and the run's result lists "
+                       f"it); choose a plain name, and keep the secret in {label}.password"))
         if fields.get("password"):
             problems.extend(f"{label}.password {text}" for text in password_problems(fields["password"]))
         errors.extend(problems)
         if not problems and name is not None and fields.get("password"):
             entries.append(name)
-    return Normalised(entries, errors)
+    return Normalised(entries, errors, warnings)
 
 
 def check_tier_names(value: list) -> list:
@@ -189,9 +206,34 @@ def _is_set(value: t.Any) -> bool:
     return value not in (None, "", [], {})
 
 
+def bind_problems(values: t.Mapping[str, t.Any], valid: t.Mapping[str, t.Any]) -> list:
+    """Where each mode may listen, besides what check_bind_address() refuses in every mode (VALUES, VALID: as
+    fleet_conflicts()'s). An edge: actuated's bridge or auto, or (with BIND_ANY) a private address of the host. A tier:
+    an address other than actuated's bridge, and one that is not private only with registry_mirror_tier_users (without
+    accounts, a tier serves whoever reaches it, with the operator's Docker Hub token)."""
+    bind, mode = valid.get(BIND), values.get(MODE)
+    if bind is None or bind == "auto" or bind in ACTUATED_BRIDGES:
+        return []
+    private = private_address(bind)
+    bridges = " or ".join(ACTUATED_BRIDGES)
+    if mode == "edge" and not private:
+        return [f"{BIND} is {bind}, which is not a private address ({PRIVATE_TEXT}): an edge listens on actuated's VM "
+                f"bridge ({bridges}) or auto"
+                + (f"; {BIND_ANY} allows private addresses only" if values.get(BIND_ANY) else "")]
+    if mode == "edge" and not values.get(BIND_ANY):
+        return [f"{BIND} is {bind}, which is not actuated's VM bridge ({bridges}): an edge serves its VMs there, "
+                f"without authentication; give the bridge address or auto, or set {BIND_ANY}: true to listen on this "
+                "private address (anyone who reaches it can then pull through the mirror)"]
+    if mode == "tier" and not private and not _is_set(values.get(TIER_USERS)):
+        return [f"{BIND} is {bind}, which is not a private address ({PRIVATE_TEXT}), and {TIER_USERS} is empty: the "
+                "tier would serve whoever reaches that address, with the operator's Docker Hub token (an open proxy); "
+                f"set {TIER_USERS}, or listen on a private address"]
+    return []
+
+
 def fleet_conflicts(values: t.Mapping[str, t.Any], valid: t.Mapping[str, t.Any], tiers: list) -> tuple[list, list]:
-    """Errors and warnings of the fleet variables together: the variables of the other mode, where a tier listens,
-    an edge's Docker Hub token, both or neither of the tier's certificate and key. VALUES: every variable of the
+    """Errors and warnings of the fleet variables together: the variables of the other mode, where each mode listens
+    (bind_problems()), an edge's Docker Hub token, both or neither of the tier's certificate and key. VALUES: every variable of the
     right type (a set but invalid one is still set); VALID: those without a problem of their own; TIERS: the tiers
     normalised."""
     mode = values.get(MODE)
@@ -213,11 +255,12 @@ def fleet_conflicts(values: t.Mapping[str, t.Any], valid: t.Mapping[str, t.Any],
                               "are not supported); it applies to edges only"
                               + (" (or, with registry_mirror_tier_tls_certificate, names that certificate's CA)"
                                  if name == "registry_mirror_tier_ca" else ""))
-        bind = valid.get("registry_mirror_bind_address")
+        bind = valid.get(BIND)
         if bind == "auto" or bind in ACTUATED_BRIDGES:
             what = "auto, which picks actuated's VM bridge" if bind == "auto" else f"{bind}, actuated's VM bridge"
-            errors.append(f"registry_mirror_bind_address is {what}, but {MODE} is tier: a tier listens on the site's "
+            errors.append(f"{BIND} is {what}, but {MODE} is tier: a tier listens on the site's "
                           "private network: name its address there")
+    errors.extend(bind_problems(values, valid))
     if mode == "edge" and _is_set(values.get(TIERS)):
         hub = [name for name in ("registry_mirror_dockerhub_username", "registry_mirror_dockerhub_token") if values.get(name)]
         if hub:

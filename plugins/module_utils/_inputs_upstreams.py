@@ -11,7 +11,8 @@ from __future__ import annotations
 import typing as t
 
 from ansible_collections.actuated.registry.plugins.module_utils._inputs_basic import (
-    HOSTNAME, RANGES, check_duration, check_path, check_range, check_url, credential_problems, show, split_host_port)
+    HOSTNAME, RANGES, check_duration, check_path, check_range, check_url, credential_problems, show, split_host_port,
+    token_username_warnings)
 from ansible_collections.actuated.registry.plugins.module_utils._inputs_entries import (
     PRIMARY_NAME, UPSTREAM_OPTIONS, UPSTREAM_SECRETS, UPSTREAMS, entry_label, given_fields, unknown_keys,
     upstream_name_problem)
@@ -178,7 +179,10 @@ def normalise_upstreams(values: t.Mapping[str, t.Any]) -> Upstreams:
             if config_dir is not None:  # else it has an error of its own
                 entry.update(mirror_files(config_dir, fields["name"]))
             upstreams.append(entry)
-    return Upstreams(upstreams, errors, _budget_warnings(values, entries))
+    warnings = [text for label, fields, _defaulted, _fine in entries
+                for text in token_username_warnings(f"{label}.username", fields.get("username", ""),
+                                                    f"{label}.password")]
+    return Upstreams(upstreams, errors, warnings + _budget_warnings(values, entries))
 
 
 def upstreams_dir(config_dir: str) -> str:
@@ -216,15 +220,15 @@ def primary_mirror(values: t.Mapping[str, t.Any], tiers: t.Sequence[t.Mapping[st
 
 
 def _port_conflicts(values: t.Mapping[str, t.Any], entries: list) -> list:
-    """Every listener's port must be its own: the Docker Hub mirror's (registry_mirror_port, _supervisor_port and,
-    with metrics, _metrics_port) and each upstream's (port, supervisor_port and, with metrics, metrics_port). The
-    conflicts among the Docker Hub mirror's own ports are _conflicts()'."""
-    metrics = bool(values.get("registry_mirror_metrics_enabled"))
+    """Every listener's port must be its own: the Docker Hub mirror's (registry_mirror_port, _supervisor_port,
+    _metrics_port) and each upstream's (port, supervisor_port, metrics_port); the metrics ports too while metrics are
+    off, which would break the day they are turned on. The conflicts among the Docker Hub mirror's own ports are
+    _conflicts()'."""
     owners = [(name, values[name], True)
-              for name in ("registry_mirror_port", "registry_mirror_supervisor_port")
-              + (("registry_mirror_metrics_port",) if metrics else ()) if name in values]
+              for name in ("registry_mirror_port", "registry_mirror_supervisor_port", "registry_mirror_metrics_port")
+              if name in values]
     for label, fields, defaulted, _fine in entries:
-        for key in ("port", "supervisor_port") + (("metrics_port",) if metrics else ()):
+        for key in ("port", "supervisor_port", "metrics_port"):
             if key in fields:
                 owners.append((f"{label}.{key}{_by_default(key, defaulted)}", fields[key], False))
     first: dict = {}
@@ -233,8 +237,17 @@ def _port_conflicts(values: t.Mapping[str, t.Any], entries: list) -> list:
         if port not in first:
             first[port] = (owner.split(" ", 1)[0], primary)
         elif not (primary and first[port][1]):
-            errors.append(f"{owner} is {port}, the same as {first[port][0]}: every listener needs a port of its own")
+            errors.append(f"{owner} is {port}, the same as {first[port][0]}: every listener needs a port of its own"
+                          + _metrics_off(values, owner, first[port][0]))
     return errors
+
+
+def _metrics_off(values: t.Mapping[str, t.Any], *owners: str) -> str:
+    """For a message about a port that one of OWNERS, metrics ports among them, shares while metrics are off: why."""
+    if values.get("registry_mirror_metrics_enabled") or not any("metrics_port" in owner for owner in owners):
+        return ""
+    return (" (metrics ports count while registry_mirror_metrics_enabled is false too: the day it is turned on, the "
+            "port would be taken)")
 
 
 def _storage_conflicts(values: t.Mapping[str, t.Any], entries: list) -> list:

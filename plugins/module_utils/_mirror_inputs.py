@@ -23,7 +23,7 @@ import typing as t
 from ansible_collections.actuated.registry.plugins.module_utils._inputs_basic import (
     CONTROLLER_DIRS, RANGES, RESTRICTED_REALMS, SECRET_VARIABLES, check_account, check_bind_address, check_checksums,
     check_credentials, check_duration, check_path, check_range, check_url, check_version, coerce, controller_path, show,
-    unknown_variables, version_tuple)
+    token_username_warnings, unknown_variables, version_tuple)
 from ansible_collections.actuated.registry.plugins.module_utils._inputs_entries import (
     ENTRY_LISTS, VARIABLES_WITH_SECRETS, entry_label)
 from ansible_collections.actuated.registry.plugins.module_utils._inputs_fleet import (
@@ -118,6 +118,9 @@ def validate(raw: t.Mapping[str, t.Any], spec: t.Mapping[str, t.Mapping[str, t.A
     for name, text in check_credentials(values.get("registry_mirror_dockerhub_username", ""),
                                         values.get("registry_mirror_dockerhub_token", "")):
         problem(name, text)
+    warnings.extend(token_username_warnings("registry_mirror_dockerhub_username",
+                                            values.get("registry_mirror_dockerhub_username", ""),
+                                            "registry_mirror_dockerhub_token"))
     valid = {name: value for name, value in values.items() if name not in failed}
     errors.extend(_conflicts(valid))
     upstreams = normalise_upstreams(valid)
@@ -125,6 +128,7 @@ def validate(raw: t.Mapping[str, t.Any], spec: t.Mapping[str, t.Mapping[str, t.A
     warnings.extend(upstreams.warnings)
     tiers, tier_users = normalise_tiers(valid), normalise_tier_users(valid)
     errors.extend(tiers.errors + tier_users.errors)
+    warnings.extend(tiers.warnings + tier_users.warnings)
     fleet_errors, fleet_warnings = fleet_conflicts(values, valid, tiers.entries)
     errors.extend(fleet_errors)
     warnings.extend(fleet_warnings)
@@ -176,14 +180,17 @@ def _conflicts(values: t.Mapping[str, t.Any]) -> list:
                     errors.append(f"registry_mirror_{inner}_dir ({inner_dir}) is nested in registry_mirror_{outer}_dir "
                                   f"({outer_dir}): the cache (the service user's) and the configuration (root's) need "
                                   "separate directories")
-    if get("registry_mirror_metrics_enabled") and get("registry_mirror_metrics_port", -1) == get("registry_mirror_port"):
-        errors.append(f"registry_mirror_metrics_port is {get('registry_mirror_port')}, the same as registry_mirror_port: "
-                      "the metrics listener needs a port of its own")
+    # The metrics port counts while metrics are off too: the day they are turned on, it would be taken.
+    off = "" if get("registry_mirror_metrics_enabled") else (
+        " (while registry_mirror_metrics_enabled is false too: the day it is turned on, the port would be taken)")
+    if get("registry_mirror_metrics_port", -1) == get("registry_mirror_port"):
+        errors.append(f"registry_mirror_metrics_port is {get('registry_mirror_port')}, the same as "
+                      f"registry_mirror_port: the metrics listener needs a port of its own{off}")
     supervisor_port = get("registry_mirror_supervisor_port", -1)
     for name in ("registry_mirror_port", "registry_mirror_metrics_port"):
-        if supervisor_port == get(name) and (name == "registry_mirror_port" or get("registry_mirror_metrics_enabled")):
+        if supervisor_port == get(name):
             errors.append(f"registry_mirror_supervisor_port is {supervisor_port}, the same as {name}: the supervisor's "
-                          "listener needs a port of its own")
+                          "listener needs a port of its own" + (off if name == "registry_mirror_metrics_port" else ""))
     if get("registry_mirror_cert_fail_when_expiring") and get("registry_mirror_cert_min_valid_days") == 0:
         errors.append("registry_mirror_cert_fail_when_expiring is true but registry_mirror_cert_min_valid_days is 0, "
                       "which turns the expiry check off: set a number of days")

@@ -18,6 +18,12 @@ description:
     C(registry_mirror_tier_users), C(registry_mirror_tier_tls_certificate) and C(registry_mirror_tier_tls_key),
     C(registry_mirror_tier_names), and listens on an address of the site's network (never C(auto) nor actuated's
     bridge) - and refuses a variable of the other mode that is set (not empty).
+  - Refuses a listen address that is globally routable or a documentation address, whatever the mode; an edge's
+    address other than actuated's bridge or C(auto) without C(registry_mirror_bind_any_private_address), or one
+    that is not private (RFC 1918, link-local) with it; a tier's address that is not private without
+    C(registry_mirror_tier_users).
+  - Warns when a user name looks like a token (C(registry_mirror_dockerhub_username), an upstream's or a tier's
+    C(username), a C(registry_mirror_tier_users) name), naming the variable and never showing the value.
   - Fails on a C(registry_mirror_*) variable that the role does not know, naming the closest known one; with
     C(registry_mirror_unknown_variables=warn) that is a warning instead.
   - With O(host_report) (the output of the role's read-only inspection command) it checks what the host has instead

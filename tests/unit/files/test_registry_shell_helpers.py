@@ -67,7 +67,8 @@ def test_tls_sync_copies_a_valid_pair_for_the_registry_user(libexec: Path, certs
     assert unchanged.returncode == 2, unchanged.stderr
 
 
-# Every name registry-tls-sync (root) writes in DIR, which the registry's user owns, and the names it wrote there before.
+# Every name registry-tls-sync (root) writes in DIR, which the registry's user owns, and the names it wrote there
+# before.
 PLANTED = (".started", "server.crt", "server.key", ".server.crt.new", ".server.key.new")
 
 

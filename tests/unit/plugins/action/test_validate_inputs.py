@@ -205,6 +205,17 @@ def test_the_budget_warning_does_not_fail() -> None:
     assert result["warnings"][0].startswith("registry_mirror_upstreams: the caches' budgets add up to 95 percent")
 
 
+def test_a_token_in_a_user_name_warns_without_reaching_the_result() -> None:
+    pasted = "dckr_pat_" + "PastedAsTheUserName42"
+    result = run({"registry_mirror_dockerhub_username": pasted, "registry_mirror_dockerhub_token": TOKEN,
+                  "registry_mirror_upstreams": [{**GHCR, "username": "ghp_" + "Q" * 36, "password": "x"}]})
+    assert not result.get("failed")
+    assert [warning.split(" ", 1)[0] for warning in result["warnings"]] == [
+        "registry_mirror_dockerhub_username", "registry_mirror_upstreams[ghcr].username"]
+    assert all("looks like a" in warning and "(its value is not shown)" in warning for warning in result["warnings"])
+    assert pasted not in json.dumps(result) and "Q" * 36 not in json.dumps(result)
+
+
 GOOD_HOST = ("user\tregistry:x:998:998:distribution registry mirror:/var/lib/registry:/usr/sbin/nologin\n"
              "group\tregistry:x:998:\nunit\tinstalled\tactive\n"
              "path\t/var/lib/registry\t/var/lib/registry\t-\tdirectory\t998\t998\tregistry\tregistry\t/var/lib/registry\tdirectory\n"
@@ -360,6 +371,11 @@ E2E: dict[str, tuple[dict[str, t.Any], str, str]] = {
     "checksum": ({"registry_mirror_checksums": {"amd64": "xyz"}}, "registry_mirror_checksums", "not a SHA-256 digest"),
     "ttl": ({"registry_mirror_proxy_ttl": "7 days"}, "registry_mirror_proxy_ttl", "not a Go duration"),
     "bind-any": ({"registry_mirror_bind_address": "0.0.0.0"}, "registry_mirror_bind_address", "would expose the mirror"),
+    "bind-public": ({"registry_mirror_bind_address": "203.0.113.7"}, "registry_mirror_bind_address", "a documentation address"),
+    "edge-off-bridge": ({"registry_mirror_bind_address": "10.88.1.21"}, "registry_mirror_bind_address",
+                        "set registry_mirror_bind_any_private_address: true"),
+    "metrics-off-same-port": ({"registry_mirror_metrics_port": 5000}, "registry_mirror_metrics_port",
+                              "while registry_mirror_metrics_enabled is false too"),
     "metrics-same-port": ({"registry_mirror_metrics_enabled": True, "registry_mirror_metrics_port": 5000},
                           "registry_mirror_metrics_port", "a port of its own"),
     "storage-is-config": ({"registry_mirror_storage_dir": "/srv/mirror", "registry_mirror_config_dir": "/srv/mirror"},
@@ -393,6 +409,8 @@ E2E: dict[str, tuple[dict[str, t.Any], str, str]] = {
     "tier-vaulted": ({}, "registry_mirror_tiers[0].password", "contains whitespace (its value is not shown)"),
     "tier-user-vaulted": ({"registry_mirror_mode": "tier", "registry_mirror_bind_address": "10.20.0.5"},
                           "registry_mirror_tier_users[edge].password", "is longer than 72 bytes (its value is not shown)"),
+    "open-tier-shared": ({"registry_mirror_mode": "tier", "registry_mirror_bind_address": "100.64.0.5"},
+                         "registry_mirror_bind_address", "and registry_mirror_tier_users is empty"),
     # ... and these ansible refuses itself.
     "mode-unknown": ({"registry_mirror_mode": "hub"}, "registry_mirror_mode", "one of"),
     "tier-no-url": ({"registry_mirror_tiers": [{"username": TIER_LOGIN, "password": "tier-S3CRET-nourl"}]}, "registry_mirror_tiers",
@@ -412,7 +430,8 @@ SECRETS = (TOKEN, VAULTED_TOKEN, "someone", UP_USER, UP_PASSWORD, "misspelt-S3CR
            "tier-S3CRET-nourl", "misspelt-S3CRET-tier", "tu-S3CRET-")
 # The hosts whose role run must get past argument_specs and fail at validate_inputs (ok=1).
 PAST_ARGUMENT_SPECS = ("upstream-name", "upstreams-port", "upstream-storage", "upstream-vaulted", "tier-on-bridge",
-                       "tier-users-on-edge", "tiers-with-token", "tier-vaulted", "tier-user-vaulted")
+                       "tier-users-on-edge", "tiers-with-token", "tier-vaulted", "tier-user-vaulted", "bind-public",
+                       "edge-off-bridge", "metrics-off-same-port", "open-tier-shared")
 # A valid list with a vaulted password, through the action alone: what the role's tasks get.
 UPSTREAMS_OK = {"name": "ghcr", "url": "https://GHCR.io/", "port": "5010", "username": UP_USER, "allow_http": "false"}
 TIERS_OK = {"url": "https://Tier1.site.test:5000/", "username": TIER_LOGIN}

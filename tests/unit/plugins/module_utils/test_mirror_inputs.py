@@ -31,6 +31,7 @@ HOME = "/home/operator"
 HEX = "0123456789abcdef" * 4
 TOKEN = "dckr_pat_S3CRETVALUE"  # a valid token: the secret cases below hide this inside broken ones
 USER = "mirroruser"
+BIND_ANY = "registry_mirror_bind_any_private_address"
 
 
 def run(overrides: dict[str, t.Any], *, defined: t.Iterable[str] | None = None) -> rules.Report:
@@ -162,6 +163,28 @@ BAD_INPUT: dict[str, tuple[dict[str, t.Any], str, str]] = {
     "bind on broadcast": ({"registry_mirror_bind_address": "255.255.255.255"}, "registry_mirror_bind_address", "not a unicast address"),
     "bind on IPv6": ({"registry_mirror_bind_address": "fe80::1"}, "registry_mirror_bind_address", "an IPv6 address"),
     "bind on a host name": ({"registry_mirror_bind_address": "bridge.local"}, "registry_mirror_bind_address", "not an IPv4 address"),
+    "bind on 'this network'": ({"registry_mirror_bind_address": "0.1.2.3"}, "registry_mirror_bind_address", "not a unicast address"),
+    "bind on a public address": ({"registry_mirror_bind_address": "8.8.8.8"}, "registry_mirror_bind_address",
+                                 "is 8.8.8.8, a globally routable address: a mirror there would serve anyone on the internet"),
+    "bind on a public address with the opt-in": ({"registry_mirror_bind_address": "172.32.0.1", BIND_ANY: True},
+                                                 "registry_mirror_bind_address", "a globally routable address"),
+    "bind on the issue's documentation address": ({"registry_mirror_bind_address": "203.0.113.7"}, "registry_mirror_bind_address",
+                                                  "is 203.0.113.7, a documentation address (RFC 5737)"),
+    "bind on TEST-NET-1": ({"registry_mirror_bind_address": "192.0.2.10", BIND_ANY: True}, "registry_mirror_bind_address",
+                           "a documentation address"),
+    "edge on a site address": ({"registry_mirror_bind_address": "10.88.1.21"}, "registry_mirror_bind_address",
+                               "is 10.88.1.21, which is not actuated's VM bridge (192.168.128.1 or 192.168.129.1): an edge serves "
+                               f"its VMs there, without authentication; give the bridge address or auto, or set {BIND_ANY}: true"),
+    "edge on another private address, as a string": ({"registry_mirror_bind_address": "172.16.0.10", BIND_ANY: "no"},
+                                                     "registry_mirror_bind_address", f"set {BIND_ANY}: true"),
+    "edge on the shared range": ({"registry_mirror_bind_address": "100.64.0.5"}, "registry_mirror_bind_address",
+                                 "is 100.64.0.5, which is not a private address (RFC 1918's 10.0.0.0/8, 172.16.0.0/12, "
+                                 "192.168.0.0/16, or link-local 169.254.0.0/16): an edge listens on actuated's VM bridge"),
+    "edge on the shared range with the opt-in": ({"registry_mirror_bind_address": "100.127.255.254", BIND_ANY: True},
+                                                 "registry_mirror_bind_address", f"{BIND_ANY} allows private addresses only"),
+    "edge on the benchmarking range with the opt-in": ({"registry_mirror_bind_address": "198.18.0.5", BIND_ANY: True},
+                                                       "registry_mirror_bind_address", "not a private address"),
+    "opt-in that is not a boolean": ({BIND_ANY: "perhaps"}, BIND_ANY, "must be true or false"),
     # --- secrets (the value must never appear: see test_no_message_holds_a_secret)
     "user name without token": ({"registry_mirror_dockerhub_username": USER}, "registry_mirror_dockerhub_token",
                                 "is empty while registry_mirror_dockerhub_username is set"),
@@ -225,6 +248,14 @@ BAD_INPUT: dict[str, tuple[dict[str, t.Any], str, str]] = {
                                         "a port of its own"),
     "supervisor on the metrics port": ({"registry_mirror_metrics_enabled": True, "registry_mirror_supervisor_port": 5001},
                                        "registry_mirror_supervisor_port", "a port of its own"),
+    # The metrics port is refused while metrics are off too: turning them on would break the mirror.
+    "metrics on the mirror's port, metrics off": ({"registry_mirror_metrics_port": 5000}, "registry_mirror_metrics_port",
+                                                  "is 5000, the same as registry_mirror_port: the metrics listener needs a port of "
+                                                  "its own (while registry_mirror_metrics_enabled is false too"),
+    "supervisor on the metrics port, metrics off": ({"registry_mirror_supervisor_port": 5001, "registry_mirror_metrics_enabled": "no"},
+                                                    "registry_mirror_supervisor_port",
+                                                    "is 5001, the same as registry_mirror_metrics_port: the supervisor's listener "
+                                                    "needs a port of its own (while registry_mirror_metrics_enabled is false too"),
     "expiry failure without days": ({"registry_mirror_cert_fail_when_expiring": True, "registry_mirror_cert_min_valid_days": 0},
                                     "registry_mirror_cert_fail_when_expiring", "turns the expiry check off"),
     "boolean that is not one": ({"registry_mirror_troubleshooting": "perhaps"}, "registry_mirror_troubleshooting",
@@ -390,6 +421,18 @@ UPSTREAM_BAD_INPUT: dict[str, tuple[dict[str, t.Any], str, str]] = {
                                                       "is 5012, the same as registry_mirror_upstreams[ghcr].supervisor_port"),
     "upstream on another's default metrics port": (ups(GHCR, {**QUAY, "port": 5011}, registry_mirror_metrics_enabled=True),
                                                    f"{U}[quay].port", "is 5011, the same as registry_mirror_upstreams[ghcr].metrics_port"),
+    # ... and while metrics are off
+    "upstream on the metrics port, metrics off": (ups(up(port=5001, **CREDS)), f"{U}[ghcr].port",
+                                                  "is 5001, the same as registry_mirror_metrics_port: every listener needs a port "
+                                                  "of its own (metrics ports count while registry_mirror_metrics_enabled is false"),
+    "upstream metrics on the mirror's port, metrics off": (ups(up(metrics_port=5000)), f"{U}[ghcr].metrics_port",
+                                                           "is 5000, the same as registry_mirror_port"),
+    "upstream metrics on the supervisor's port, metrics off": (ups(up(metrics_port=5002)), f"{U}[ghcr].metrics_port",
+                                                               "is 5002, the same as registry_mirror_supervisor_port"),
+    "upstream on another's default metrics port, metrics off": (ups(GHCR, {**QUAY, "port": 5011}), f"{U}[quay].port",
+                                                                "is 5011, the same as registry_mirror_upstreams[ghcr].metrics_port"),
+    "upstream metrics on another's port, metrics off": (ups(GHCR, {**QUAY, "metrics_port": 5010}), f"{U}[quay].metrics_port",
+                                                        "is 5010, the same as registry_mirror_upstreams[ghcr].port"),
 }
 BAD_INPUT.update(UPSTREAM_BAD_INPUT)
 
@@ -433,6 +476,16 @@ FLEET_BAD_INPUT: dict[str, tuple[dict[str, t.Any], str, str]] = {
     "tier on auto": ({"registry_mirror_mode": "tier", "registry_mirror_bind_address": "auto"}, "registry_mirror_bind_address",
                      "is auto, which picks actuated's VM bridge, but registry_mirror_mode is tier"),
     "tier on every interface": (on_tier(bind_address="0.0.0.0"), "registry_mirror_bind_address", "would expose the mirror"),
+    "tier on a public address": (tier_users(EDGE_USER, registry_mirror_bind_address="8.8.4.4"), "registry_mirror_bind_address",
+                                 "a globally routable address"),
+    "tier on the issue's public address": (on_tier(bind_address="203.0.113.7"), "registry_mirror_bind_address",
+                                           "a documentation address"),
+    "open tier on the shared range": (on_tier(bind_address="100.64.0.5"), "registry_mirror_bind_address",
+                                      "is 100.64.0.5, which is not a private address (RFC 1918's 10.0.0.0/8, 172.16.0.0/12, "
+                                      "192.168.0.0/16, or link-local 169.254.0.0/16), and registry_mirror_tier_users is empty: "
+                                      "the tier would serve whoever reaches that address, with the operator's Docker Hub token"),
+    "open tier on the benchmarking range": (on_tier(bind_address="198.19.0.5", tier_users=[]), "registry_mirror_bind_address",
+                                            "and registry_mirror_tier_users is empty"),
     "tier users on an edge": ({TU: [EDGE_USER]}, TU, "is set, but registry_mirror_mode is edge: it applies to tiers only"),
     "tier certificate on an edge": ({"registry_mirror_tier_tls_certificate": "/srv/tier/fullchain.pem",
                                      "registry_mirror_tier_tls_key": "/srv/tier/key.pem"},
@@ -665,7 +718,12 @@ def test_a_controller_directory_written_with_dots_is_resolved_by_the_controller(
     {"registry_mirror_min_free_space_mb": 0},
     {"registry_mirror_min_free_space_mb": "10485760"},
     {"registry_mirror_cache_budget_mb": 0, "registry_mirror_cache_budget_percent": 0, "registry_mirror_cache_collect_interval": 0},
-    {"registry_mirror_supervisor_port": 5001},
+    {"registry_mirror_supervisor_port": 5003},
+    {"registry_mirror_metrics_port": 5003, "registry_mirror_supervisor_port": 5001},
+    {"registry_mirror_bind_address": "10.88.1.21", "registry_mirror_bind_any_private_address": True},
+    {"registry_mirror_bind_address": "192.168.200.2", "registry_mirror_bind_any_private_address": "yes"},
+    {"registry_mirror_bind_address": "169.254.10.1", "registry_mirror_bind_any_private_address": True},
+    {"registry_mirror_bind_address": "auto", "registry_mirror_bind_any_private_address": True},
 ], ids=",".join)
 def test_good_input_passes(overrides: dict[str, t.Any]) -> None:
     assert run(overrides).errors == []
@@ -765,8 +823,8 @@ def test_secret_problems_name_a_class_not_the_character(value: str) -> None:
     ([{**GHCR, "registry": None, "ttl": None, "username": None, "password": None, "storage_dir": None}], {}),
     ([{**GHCR, **CREDS, "registry": "ghcr.io", "ttl": "0", "storage_dir": "/srv/ghcr", "cache_budget_mb": 0,
        "cache_budget_percent": 0, "metrics_port": 6001, "supervisor_port": 6002, "allow_http": False}], {}),
-    # Metrics off: nothing listens on an upstream's metrics port, so another may use it.
-    ([GHCR, {**QUAY, "port": 5011}], {}),
+    # Metrics off or on, every metrics port is its own (turning metrics on must not break the mirror).
+    ([GHCR, {**QUAY, "metrics_port": 5013, "port": 5014}], {}),
     ([GHCR, {**QUAY, "metrics_port": 5013, "port": 5014}], {"registry_mirror_metrics_enabled": True}),
     # Next to the Docker Hub cache, and next to each other, but never inside one another.
     ([{**GHCR, "storage_dir": "/srv/cache/ghcr"}, {**QUAY, "storage_dir": "/srv/cache/quay"}],
@@ -837,7 +895,7 @@ def test_every_upstream_problem_is_reported_at_once() -> None:
                      {"name": "Quay", "url": "https://quay.io", "port": 5020, "password": UP_PASSWORD}, "k8s")).errors
     named = [error.split(" ", 1)[0] for error in errors]
     assert named == [f"{U}[ghcr]", f"{U}[ghcr].url", f"{U}[ghcr].ttl", f"{U}[1].name", f"{U}[1].username", f"{U}[2]",
-                     f"{U}[ghcr].port", f"{U}[ghcr].supervisor_port"]
+                     f"{U}[ghcr].port", f"{U}[ghcr].supervisor_port", f"{U}[ghcr].metrics_port"]
 
 
 @pytest.mark.parametrize("shares,warned", [
@@ -916,6 +974,8 @@ def test_the_defaults_file_and_the_spec_agree() -> None:
     # A tier: Docker Hub with the token, its accounts, names and certificate.
     TIER_MODE,
     {**TIER_MODE, "registry_mirror_bind_address": "172.16.0.10", "registry_mirror_port": 5443},
+    on_tier(bind_address="100.64.0.5", tier_users=[EDGE_USER]),
+    on_tier(bind_address="192.168.200.10", bind_any_private_address=True),
     tier_users(EDGE_USER, {"username": "ci@site-2.example", "password": "\u00e9" * 36}, {"username": "e" * 64, "password": "x"},
                registry_mirror_dockerhub_username=USER, registry_mirror_dockerhub_token=TOKEN,
                registry_mirror_tier_names=["tier1.site.test", "TIER1", "10.20.0.5", "fd00::5", "a-1.b-2.site.test"],
@@ -925,7 +985,8 @@ def test_the_defaults_file_and_the_spec_agree() -> None:
     {"registry_mirror_fleet_ca_dir": "/srv/fleet-ca"},
     {"registry_mirror_fleet_ca_dir": "~/fleet ca"},
 ], ids=["one tier", "three with credentials", "eight", "http lab", "nulls", "upstreams beside", "tier1 without credentials",
-        "empty tier variables", "a tier", "a tier on 5443", "a tier with everything", "a tier with its own certificate",
+        "empty tier variables", "a tier", "a tier on 5443", "a shared-range tier with accounts", "a tier with the opt-in",
+        "a tier with everything", "a tier with its own certificate",
         "names as a string", "fleet CA dir", "fleet CA dir in ~"])
 def test_good_fleet_input_passes(overrides: dict[str, t.Any]) -> None:
     report = run(overrides)
@@ -1074,6 +1135,128 @@ def test_the_fleet_defaults() -> None:
     assert all(defaults[name] in ("", []) for name in fleet.TIER_ONLY + fleet.EDGE_ONLY)
     assert defaults["registry_mirror_fleet_ca_dir"].endswith("/.local/share/actuated.registry/fleet-ca")
     assert SPEC["registry_mirror_fleet_ca_dir"]["default"] == "~/.local/share/actuated.registry/fleet-ca"
+
+
+# ---- where a mirror listens -------------------------------------------------------------------------------------
+
+
+# address: accepted on (an edge, an edge with the opt-in, a tier without accounts, a tier with accounts)
+@pytest.mark.parametrize("address,accepted", [
+    ("192.168.128.1", (True, True, False, False)),  # actuated's bridges: edges only
+    ("192.168.129.1", (True, True, False, False)),
+    ("auto", (True, True, False, False)),
+    ("10.88.1.21", (False, True, True, True)),  # RFC 1918, and its edges
+    ("10.255.255.254", (False, True, True, True)),
+    ("172.16.0.1", (False, True, True, True)),
+    ("172.31.255.254", (False, True, True, True)),
+    ("192.168.0.1", (False, True, True, True)),
+    ("169.254.10.1", (False, True, True, True)),  # link-local
+    ("100.64.0.1", (False, False, False, True)),  # shared (carrier-grade NAT): not private
+    ("100.127.255.254", (False, False, False, True)),
+    ("198.18.0.1", (False, False, False, True)),  # benchmarking: not private
+    ("172.15.255.254", (False, False, False, False)),  # just outside RFC 1918: public
+    ("172.32.0.1", (False, False, False, False)),
+    ("11.0.0.1", (False, False, False, False)),
+    ("100.128.0.1", (False, False, False, False)),  # just outside the shared range
+    ("8.8.8.8", (False, False, False, False)),
+    ("192.0.2.1", (False, False, False, False)),  # documentation (RFC 5737)
+    ("198.51.100.1", (False, False, False, False)),
+    ("203.0.113.7", (False, False, False, False)),
+])
+def test_where_each_mode_may_listen(address: str, accepted: tuple[bool, bool, bool, bool]) -> None:
+    cases = ({"registry_mirror_bind_address": address}, {"registry_mirror_bind_address": address, BIND_ANY: True},
+             on_tier(bind_address=address), on_tier(bind_address=address, tier_users=[EDGE_USER]))
+    for overrides, expected in zip(cases, accepted):
+        errors = run(overrides).errors
+        assert (errors == []) == expected, (overrides, errors)
+        assert all(error.startswith("registry_mirror_bind_address is ") for error in errors), errors
+
+
+def test_an_edge_off_the_bridge_is_told_about_the_opt_in_only_when_it_helps() -> None:
+    private = run({"registry_mirror_bind_address": "10.88.1.21"}).errors
+    assert len(private) == 1 and f"set {BIND_ANY}: true" in private[0]
+    for address in ("100.64.0.1", "8.8.8.8", "203.0.113.7"):
+        errors = run({"registry_mirror_bind_address": address}).errors
+        assert len(errors) == 1 and f"set {BIND_ANY}" not in errors[0], errors
+
+
+def test_the_opt_in_is_documented_and_off_by_default() -> None:
+    defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+    assert defaults[BIND_ANY] is False and SPEC[BIND_ANY] == {**SPEC[BIND_ANY], "type": "bool", "default": False}
+    text = " ".join(SPEC[BIND_ANY]["description"])
+    assert all(str(network) in text for network in basic.PRIVATE_NETWORKS) and "100.64.0.0/10" in text
+    assert fleet.BIND_ANY == BIND_ANY
+
+
+# ---- user names that look like tokens ---------------------------------------------------------------------------
+
+# A token of each kind that a user name may hold by mistake (made up here, none valid anywhere).
+TOKEN_LIKE = {
+    "Docker Hub personal access token": "dckr_pat_" + "Xq3vLr8Tz0WmKb4NcYh2Pj7",
+    "Docker Hub organization access token": "dckr_oat_" + "b7Yw2QmZr4Lx9TcVk1Hn0Pd",
+    "GitHub personal access token": "ghp_" + "Z8xK2mQ7wR4tY1uB6nV3cL9pS0dF5gH2jA7e",
+    "GitHub fine-grained token": "github_pat_" + "11ABCDE7Q0" + "x" * 12 + "_" + "Yk3" * 10,
+    "GitHub OAuth token": "gho_" + "q1W2e3R4t5Y6u7I8o9P0a1S2d3F4g5H6j7K8",
+    "long random string": "r3PO3nHwTiumXf4yEENpwawyxsta3xci",
+    "long run of hexadecimal characters": "6f1e0c3b9a2d4e5f60718293a4b5c6d7e8f90a1b",
+}
+# Names that are not tokens: no warning (an Azure service principal's id, long readable names, registries' fixed names).
+PLAIN_NAMES = ("actuated-ci", "ghcr-bot-Q7ZX", "3f2504e0-4f89-11d3-9a0c-0305e82c3301", "ServicePrincipalForBuildAgents2024",
+               "GitHubActionsRunnerServiceAccount01", "robot_myorg_buildkite_agent_readonly_2024", "AWS", "oauth2accesstoken",
+               "_json_key", "ghost", "deadbeefdeadbeefdeadbeefdeadbeef")
+
+
+def user_name_cases(name: str) -> dict[str, tuple[dict[str, t.Any], str]]:
+    """Every variable that holds a user name, set to NAME in otherwise valid variables: {case: (overrides, its name)}."""
+    return {
+        "Docker Hub": ({"registry_mirror_dockerhub_username": name, "registry_mirror_dockerhub_token": TOKEN},
+                       "registry_mirror_dockerhub_username"),
+        "upstream": (ups(up(username=name, password=UP_PASSWORD)), f"{U}[ghcr].username"),
+        "tier": (tiers({**TIER, "username": name, "password": TIER_PASSWORD}), f"{T}[0].username"),
+        "tier user": (tier_users({"username": name, "password": TU_PASSWORD}), f"{TU}[0].username"),
+    }
+
+
+@pytest.mark.parametrize("where", sorted(user_name_cases("x")))
+@pytest.mark.parametrize("kind", sorted(TOKEN_LIKE))
+def test_a_user_name_that_looks_like_a_token_warns_without_showing_it(where: str, kind: str) -> None:
+    value = TOKEN_LIKE[kind]
+    overrides, variable = user_name_cases(value)[where]
+    report = run(overrides)
+    assert report.errors == []
+    assert [warning.split(" ", 1)[0] for warning in report.warnings] == [variable]
+    assert report.warnings[0].startswith(f"{variable} looks like a") and kind in report.warnings[0]
+    assert "(its value is not shown)" in report.warnings[0]
+    assert value not in "\n".join(report.warnings) and value[-12:] not in "\n".join(report.warnings)
+
+
+@pytest.mark.parametrize("where", sorted(user_name_cases("x")))
+@pytest.mark.parametrize("name", PLAIN_NAMES)
+def test_a_plain_user_name_does_not_warn(where: str, name: str) -> None:
+    overrides, _variable = user_name_cases(name)[where]
+    report = run(overrides)
+    assert report.errors == [] and report.warnings == []
+
+
+def test_a_tier_user_that_looks_like_a_token_is_never_shown() -> None:
+    """A tier user's name is shown (it is not secret), except when it looks like a token: its entry is then named by
+    index, and problems about the name do not show it either (a github_pat_ token is longer than a user name may be)."""
+    value = TOKEN_LIKE["GitHub fine-grained token"] + "Yk3" * 5
+    cases = (tier_users({"username": value, "password": TU_PASSWORD}),
+             tier_users({"username": value, "password": TU_PASSWORD + "\n"}),
+             tier_users({"username": TOKEN_LIKE["long random string"], "password": "a"},
+                        {"username": TOKEN_LIKE["long random string"], "password": "b"}))
+    for overrides in cases:
+        report = run(overrides)
+        assert report.errors and report.warnings
+        text = "\n".join(report.errors + report.warnings)
+        assert value not in text and TOKEN_LIKE["long random string"] not in text and value[11:30] not in text
+        assert all(re.match(rf"{re.escape(TU)}\[[0-9]+\]", line) for line in report.errors + report.warnings), text
+
+
+def test_token_prefixes_are_matched_as_prefixes_only() -> None:
+    assert basic.token_kind("ci-ghp_user") is None and basic.token_kind("my_dckr_pat_") is None
+    assert basic.token_kind("dckr_pat_x") == "a Docker Hub personal access token"
 
 
 # ---- host rules ------------------------------------------------------------------------------------------------
