@@ -21,9 +21,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import world
 
@@ -60,7 +60,8 @@ BENCH_CONFIG = "/etc/registry/bench-config.yml"
 
 # world.CA_TRUST_CMD, plus a marker written only once update-ca-certificates has finished the bundle (the .pem link
 # that world.wait_ca_trusted looks for appears before the bundle is complete).
-CLIENT_CMD = ("cp /certs/ca.crt /usr/local/share/ca-certificates/actuated-ca.crt && update-ca-certificates >/dev/null 2>&1"
+CLIENT_CMD = ("cp /certs/ca.crt /usr/local/share/ca-certificates/actuated-ca.crt && update-ca-certificates >/dev/null "
+              "2>&1"
               " && touch /tmp/ca-ready && exec sleep infinity")
 
 _T0 = time.monotonic()
@@ -194,13 +195,16 @@ class BenchWorld:  # pylint: disable=too-many-instance-attributes
 
     def setup(self) -> None:
         """Certificates, network, hub, link emulator, client."""
-        world.issue_server_certs(self.certs, sans=(*(f"IP:{target_ip(n)}" for n in range(1, MAX_TARGETS + 1)), f"IP:{NGINX_IP}",
+        world.issue_server_certs(self.certs, sans=(*(f"IP:{target_ip(n)}" for n in range(1, MAX_TARGETS + 1)),
+                                                   f"IP:{NGINX_IP}",
                                                    "IP:127.0.0.1", "DNS:localhost"))
         self.certs.chmod(0o755)
-        sh(["docker", "network", "create", "--internal", "--subnet", SUBNET, "--gateway", GATEWAY, "--label", f"{LABEL}=1", NETWORK])
+        sh(["docker", "network", "create", "--internal", "--subnet", SUBNET, "--gateway", GATEWAY, "--label",
+            f"{LABEL}=1", NETWORK])
         common = ["--label", f"{LABEL}=1", "--init", "--pull", "never", "--platform", "linux/amd64"]
         # The hub: world/hub's code on the world's seeded state (read-only), published on ephemeral loopback ports.
-        sh(["docker", "run", "-d", "--name", HUB, *common, "--hostname", "hub", "-p", "127.0.0.1::443", "-p", "127.0.0.1::8080",
+        sh(["docker", "run", "-d", "--name", HUB, *common, "--hostname", "hub", "-p", "127.0.0.1::443", "-p",
+            "127.0.0.1::8080",
             "-v", f"{world.HUB_DIR}:/hub:ro", "-v", f"{world.HUB_STATE}:/state:ro", "-v", f"{world.CERTS}:/certs:ro",
             "-v", f"{world.RELEASES}:/releases:ro", "-v", f"{world.DEBS}:/debs:ro",
             "-e", f"HUB_USERNAME={world.HUB_USERNAME}", "-e", f"HUB_TOKEN={world.HUB_TOKEN}", "-e", "HUB_RATE_LIMIT=0",
@@ -210,11 +214,13 @@ class BenchWorld:  # pylint: disable=too-many-instance-attributes
         self.release_port = int(sh(["docker", "port", HUB, "8080/tcp"]).split()[0].rsplit(":", 1)[1])
         # The emulated internet link, answering as hub.actuated.test (and its token service auth.actuated.test).
         sh(["docker", "run", "-d", "--name", SHAPER, *common, "--network", NETWORK, "--ip", SHAPER_IP,
-            "--network-alias", world.HUB_NAME, "--network-alias", world.AUTH_NAME, "-v", f"{BENCH}:/bench:ro", world.CLIENT_IMAGE,
+            "--network-alias", world.HUB_NAME, "--network-alias", world.AUTH_NAME, "-v", f"{BENCH}:/bench:ro",
+            world.CLIENT_IMAGE,
             "python3", "/bench/shaper.py", "--forward", f"443={HUB_IP}:443", "--forward", f"8080={HUB_IP}:8080",
             "--rtt-ms", str(self.rtt_ms), "--mbit", str(self.mbit), "--stats", SHAPER_STATS])
         # The client (a VM): skopeo, pulling into a tmpfs so that the client's disk is out of the picture.
-        sh(["docker", "run", "-d", "--name", CLIENT, *common, "--network", NETWORK, "--ip", CLIENT_IP, "--tmpfs", "/pull:size=3g",
+        sh(["docker", "run", "-d", "--name", CLIENT, *common, "--network", NETWORK, "--ip", CLIENT_IP, "--tmpfs",
+            "/pull:size=3g",
             "-v", f"{world.CERTS}:/certs:ro", world.CLIENT_IMAGE, "sh", "-c", CLIENT_CMD])
         self.wait_hub()
         if dexec(CLIENT, "i=0; while [ $i -lt 300 ] && [ ! -e /tmp/ca-ready ]; do sleep 0.1; i=$((i + 1)); done; "
@@ -232,7 +238,8 @@ class BenchWorld:  # pylint: disable=too-many-instance-attributes
             except (OSError, ValueError):
                 pass
             time.sleep(0.3)
-        raise BenchError(f"{HUB} not ready after {timeout:.0f}s:\n{sh(['docker', 'logs', '--tail', '20', HUB], check=False)}")
+        raise BenchError(f"{HUB} not ready after "
+                         f"{timeout:.0f}s:\n{sh(['docker', 'logs', '--tail', '20', HUB], check=False)}")
 
     # ---------------------------------------------------------------------------------------------------------------
     # the hub's counters
@@ -242,8 +249,10 @@ class BenchWorld:  # pylint: disable=too-many-instance-attributes
         """GET (or POST) the private hub's admin API."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(f"https://127.0.0.1:{self.hub_port}/_world/{path}", data=data,
-                                     method="POST" if data is not None else "GET", headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, context=self.context, timeout=30) as resp:  # nosec B310: loopback, our container
+                                     method="POST" if data is not None else "GET",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, context=self.context,
+                                    timeout=30) as resp:  # nosec B310: loopback, our container
             text = resp.read().decode()
         return json.loads(text) if text.strip() else None
 
@@ -271,7 +280,8 @@ class BenchWorld:  # pylint: disable=too-many-instance-attributes
         while time.monotonic() < deadline:
             stats = read()
             if int(stats["seq"]) > before:
-                return {"down": int(stats["bytes_down"]), "up": int(stats["bytes_up"]), "connections": int(stats["connections"])}
+                return {"down": int(stats["bytes_down"]), "up": int(stats["bytes_up"]),
+                        "connections": int(stats["connections"])}
             time.sleep(0.05)
         raise BenchError(f"{SHAPER} did not write its counters to {SHAPER_STATS} after SIGUSR1")
 
@@ -287,7 +297,8 @@ class BenchWorld:  # pylint: disable=too-many-instance-attributes
 
     def release_counts(self) -> dict[str, dict[str, int]]:
         """The release server's counters per path."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.release_port}/_stats", timeout=30) as resp:  # nosec B310: loopback
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.release_port}/_stats",
+                                    timeout=30) as resp:  # nosec B310: loopback
             return dict(json.loads(resp.read()))
 
     def release_reset(self) -> None:
@@ -305,7 +316,8 @@ class BenchWorld:  # pylint: disable=too-many-instance-attributes
         record = self.images[f"library/{name}:latest"]
         return {"index": record["digest"], "index_type": record["mediaType"], **record["platforms"]["linux/amd64"]}
 
-    def pull(self, registry: str, name: str, *, by_digest: bool = False, dest: str = "/pull/x", timeout: float = 900) -> float:
+    def pull(self, registry: str, name: str, *, by_digest: bool = False, dest: str = "/pull/x",
+             timeout: float = 900) -> float:
         """One timed `skopeo copy docker://REGISTRY/library/NAME:latest oci:DEST` in the client (linux/amd64).
 
         BY_DIGEST pulls library/NAME@<index digest> instead of the tag. The time is taken inside the container
@@ -320,33 +332,41 @@ class BenchWorld:  # pylint: disable=too-many-instance-attributes
         """The timed `skopeo copy REF oci:DEST:x` behind pull(); REF may also be a local oci: layout."""
         script = ('rm -rf "$2"; s=$(date +%s%N); '
                   'skopeo copy -q --retry-times 0 --override-arch amd64 "$1" "oci:$2:x" >/dev/null || exit 1; '
-                  'e=$(date +%s%N); echo "$((e - s))"; jq -r ".manifests[0].digest" "$2/index.json"; [ -n "$3" ] || rm -rf "$2"')
+                  'e=$(date +%s%N); echo "$((e - s))"; jq -r ".manifests[0].digest" "$2/index.json"; [ -n "$3" ] || rm '
+                  '-rf "$2"')
         image = self.image(name)
         output = dexec(CLIENT, script, ref, dest, "keep" if keep else "", timeout=timeout).split()
         if len(output) != 2 or output[1] != image["manifest"]:
             raise BenchError(f"pull of {ref} gave manifest {output[1:]} instead of {image['manifest']}")
         return int(output[0]) / 1e9
 
-    def parallel_pulls(self, registry: str, name: str, total: int, parallel: int, timeout: float = 1800) -> tuple[int, float]:
+    def parallel_pulls(self, registry: str, name: str, total: int, parallel: int,
+                       timeout: float = 1800) -> tuple[int, float]:
         """TOTAL pulls of the same tag, PARALLEL at a time, in the client. Returns (successes, wall seconds)."""
         script = ('s=$(date +%s%N); seq "$3" | xargs -P "$4" -I{} sh -c \''
-                  'd=/pull/par{}; if skopeo copy -q --retry-times 0 --override-arch amd64 "docker://$0" "oci:$d:x" >/dev/null 2>&1; '
+                  'd=/pull/par{}; if skopeo copy -q --retry-times 0 --override-arch amd64 "docker://$0" "oci:$d:x" '
+                  '>/dev/null 2>&1; '
                   'then echo ok; else echo FAIL; fi; rm -rf "$d"\' "$1"; e=$(date +%s%N); echo "ns $((e - s))"')
-        output = dexec(CLIENT, script, f"{registry}/library/{name}:latest", "", str(total), str(parallel), timeout=timeout).split()
+        output = dexec(CLIENT, script, f"{registry}/library/{name}:latest", "", str(total), str(parallel),
+                       timeout=timeout).split()
         return output.count("ok"), int(output[output.index("ns") + 1]) / 1e9
 
-    def edge_pulls(self, registries: Sequence[str], name: str, *, at_once: bool, timeout: float = 1800) -> dict[str, Any]:
+    def edge_pulls(self, registries: Sequence[str], name: str, *, at_once: bool,
+                   timeout: float = 1800) -> dict[str, Any]:
         """One pull of library/NAME:latest (linux/amd64) through each of REGISTRIES, in the client: all at once, or one
         after another (each when the previous one has finished). Returns the wall time and, per pull, its time and
         whether it succeeded with the hub's manifest."""
         script = ('pull() { d=/pull/edge$1; rm -rf "$d"; s=$(date +%s%N); '
-                  'if skopeo copy -q --retry-times 0 --override-arch amd64 "docker://$2/library/$3:latest" "oci:$d:x" >/dev/null 2>/tmp/edge$1.err; '
+                  'if skopeo copy -q --retry-times 0 --override-arch amd64 "docker://$2/library/$3:latest" "oci:$d:x" '
+                  '>/dev/null 2>/tmp/edge$1.err; '
                   'then r=$(jq -r ".manifests[0].digest" "$d/index.json"); else r=FAIL; fi; e=$(date +%s%N); '
                   'echo "pull $1 $((e - s)) $r"; rm -rf "$d"; }; '
                   'mode=$1; image=$2; shift 2; s=$(date +%s%N); i=0; '
-                  'for reg in "$@"; do i=$((i + 1)); if [ "$mode" = at-once ]; then pull "$i" "$reg" "$image" & else pull "$i" "$reg" "$image"; fi; done; '
+                  'for reg in "$@"; do i=$((i + 1)); if [ "$mode" = at-once ]; then pull "$i" "$reg" "$image" & else '
+                  'pull "$i" "$reg" "$image"; fi; done; '
                   'wait; e=$(date +%s%N); echo "wall $((e - s))"; '
-                  'for f in /tmp/edge*.err; do [ -s "$f" ] && { echo "--- $f"; tail -c 600 "$f"; }; rm -f "$f"; done; true')
+                  'for f in /tmp/edge*.err; do [ -s "$f" ] && { echo "--- $f"; tail -c 600 "$f"; }; rm -f "$f"; done; '
+                  'true')
         out = dexec(CLIENT, script, "at-once" if at_once else "one-after-another", name, *registries, timeout=timeout)
         manifest = self.image(name)["manifest"]
         pulls: dict[int, dict[str, Any]] = {}
@@ -368,7 +388,8 @@ class BenchWorld:  # pylint: disable=too-many-instance-attributes
         fmt = "%{time_connect} %{time_appconnect} %{time_starttransfer} %{time_total} %{size_download} %{http_code}"
         small = dexec(CLIENT, 'curl -sS -o /dev/null -w "$1" https://hub.actuated.test/v2/', fmt).split()
         release = f"v{world.SOURCE_VERSION}/{world.release_name(world.SOURCE_VERSION, 'amd64')}"
-        big = dexec(CLIENT, 'curl -sS -o /dev/null -w "$1" "$2"', fmt, f"http://hub.actuated.test:8080/{release}").split()
+        big = dexec(CLIENT, 'curl -sS -o /dev/null -w "$1" "$2"', fmt,
+                    f"http://hub.actuated.test:8080/{release}").split()
         return {
             "tls_handshake_s": round(float(small[1]), 4),
             "first_request_s": round(float(small[3]), 4),
@@ -384,10 +405,12 @@ class BenchWorld:  # pylint: disable=too-many-instance-attributes
     def wait_mirror(self, n: int = 1, timeout: float = 120) -> None:
         """Until https://TARGET:5000/v2/ answers 200 to the client (the tier: 200 or 401, its certificate from the fleet
         CA the client does not trust: it only has to answer)."""
-        script = ('i=0; while [ "$i" -lt "$2" ]; do case "$(curl -s $3 -o /dev/null -w "%{http_code}" "https://$1/v2/")" in "$4"|"$5") exit 0;; esac; '
+        script = ('i=0; while [ "$i" -lt "$2" ]; do case "$(curl -s $3 -o /dev/null -w "%{http_code}" '
+                  '"https://$1/v2/")" in "$4"|"$5") exit 0;; esac; '
                   'i=$((i + 1)); sleep 0.1; done; exit 1')
         tier = ("-k", "200", "401") if n == TIER else ("", "200", "200")
-        proc = subprocess.run(["docker", "exec", CLIENT, "sh", "-c", script, "sh", f"{target_ip(n)}:{MIRROR_PORT}", str(int(timeout * 10)),
+        proc = subprocess.run(["docker", "exec", CLIENT, "sh", "-c", script, "sh", f"{target_ip(n)}:{MIRROR_PORT}",
+                               str(int(timeout * 10)),
                                *tier], check=False, capture_output=True)
         if proc.returncode != 0:
             journal = dexec(target_name(n), "journalctl -u registry -n 20 --no-pager -o cat", check=False)
@@ -395,12 +418,14 @@ class BenchWorld:  # pylint: disable=too-many-instance-attributes
 
     def mirror_clear(self, n: int = 1) -> None:
         """Empty the mirror's storage and restart it: the next pull is cold."""
-        dexec(target_name(n), f"systemctl stop registry && find {STORAGE} -mindepth 1 -delete && systemctl start registry")
+        dexec(target_name(n),
+              f"systemctl stop registry && find {STORAGE} -mindepth 1 -delete && systemctl start registry")
         self.wait_mirror(n)
 
     def mirrors_clear(self, edges: Sequence[int], tier: bool = False) -> None:
-        """Empty the tier (TIER) first, then EDGES in parallel: an edge that restarts while its tier answers pulls through
-        it again (one that saw its tier away meanwhile may have moved on to Docker Hub, until it is restarted)."""
+        """Empty the tier (TIER) first, then EDGES in parallel: an edge that restarts while its tier answers pulls
+        through it again (one that saw its tier away meanwhile may have moved on to Docker Hub, until it is
+        restarted)."""
         if tier:
             self.mirror_clear(TIER)
         if edges:
@@ -424,7 +449,8 @@ class BenchWorld:  # pylint: disable=too-many-instance-attributes
         script = ('i=0; while [ "$i" -lt "$1" ]; do all=1; for p in $ALL; do [ -f "$p" ] || all=0; done; '
                   '[ "$all" = 1 ] && exit 0; i=$((i + 1)); sleep 0.1; done; exit 1')
         start = time.monotonic()
-        proc = subprocess.run(["docker", "exec", "-e", f"ALL={' '.join(paths)}", target_name(n), "sh", "-c", script, "sh",
+        proc = subprocess.run(["docker", "exec", "-e", f"ALL={' '.join(paths)}", target_name(n), "sh", "-c", script,
+                               "sh",
                                str(int(timeout * 10))], check=False, capture_output=True)
         if proc.returncode != 0:
             raise BenchError(f"the mirror did not store library/{name} within {timeout:.0f}s")
@@ -436,7 +462,8 @@ class BenchWorld:  # pylint: disable=too-many-instance-attributes
         if config_yml is None:
             dexec(target, f"rm -f {DROPIN} {BENCH_CONFIG}")
         else:
-            sh(["docker", "exec", "-i", target, "sh", "-c", f"cp -p /etc/registry/config.yml {BENCH_CONFIG} && cat > {BENCH_CONFIG}"],
+            sh(["docker", "exec", "-i", target, "sh", "-c",
+                f"cp -p /etc/registry/config.yml {BENCH_CONFIG} && cat > {BENCH_CONFIG}"],
                stdin=config_yml.encode())
             dropin = f"[Service]\nExecStart=\nExecStart=/usr/local/bin/registry serve {BENCH_CONFIG}\n"
             sh(["docker", "exec", "-i", target, "sh", "-c", f"mkdir -p {os.path.dirname(DROPIN)} && cat > {DROPIN}"],
@@ -456,11 +483,13 @@ class BenchWorld:  # pylint: disable=too-many-instance-attributes
     def start_nginx(self, root: Path, conf: Path) -> None:
         """nginx (Debian's binary, unpacked) in a client-image container, serving ROOT over TLS on NGINX_IP:443."""
         ngx = self.nginx_root()
-        sh(["docker", "run", "-d", "--name", NGINX, "--label", f"{LABEL}=1", "--init", "--pull", "never", "--platform", "linux/amd64",
+        sh(["docker", "run", "-d", "--name", NGINX, "--label", f"{LABEL}=1", "--init", "--pull", "never", "--platform",
+            "linux/amd64",
             "--network", NETWORK, "--ip", NGINX_IP, "-v", f"{ngx}:/opt/nginx:ro", "-v", f"{root}:/srv:ro",
             "-v", f"{conf}:/etc/bench-nginx.conf:ro", "-v", f"{self.certs}:/tls:ro", world.CLIENT_IMAGE,
             "/opt/nginx/usr/sbin/nginx", "-e", "stderr", "-c", "/etc/bench-nginx.conf", "-g", "daemon off;"])
-        script = ('i=0; while [ "$i" -lt 100 ]; do [ "$(curl -s -o /dev/null -w "%{http_code}" "https://$1/v2/")" = 200 ] && exit 0; '
+        script = ('i=0; while [ "$i" -lt 100 ]; do [ "$(curl -s -o /dev/null -w "%{http_code}" "https://$1/v2/")" = '
+                  '200 ] && exit 0; '
                   'i=$((i + 1)); sleep 0.1; done; exit 1')
         if subprocess.run(["docker", "exec", CLIENT, "sh", "-c", script, "sh", NGINX_IP], check=False).returncode != 0:
             raise BenchError(f"nginx does not answer:\n{sh(['docker', 'logs', '--tail', '20', NGINX], check=False)}")

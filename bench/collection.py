@@ -6,52 +6,44 @@ For each size the mirror starts empty, pulls library/alpine (the image the clien
 synthetic images (bench/synthN:latest, two unique layers each, written as distribution writes them and older than
 alpine: the least recently used) copied into its storage. The supervisor's settings get a budget of half the cache
 (the role's file is put back afterwards); the client pulls alpine by tag in a loop while `SIGUSR1` starts a
-collection beside the serving registry, which evicts the synthetic images down to the low-water mark and deletes their blobs. The figures come
-from the supervisor's journal line (total, scan, eviction and sweep times, images evicted, blobs deleted, bytes
-reclaimed) and from the client's pulls (each one's start, end and status, on the machine's one clock).
+collection beside the serving registry, which evicts the synthetic images down to the low-water mark and deletes
+their blobs. The figures come from the supervisor's journal line (total, scan, eviction and sweep times, images
+evicted, blobs deleted, bytes reclaimed) and from the client's pulls (each one's start, end and status, on the
+machine's one clock).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import statistics
 import subprocess
 import tarfile
 import time
-import types
 from pathlib import Path
 from typing import Any
 
-from bench.benchworld import CLIENT, REPO, STORAGE, BenchError, dexec, log, target_name
+from bench.benchworld import CLIENT, STORAGE, BenchError, dexec, log, target_name
+from world.cache_layout import Layout
 
-LAYOUT = REPO / "tests" / "unit" / "files" / "cache_layout.py"
 SETTINGS = "/etc/registry/supervisor.json"
 SAVED_SETTINGS = "/etc/registry/supervisor.json.bench"
 CACHE_TOOL = "/usr/local/lib/registry-mirror/libexec/registry_cache.py"
 LAYER_BYTES = 32 * 1024
 MIB = 1024 * 1024
-DONE = re.compile(r"cache collection done in ([0-9.]+) s \(scan ([0-9.]+) s, eviction ([0-9.]+) s, sweep ([0-9.]+) s\): "
-                  r"evicted (\d+) images.*deleted (\d+) blobs, reclaimed ([0-9.]+) MiB; cache ([0-9.]+) -> ([0-9.]+) MiB")
+DONE = re.compile(r"cache collection done in ([0-9.]+) s \(scan ([0-9.]+) s, eviction ([0-9.]+) s, "
+                  r"sweep ([0-9.]+) s\): evicted (\d+) images.*deleted (\d+) blobs, reclaimed ([0-9.]+) MiB; "
+                  r"cache ([0-9.]+) -> ([0-9.]+) MiB")
 # The client's loop: one line per pull of library/alpine by tag: start and end (ns since the epoch) and skopeo's status.
 PULL_LOOP = ('rm -f /tmp/stop-loop; while [ ! -e /tmp/stop-loop ]; do s=$(date +%s%N); '
-             'skopeo copy -q --retry-times 0 --override-arch amd64 "docker://$1/library/alpine:latest" oci:/pull/loop:x '
+             'skopeo copy -q --retry-times 0 --override-arch amd64 "docker://$1/library/alpine:latest" '
+             'oci:/pull/loop:x '
              '>/dev/null 2>&1; r=$?; echo "$s $(date +%s%N) $r"; rm -rf /pull/loop; done')
-
-
-def cache_layout() -> types.ModuleType:
-    """The unit tests' writer of distribution storages (tests/unit/files/cache_layout.py)."""
-    spec = importlib.util.spec_from_file_location("cache_layout", LAYOUT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def synthetic_cache(work: Path, images: int) -> Path:
     """A tar of a storage holding IMAGES synthetic tagged images (two unique LAYER_BYTES layers each)."""
     root = work / f"synthetic-{images}"
-    layout = cache_layout().Layout(root)
+    layout = Layout(root)  # the writer of distribution storages the unit tests use too
     for number in range(images):
         layers = [(f"{number}-{layer}-".encode() * LAYER_BYTES)[:LAYER_BYTES] for layer in (1, 2)]
         layout.image(f"bench/synth{number}", f"synth{number}", layers, tag="latest")
@@ -119,7 +111,8 @@ def measure(bw: Any, work: Path, images: int, mirror: str, n: int = 1) -> dict[s
     back = next(t for t, text in lines if "cache collection done" in text)
     done = next((DONE.search(text) for _when, text in lines if DONE.search(text)), None)
     if done is None:
-        raise BenchError("no 'cache collection done' line in the journal:\n" + "\n".join(t for _when, t in lines)[-2000:])
+        raise BenchError("no 'cache collection done' line in the journal:\n"
+                         + "\n".join(t for _when, t in lines)[-2000:])
     total, scan, eviction, sweep = (float(done.group(i)) for i in range(1, 5))
     pulls = [(int(s) / 1e9, int(e) / 1e9, int(r)) for s, e, r in (line.split() for line in output.splitlines())]
     during = [(s, e, r) for s, e, r in pulls if s <= back and e >= began]
@@ -161,10 +154,12 @@ def section(res: dict[str, Any]) -> str:
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     biggest = runs[-1]
     return ("\n## Disk budget: collections of caches of growing size\n\n"
-            "Each cache holds library/alpine plus N synthetic images (two 32 KiB layers each) older than it; the budget "
+            "Each cache holds library/alpine plus N synthetic images (two 32 KiB layers each) older than it; the "
+            "budget "
             "is half the cache and the collection (SIGUSR1) evicts the synthetic images down to 80 % of it while the "
             "client pulls library/alpine by tag in a loop; the registry serves beside the collection, in pull-through "
-            "mode. Pull time during it: the pulls that overlapped the collection, against the median of five before.\n\n"
+            "mode. Pull time during it: the pulls that overlapped the collection, against the median of five "
+            "before.\n\n"
             + "\n".join(lines) + "\n\n"
             f"On the biggest cache ({biggest['images']} images, {biggest['files']} files) the collection took "
             f"{biggest['collection_s']:.2f} s; every cached pull during it "
@@ -186,5 +181,6 @@ def run(bench: Any, sizes: tuple[int, ...], mirror: str) -> None:
         bench.check(f"collection of {images} images: it evicted, the cache is under the budget and whole",
                     result["evicted"] > 0 and result["cache_after_mib"] <= result["budget_mib"]
                     and not result["problems_after"],
-                    f"{result['cache_after_mib']} MiB of {result['budget_mib']} MiB; {result['problems_after'] or 'no problems'}")
+                    f"{result['cache_after_mib']} MiB of {result['budget_mib']} MiB; "
+                    f"{result['problems_after'] or 'no problems'}")
     bench.results["collections"] = out

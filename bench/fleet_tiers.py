@@ -50,12 +50,14 @@ def mirror(n: int) -> str:
 
 
 def converge(bench: Any, out: dict[str, Any], label: str, plain: list[int], tiered: list[int]) -> None:
-    """Boot what is not up, then one converge: the tier (if TIERED) first, then the edges PLAIN (no tiers) and TIERED."""
+    """Boot what is not up, then one converge: the tier (if TIERED) first, then the edges PLAIN (no tiers) and
+    TIERED."""
     up = bench.plain
     boot = [n for n in [*plain, *tiered] if n not in up] + ([TIER] if tiered else [])
     start = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(boot))) as pool:
-        futures = [pool.submit(world.target_up, target_name(n), "amd64", "actuated-bench", target_ip(n), certs=bench.bw.certs,
+        futures = [pool.submit(world.target_up, target_name(n), "amd64", "actuated-bench", target_ip(n),
+                               certs=bench.bw.certs,
                                timeout=600) for n in boot]
         for future in futures:
             future.result()
@@ -68,8 +70,10 @@ def converge(bench: Any, out: dict[str, Any], label: str, plain: list[int], tier
     again = sorted(set(tiered) & set(up))
     log(f"   {label}: converge {result['seconds']:.1f}s: tier {'bench-t9' if tiered else '-'}, edges without tiers "
         f"{plain or '-'}, with the tier {tiered or '-'}" + (f" (converged again: {again})" if again else ""))
-    out["converges"][label] = {"seconds": result["seconds"], "tier": bool(tiered), "plain_edges": plain, "tiered_edges": tiered,
-                               "converged_again": again, "booted": boot, "boot_s": round(booted, 1), "loadavg": loadavg(),
+    out["converges"][label] = {"seconds": result["seconds"], "tier": bool(tiered), "plain_edges": plain,
+                               "tiered_edges": tiered,
+                               "converged_again": again, "booted": boot, "boot_s": round(booted, 1),
+                               "loadavg": loadavg(),
                                "log": result["log"]}
 
 
@@ -99,13 +103,15 @@ def cost_case(bench: Any, edges: list[int], image: str, *, tier: bool, at_once: 
     counts = bw.hub_counts()
     requests = bw.hub_requests()
     after = bw.link_bytes()
-    total = {k: sum(c[k] for c in counts.values()) for k in ("manifest_get", "manifest_head", "blob_get", "bytes", "tokens")}
+    total = {k: sum(c[k] for c in counts.values()) for k in ("manifest_get", "manifest_head", "blob_get", "bytes",
+                                                             "tokens")}
     others = {name: c["manifest_get"] + c["blob_get"] for name, c in counts.items()
               if name != world.HUB_USERNAME and c["manifest_get"] + c["blob_get"]}
     return {"edges": len(edges), **total, "identities": counts, "gets_not_by_the_account": others,
             "link_down_bytes": after["down"] - before["down"], "link_up_bytes": after["up"] - before["up"],
             "link_connections": after["connections"] - before["connections"],
-            "wall_s": round(pulled["wall_s"], 3), "pull_s": [p["s"] for p in pulled["pulls"]], "succeeded": pulled["succeeded"],
+            "wall_s": round(pulled["wall_s"], 3), "pull_s": [p["s"] for p in pulled["pulls"]],
+            "succeeded": pulled["succeeded"],
             "loadavg_1m": [loadavg()[0]], "requests": requests}
 
 
@@ -118,10 +124,13 @@ def costs(bench: Any, out: dict[str, Any], key: str, edges: list[int], *, tier: 
         for pattern in ("one_after_another", *(("at_once",) if size > 1 else ())):
             case = cost_case(bench, edges[:size], image, tier=tier, at_once=pattern == "at_once")
             cases[str(size)][pattern] = case
-            log(f"   {key.replace('_', ' ')}, {size} edge(s) {PATTERNS[pattern]}: hub manifest GETs {case['manifest_get']}, "
-                f"blob GETs {case['blob_get']}, hub sent {case['bytes'] / 1e6:.1f} MB, link down {case['link_down_bytes'] / 1e6:.1f} MB; "
+            log(f"   {key.replace('_', ' ')}, {size} edge(s) {PATTERNS[pattern]}: hub manifest GETs "
+                f"{case['manifest_get']}, "
+                f"blob GETs {case['blob_get']}, hub sent {case['bytes'] / 1e6:.1f} MB, link down "
+                f"{case['link_down_bytes'] / 1e6:.1f} MB; "
                 f"{case['succeeded']}/{size} pulls ok in {case['wall_s']:.2f}s (load {case['loadavg_1m'][0]})")
-            bench.check(f"fleet tiers, {key.replace('_', ' ')}: {size} edge(s) {PATTERNS[pattern]}: every pull succeeds",
+            bench.check(f"fleet tiers, {key.replace('_', ' ')}: {size} edge(s) {PATTERNS[pattern]}: every pull "
+                        "succeeds",
                         case["succeeded"] == size, f"{case['succeeded']}/{size}")
     out["cost"][key] = cases
 
@@ -131,7 +140,8 @@ def timings(bench: Any, out: dict[str, Any], modes: tuple[str, ...], plain: int,
     edge_tier_hub_cold, whose pull warmed the tier)."""
     bw = bench.bw
     for image in bench.plan.tier_images:
-        record = out["pulls"].setdefault(image, {"bytes": bw.image(image)["size"], "seconds": {}, "upstream_per_pull": {},
+        record = out["pulls"].setdefault(image, {"bytes": bw.image(image)["size"], "seconds": {},
+                                                 "upstream_per_pull": {},
                                                  "runs": {}})
         times: dict[str, list[float]] = {mode: [] for mode in modes}
         upstream: dict[str, list[dict[str, dict[str, int]]]] = {mode: [] for mode in modes}
@@ -152,20 +162,24 @@ def timings(bench: Any, out: dict[str, Any], modes: tuple[str, ...], plain: int,
                     bw.wait_stored(image, TIER)
                 upstream[mode].append(bw.hub_counts())
             loads.append(loadavg()[0])
-            log(f"   {image} run {run + 1}/{bench.plan.tier_runs}: " + "  ".join(f"{LABELS[m]} {times[m][-1]:.2f}s" for m in modes)
-                + f" (load {loads[-1]})")
+            log(f"   {image} run {run + 1}/{bench.plan.tier_runs}: "
+                + "  ".join(f"{LABELS[m]} {times[m][-1]:.2f}s" for m in modes) + f" (load {loads[-1]})")
         for mode in modes:
             record["seconds"][mode] = summary(times[mode])
             record["upstream_per_pull"][mode] = median_counts(upstream[mode])
             record["runs"][mode] = {"loadavg_1m": loads}
         if "edge_cold_tier_warm" in modes:
-            gets = [sum(c["manifest_get"] + c["blob_get"] for c in run.values()) for run in upstream["edge_cold_tier_warm"]]
-            bench.check(f"fleet tiers: {image}: an empty edge behind a warm tier GETs nothing from the hub", not any(gets),
+            gets = [sum(c["manifest_get"] + c["blob_get"] for c in run.values())
+                    for run in upstream["edge_cold_tier_warm"]]
+            bench.check(f"fleet tiers: {image}: an empty edge behind a warm tier GETs nothing from the hub",
+                        not any(gets),
                         f"hub GETs per run {gets}")
         if "edge_tier_hub_cold" in modes:
-            others = [sorted(name for name, c in run.items() if name != world.HUB_USERNAME and c["manifest_get"] + c["blob_get"])
+            others = [sorted(name for name, c in run.items()
+                             if name != world.HUB_USERNAME and c["manifest_get"] + c["blob_get"])
                       for run in upstream["edge_tier_hub_cold"]]
-            bench.check(f"fleet tiers: {image}: an edge with a tier never pulls the hub itself (only the tier's account GETs)",
+            bench.check(f"fleet tiers: {image}: an edge with a tier never pulls the hub itself (only the tier's "
+                        "account GETs)",
                         not any(others), f"other identities with GETs per run: {others}")
 
 
@@ -181,18 +195,22 @@ def checks(bench: Any, out: dict[str, Any]) -> None:
         for size in sizes[1:]:
             case = cases[size]["one_after_another"]
             if key == "with_tier":
-                bench.check(f"fleet tiers: with a tier, Hub manifest GETs for {size} edges (one after another) == those for 1 edge",
+                bench.check(f"fleet tiers: with a tier, Hub manifest GETs for {size} edges (one after another) == "
+                            "those for 1 edge",
                             case["manifest_get"] == one["manifest_get"] and case["blob_get"] == one["blob_get"],
-                            f"manifest GETs {case['manifest_get']} vs {one['manifest_get']}, blob GETs {case['blob_get']} vs "
+                            f"manifest GETs {case['manifest_get']} vs {one['manifest_get']}, blob GETs "
+                            f"{case['blob_get']} vs "
                             f"{one['blob_get']}")
             else:
-                bench.check(f"fleet tiers: without a tier, {size} edges (one after another) pull the hub {size} times as often as 1",
+                bench.check(f"fleet tiers: without a tier, {size} edges (one after another) pull the hub {size} times "
+                            "as often as 1",
                             case["manifest_get"] == int(size) * one["manifest_get"],
                             f"manifest GETs {case['manifest_get']} vs {one['manifest_get']} for 1 edge")
         if key == "with_tier":
             others = {f"{size} {pattern}": case["gets_not_by_the_account"] for size, patterns in cases.items()
                       for pattern, case in patterns.items() if case["gets_not_by_the_account"]}
-            bench.check("fleet tiers: with a tier, only the tier's account GETs from the hub (edges hold no token, never went direct)",
+            bench.check("fleet tiers: with a tier, only the tier's account GETs from the hub (edges hold no token, "
+                        "never went direct)",
                         not others, f"{others or 'none'}")
 
 
@@ -209,11 +227,14 @@ def run(bench: Any) -> None:
     tiered = list(range(largest + 1, 2 * largest + 1)) if together else plain
     out: dict[str, Any] = {
         "sizes": list(plan.tier_fleet), "cost_image": f"library/{plan.tier_cost_image}:latest (linux/amd64)",
-        "cost_image_bytes": bench.bw.image(plan.tier_cost_image)["size"], "images": list(plan.tier_images), "runs": plan.tier_runs,
+        "cost_image_bytes": bench.bw.image(plan.tier_cost_image)["size"], "images": list(plan.tier_images),
+        "runs": plan.tier_runs,
         "tier": target_name(TIER), "edges_without_tier": [target_name(n) for n in plain],
         "edges_with_tier": [target_name(n) for n in tiered],
-        "design": ("one converge: tier, edges with it and edges without it side by side; pull modes interleaved" if together else
-                   "edges without tiers measured first, then the same targets converged again with the tier and measured"),
+        "design": ("one converge: tier, edges with it and edges without it side by side; pull modes interleaved"
+                   if together else
+                   "edges without tiers measured first, then the same targets converged again with the tier and "
+                   "measured"),
         "loadavg_start": loadavg(), "converges": {}, "cost": {}, "pulls": {},
     }
     bench.results["fleet_tiers"] = out
@@ -276,12 +297,16 @@ def section(res: dict[str, Any]) -> str:
 
             def pair(key: str, fmt: Any = str, a: Any = a, b: Any = b) -> str:
                 return f"{fmt(a[key]) if a else '-'} / {fmt(b[key]) if b else '-'}"
-            rows.append([size, label, f"**{pair('manifest_get')}**", pair("blob_get"), pair("bytes", _mb), pair("link_down_bytes", _mb),
+            rows.append([size, label, f"**{pair('manifest_get')}**", pair("blob_get"), pair("bytes", _mb),
+                         pair("link_down_bytes", _mb),
                          pair("wall_s", lambda v: f"{v:.2f} s")])
     text = (f"\n## Fleet tiers: Docker Hub's cost for N edges pulling one new image, without / with a site tier\n\n"
-            f"{ft['cost_image']} ({_mb(ft['cost_image_bytes'])}), every mirror empty at the start of each case; edges and tier on the "
-            "site side of the emulated link, the hub behind it. Each cell: without a tier (each edge straight to the hub with the "
-            "token) / with the tier (edges pull from it with its account, it pulls the hub with the token). Converged by the "
+            f"{ft['cost_image']} ({_mb(ft['cost_image_bytes'])}), every mirror empty at the start of each case; edges "
+            "and tier on the "
+            "site side of the emulated link, the hub behind it. Each cell: without a tier (each edge straight to the "
+            "hub with the "
+            "token) / with the tier (edges pull from it with its account, it pulls the hub with the token). Converged "
+            "by the "
             f"role: {ft['design']}.\n\n")
     text += _table(["edges", "pulls", "hub manifest GETs (Docker Hub pulls)", "hub blob GETs", "bytes the hub sent",
                     "bytes down the link (WAN)", "wall time"], rows)
@@ -292,19 +317,25 @@ def section(res: dict[str, Any]) -> str:
     one_b = with_tier.get(str(min(ft["sizes"])), {}).get("one_after_another")
     if seq_a and seq_b and one_b:
         same = seq_b["manifest_get"] == one_b["manifest_get"]
-        text += (f"\nWith the tier, {largest} edges pulling one after another cost Docker Hub {seq_b['manifest_get']} counted pulls and "
+        text += (f"\nWith the tier, {largest} edges pulling one after another cost Docker Hub {seq_b['manifest_get']} "
+                 "counted pulls and "
                  f"{_mb(seq_b['link_down_bytes'])} over the link, {'the same as' if same else 'against'} one edge's "
                  f"{one_b['manifest_get']} and "
-                 f"{_mb(one_b['link_down_bytes'])}; without it {seq_a['manifest_get']} and {_mb(seq_a['link_down_bytes'])}"
-                 + (f". All at once, the tier passed {par_b['manifest_get']} manifest GETs and {par_b['blob_get']} blob GETs to the hub: "
-                    "distribution's pull-through cache lets concurrent first requests for an uncached image each reach the upstream "
+                 f"{_mb(one_b['link_down_bytes'])}; without it {seq_a['manifest_get']} and "
+                 f"{_mb(seq_a['link_down_bytes'])}"
+                 + (f". All at once, the tier passed {par_b['manifest_get']} manifest GETs and {par_b['blob_get']} "
+                    "blob GETs to the hub: "
+                    "distribution's pull-through cache lets concurrent first requests for an uncached image each reach "
+                    "the upstream "
                     "before the first has stored it" if par_b else "")
                  + ". Link bytes include TLS, tokens and the mirrors' upstream probes.\n")
         one_a = without.get(str(min(ft["sizes"])), {}).get("one_after_another")
         if one_a and one_b["blob_get"] > one_a["blob_get"]:
             text += (f"\nOne edge's cold pull through the empty tier made the hub serve {one_b['blob_get']} blob GETs "
-                     f"({_mb(one_b['bytes'])}) where an edge alone needs {one_a['blob_get']} ({_mb(one_a['bytes'])}): the tier "
-                     "fetched a blob more than once (`requests` in results.json lists the hub's requests of each case).\n")
+                     f"({_mb(one_b['bytes'])}) where an edge alone needs {one_a['blob_get']} ({_mb(one_a['bytes'])}): "
+                     "the tier "
+                     "fetched a blob more than once (`requests` in results.json lists the hub's requests of each "
+                     "case).\n")
     pulls = ft.get("pulls") or {}
     if pulls:
         prow = []
@@ -313,21 +344,30 @@ def section(res: dict[str, Any]) -> str:
             prow.append([f"library/{image}", _mb(d["bytes"]), *(_fmt(sec.get(mode)) for mode in MODES),
                          d.get("tier_cold_vs_edge_alone", "-"), d.get("tier_warm_vs_edge_alone", "-")])
         text += ("\n### Cold pull through edge -> tier -> hub vs edge -> hub\n\n"
-                 f"Medians of {ft['runs']} run(s) (min-max), the client pulling through one edge: an empty edge without tiers; an empty "
-                 "edge and an empty tier; an empty edge behind a tier that has the image (the tier still checks the tag at the hub: "
+                 f"Medians of {ft['runs']} run(s) (min-max), the client pulling through one edge: an empty edge "
+                 "without tiers; an empty "
+                 "edge and an empty tier; an empty edge behind a tier that has the image (the tier still checks the "
+                 "tag at the hub: "
                  "a token and a manifest HEAD over the link).\n\n")
-        text += _table(["image", "size (amd64)", *(LABELS[m] for m in MODES), "tier cold / edge alone", "tier warm / edge alone"], prow)
-        ratios = "; ".join(f"{image} {d.get('tier_cold_vs_edge_alone', '-')} cold, {d.get('tier_warm_vs_edge_alone', '-')} warm"
+        text += _table(["image", "size (amd64)", *(LABELS[m] for m in MODES), "tier cold / edge alone",
+                        "tier warm / edge alone"], prow)
+        ratios = "; ".join(f"{image} {d.get('tier_cold_vs_edge_alone', '-')} cold, "
+                           f"{d.get('tier_warm_vs_edge_alone', '-')} warm"
                            for image, d in pulls.items())
-        text += (f"\nTime against an edge pulling the hub itself (1 = the same): {ratios}. Cold, the image still crosses the "
-                 "link, plus the tier's hop on the site network and any blob the tier fetches twice (the hub's blob GETs per pull are "
+        text += (f"\nTime against an edge pulling the hub itself (1 = the same): {ratios}. Cold, the image still "
+                 "crosses the "
+                 "link, plus the tier's hop on the site network and any blob the tier fetches twice (the hub's blob "
+                 "GETs per pull are "
                  "in results.json); warm, the edge skips the link's bandwidth but not the tier's tag check.\n")
     converges = ft.get("converges") or {}
     if converges:
         text += ("\nConverges of this measurement (playbooks/site.yml, tier play then edge play): "
-                 + "; ".join(f"{label} {c['seconds']:.0f} s (tier {'yes' if c['tier'] else 'no'}, {len(c['plain_edges'])} edge(s) "
+                 + "; ".join(f"{label} {c['seconds']:.0f} s (tier {'yes' if c['tier'] else 'no'}, "
+                             f"{len(c['plain_edges'])} edge(s) "
                              f"without tiers, {len(c['tiered_edges'])} with"
-                             + (f", {len(c['converged_again'])} of them converged again" if c["converged_again"] else "") + ")"
+                             + (f", {len(c['converged_again'])} of them converged again" if c["converged_again"]
+                                else "") + ")"
                              for label, c in converges.items())
-                 + f"; load average {ft.get('loadavg_start', '-')} at the start, {ft.get('loadavg_end', '-')} at the end.\n")
+                 + f"; load average {ft.get('loadavg_start', '-')} at the start, {ft.get('loadavg_end', '-')} at the "
+                   "end.\n")
     return text

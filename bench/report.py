@@ -31,7 +31,8 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
 def peak_load(res: Any) -> float:
     """The highest 1-minute load average recorded anywhere in the results."""
     if isinstance(res, dict):
-        found = [peak_load(v) for k, v in res.items() if k not in ("loadavg", "loadavg_1m", "loadavg_start", "loadavg_end")]
+        found = [peak_load(v) for k, v in res.items() if k not in ("loadavg", "loadavg_1m", "loadavg_start",
+                                                                   "loadavg_end")]
         for key in ("loadavg", "loadavg_start", "loadavg_end"):
             if isinstance(res.get(key), list) and res[key]:
                 found.append(float(res[key][0]))
@@ -56,15 +57,19 @@ def section_machine(res: dict[str, Any]) -> str:
                                       f"highest 1-min value seen during the run: {peak_load(res)}"],
         ["versions", ", ".join(f"{k} {v}" for k, v in versions.items() if v)],
         ["mirror", f"distribution {s['registry_version']} ("
-                   + ("built from its source by the test world" if s["registry_version"].startswith("3") else "Debian's build")
+                   + ("built from its source by the test world" if s["registry_version"].startswith("3")
+                      else "Debian's build")
                    + "), installed by the role"],
-        ["emulated link", f"{s['rtt_ms']:g} ms RTT, {s['mbit']:g} Mbit/s per direction, shared by all connections (bench/shaper.py)"],
-        ["link as measured", f"TLS handshake {link.get('tls_handshake_s', '-')} s, first request {link.get('first_request_s', '-')} s, "
-                             f"{link.get('download_mbit_s', '-')} Mbit/s on a {mb(link.get('download_bytes', 0))} download"],
+        ["emulated link",
+         f"{s['rtt_ms']:g} ms RTT, {s['mbit']:g} Mbit/s per direction, shared by all connections (bench/shaper.py)"],
+        ["link as measured",
+         f"TLS handshake {link.get('tls_handshake_s', '-')} s, first request {link.get('first_request_s', '-')} s, "
+         f"{link.get('download_mbit_s', '-')} Mbit/s on a {mb(link.get('download_bytes', 0))} download"],
     ])
-    text += ("\nThe machine has 2 cores and other test jobs (Molecule runs) may have used it at the same time: the load "
-             "averages above and per run in `results.json` show how busy it was. Medians of "
-             f"{s['runs']} runs with (min-max); modes are interleaved run by run so that a change of load hits each alike.\n")
+    text += ("\nThe machine has 2 cores and other test jobs (Molecule runs) may have used it at the same time: the "
+             "load averages above and per run in `results.json` show how busy it was. Medians of "
+             f"{s['runs']} runs with (min-max); modes are interleaved run by run so that a change of load hits each "
+             "alike.\n")
     return text
 
 
@@ -82,7 +87,8 @@ def section_pulls(res: dict[str, Any]) -> str:
     for image, d in pulls.items():
         sec = d["seconds"]
         up = d["upstream_per_pull"]
-        rows1.append([f"library/{image}", mb(d["bytes"]), fmt(sec["direct"]), fmt(sec["mirror_warm"]), f"**{d['warm_speedup_vs_direct']}x**",
+        rows1.append([f"library/{image}", mb(d["bytes"]), fmt(sec["direct"]), fmt(sec["mirror_warm"]),
+                      f"**{d['warm_speedup_vs_direct']}x**",
                       f"{rate(d['bytes'], sec['direct'])} / {rate(d['bytes'], sec['mirror_warm'])}"])
         rows2.append([f"library/{image}", fmt(sec["mirror_warm"]), fmt(sec["mirror_warm_digest"]), fmt(sec["nginx"]),
                       fmt(sec.get("client_alone")), f"**{d['warm_vs_nginx']}**", f"{d['warm_digest_vs_nginx']}"])
@@ -100,14 +106,17 @@ def section_pulls(res: dict[str, Any]) -> str:
              + " faster from the mirror: small pulls save round trips, big ones the link's bandwidth "
              "(a warm pull by tag still costs a token and a manifest HEAD upstream, a few round trips).\n")
     text += "\n## 2. Warm pull through the mirror vs the local limit (nginx serving the same blobs)\n\n"
-    text += table(["image", "mirror, warm (tag)", "mirror, warm (digest)", "nginx, static files", "skopeo alone, no network",
+    text += table(["image", "mirror, warm (tag)", "mirror, warm (digest)", "nginx, static files",
+                   "skopeo alone, no network",
                    "mirror (tag) / nginx", "mirror (digest) / nginx"], rows2)
-    text += ("\nmirror / nginx: " + "; ".join(f"{i} {pulls[i]['warm_vs_nginx']} by tag, {pulls[i]['warm_digest_vs_nginx']} by digest"
+    text += ("\nmirror / nginx: " + "; ".join(f"{i} {pulls[i]['warm_vs_nginx']} by tag, "
+                                              f"{pulls[i]['warm_digest_vs_nginx']} by digest"
                                               for i in images)
-             + ". By tag the mirror waits for its upstream tag check (a token and a HEAD over the emulated link); by digest "
-             "it serves from its storage alone"
+             + ". By tag the mirror waits for its upstream tag check (a token and a HEAD over the emulated link); by "
+             "digest it serves from its storage alone"
              + (f". On {images[-1]}, skopeo alone (copying a local OCI layout, no network at all) already takes "
-                f"{big['seconds']['client_alone']['median']:.2f} s of nginx's {big['seconds']['nginx']['median']:.2f} s: at that size "
+                f"{big['seconds']['client_alone']['median']:.2f} s of nginx's {big['seconds']['nginx']['median']:.2f} "
+                "s: at that size "
                 "the client on 2 shared cores sets most of the limit, and the mirror's own cost is the rest"
                 if len(images) > 1 and "client_alone" in big["seconds"] else "")
              + ".\n")
@@ -117,9 +126,9 @@ def section_pulls(res: dict[str, Any]) -> str:
     up_big = big["upstream_per_pull"]
     fetched = up_big["mirror_cold"]["bytes"] / up_big["direct"]["bytes"] if up_big["direct"]["bytes"] else 0
     version = res.get("settings", {}).get("registry_version", "")
-    why = (f"distribution {version} fetches every missing blob twice from the upstream (one stream to the client, one to "
-           "its storage, in parallel): twice the bytes on the link, so a bandwidth-bound first pull through the mirror "
-           "takes about twice as long as a direct one; a small one costs only the mirror's extra round trips"
+    why = (f"distribution {version} fetches every missing blob twice from the upstream (one stream to the client, one "
+           "to its storage, in parallel): twice the bytes on the link, so a bandwidth-bound first pull through the "
+           "mirror takes about twice as long as a direct one; a small one costs only the mirror's extra round trips"
            if fetched > 1.5 else
            f"distribution {version} fetches each missing blob once ({fetched:.2f}x the direct pull's upstream bytes on "
            f"{images[-1]}) and stores it while streaming it to the client, so a first pull through the mirror costs "
@@ -139,14 +148,18 @@ def section_upstream(res: dict[str, Any]) -> str:
               "mirror_cached": "through the mirror, already cached"}
     for case, label in labels.items():
         d = up[case]
-        who = ", ".join(f"{name} {c['manifest_get']}" for name, c in d["identities"].items() if c["manifest_get"]) or "-"
-        rows.append([label, f"{d['succeeded']}/{up['pulls']}", f"{d['wall_s']:.1f} s", f"**{d['manifest_get']}**", d["manifest_head"], who])
+        who = ", ".join(f"{name} {c['manifest_get']}" for name, c in d["identities"].items()
+                        if c["manifest_get"]) or "-"
+        rows.append([label, f"{d['succeeded']}/{up['pulls']}", f"{d['wall_s']:.1f} s", f"**{d['manifest_get']}**",
+                     d["manifest_head"], who])
     text = (f"\n## 4. Upstream cost: {up['pulls']} pulls of {up['image']} from {up['parallel']} parallel clients\n\n")
-    text += table(["case", "pulls ok", "wall time", "manifest GETs (Docker Hub pulls)", "manifest HEADs (free)", "GETs per identity"], rows)
+    text += table(["case", "pulls ok", "wall time", "manifest GETs (Docker Hub pulls)", "manifest HEADs (free)",
+                   "GETs per identity"], rows)
     direct = up["direct"]["manifest_get"]
     cold = up["mirror_cold_start"]["manifest_get"]
-    text += (f"\nDocker Hub would count {direct} pulls without the mirror (anonymous, per client address in reality) and "
-             f"{cold} with it (all on the mirror's account, from an empty cache; {up['mirror_cached']['manifest_get']} once cached): "
+    text += (f"\nDocker Hub would count {direct} pulls without the mirror (anonymous, per client address in reality) "
+             f"and {cold} with it (all on the mirror's account, from an empty cache; "
+             f"{up['mirror_cached']['manifest_get']} once cached): "
              "parallel first pulls of one tag can each reach the upstream before the first one is stored.\n")
     return text
 
@@ -168,26 +181,34 @@ def section_role(res: dict[str, Any]) -> str:
     if single:
         first_runs = single["first_s"]
         text += table(["one amd64 target", "first converge", "idempotent re-run", "target boot"],
-                      [[f"median of {first_runs['n']} (min-max)", fmt(first_runs), fmt(single.get("again_s")), fmt(single["target_boot_s"])]])
+                      [[f"median of {first_runs['n']} (min-max)", fmt(first_runs), fmt(single.get("again_s")),
+                        fmt(single["target_boot_s"])]])
         text += "\n"
-    for key, label in (("single_amd64_no_pipelining", "1 x amd64, pipelining off"), ("single_arm64", "1 x arm64 (qemu-user)")):
+    for key, label in (("single_amd64_no_pipelining", "1 x amd64, pipelining off"), ("single_arm64",
+                                                                                     "1 x arm64 (qemu-user)")):
         if key in role:
             add(label, role[key])
     for size, d in (role.get("fleet") or {}).items():
         add(f"fleet of {size} x amd64, one play", d)
     if rows:
-        text += table(["run (1 each)", "first converge", "re-run", "target boot", "tarball downloads", "load (1 min)"], rows)
+        text += table(["run (1 each)", "first converge", "re-run", "target boot", "tarball downloads", "load (1 min)"],
+                      rows)
     fleet = role.get("fleet") or {}
     if fleet:
         sizes = sorted(fleet, key=int)
         text += (f"\nA fleet of {sizes[-1]} converges in {fleet[sizes[-1]]['first']['seconds']:.0f} s against "
-                 f"{fleet[sizes[0]]['first']['seconds']:.0f} s for {sizes[0]}, on 2 cores (controller and every target share them; "
+                 f"{fleet[sizes[0]]['first']['seconds']:.0f} s for {sizes[0]}, on 2 cores (controller and every target "
+                 "share them; "
                  "ansible forks = fleet size); the release server saw "
-                 f"{', '.join(str(sum(fleet[s]['tarball_downloads'].values())) for s in sizes)} tarball download(s): one per version "
-                 "and architecture, whatever the fleet size. Fleets are amd64 only (arm64 is emulated here and would measure qemu).\n")
+                 f"{', '.join(str(sum(fleet[s]['tarball_downloads'].values())) for s in sizes)} tarball download(s): "
+                 "one per version "
+                 "and architecture, whatever the fleet size. Fleets are amd64 only (arm64 is emulated here and would "
+                 "measure qemu).\n")
     if single:
-        text += ("\nConnections are `community.docker.docker` (docker exec) with pipelining on, as an SSH fleet would run; "
-                 + (f"without pipelining the first converge took {role['single_amd64_no_pipelining']['first']['seconds']:.0f} s. "
+        text += ("\nConnections are `community.docker.docker` (docker exec) with pipelining on, as an SSH fleet would "
+                 "run; "
+                 + ("without pipelining the first converge took "
+                    f"{role['single_amd64_no_pipelining']['first']['seconds']:.0f} s. "
                     if "single_amd64_no_pipelining" in role else "")
                  + "Every first converge starts from a fresh target and an empty controller download cache.\n")
     return text
@@ -213,7 +234,8 @@ def section_tuning(res: dict[str, Any]) -> str:
                       for v in tuning["images"].values())
         lines.append(f"`{variant}`: {', '.join(ratios)} of the baseline"
                      + (" (min-max ranges overlap the baseline's: no effect measurable here)" if overlap else ""))
-    text += ("\n" + "; ".join(lines) + ". 1 = no change. Warm pulls are measured by digest so that the upstream tag check "
+    text += ("\n" + "; ".join(lines) + ". 1 = no change. Warm pulls are measured by digest so that the upstream tag "
+                                       "check "
              "does not add its jitter; the in-memory blob descriptor cache only saves the mirror local stat calls.\n")
     return text
 
@@ -221,7 +243,8 @@ def section_tuning(res: dict[str, Any]) -> str:
 def section_checks(res: dict[str, Any], chart: str | None) -> str:
     """Correctness checks, errors, durations, chart."""
     text = "\n## Checks\n\n"
-    text += table(["check", "result", "detail"], [[c["name"], "ok" if c["ok"] else "**FAILED**", c["detail"]] for c in res["checks"]])
+    text += table(["check", "result", "detail"], [[c["name"], "ok" if c["ok"] else "**FAILED**",
+                                                   c["detail"]] for c in res["checks"]])
     if res.get("errors"):
         text += "\n**Errors:** " + "; ".join(res["errors"]) + "\n"
     text += "\n## Durations\n\n" + table(["step", "seconds"], [[k, v] for k, v in res["durations_s"].items()])
@@ -241,7 +264,8 @@ def compared_figures(res: dict[str, Any]) -> dict[str, str]:
         out[f"{image}: upstream blob GETs of a cold pull"] = f"{up['mirror_cold']['blob_get']:g}"
     up = res.get("upstream_cost")
     if up:
-        out[f"{up['pulls']} parallel pulls, empty mirror: Docker Hub pulls counted"] = f"{up['mirror_cold_start']['manifest_get']}"
+        out[f"{up['pulls']} parallel pulls, empty mirror: Docker Hub pulls counted"] = \
+            f"{up['mirror_cold_start']['manifest_get']}"
     single = (res.get("role") or {}).get("single_amd64")
     if single:
         out["role: first converge (median)"] = f"{single['first_s']['median']:.1f} s"

@@ -27,13 +27,27 @@ import subprocess
 import sys
 import tempfile
 import time
-
+from collections.abc import Collection, Iterator
 from pathlib import Path
-from typing import Any, Collection, Iterator
+from typing import Any
 
+import world
 from bench import collection, fleet_tiers, report, static_registry
-from bench.benchworld import (ALL_TARGETS, BENCH, BENCH_CACHE, NGINX_IP, REPO, BenchError, BenchWorld, loadavg, log, median_counts,
-                              summary, target_ip, target_name, world)
+from bench.benchworld import (
+    ALL_TARGETS,
+    BENCH,
+    BENCH_CACHE,
+    NGINX_IP,
+    REPO,
+    BenchError,
+    BenchWorld,
+    loadavg,
+    log,
+    median_counts,
+    summary,
+    target_ip,
+    target_name,
+)
 
 VENV_BIN = REPO / ".venv" / "bin"
 COLLECTIONS = REPO / ".cache" / "collections"
@@ -64,14 +78,16 @@ class Plan:  # pylint: disable=too-many-instance-attributes
     out: Path
     tier_fleet: tuple[int, ...] = ()  # fleet tiers: the numbers of edges pulling one new image, with a tier and without
     tier_cost_image: str = "alpine"  # ... that image
-    tier_images: tuple[str, ...] = ()  # fleet tiers: the images of the cold pull times (edge -> tier -> hub vs edge -> hub)
+    # fleet tiers: the images of the cold pull times (edge -> tier -> hub vs edge -> hub)
+    tier_images: tuple[str, ...] = ()
     tier_runs: int = 1  # ... runs of each
 
 
 FULL = Plan("full", 5, ("alpine", "big"), 5, True, (1, 4, 8), True, True, ("inmemory", "troubleshooting"), 5, 100, 20,
             (250, 1000, 4000), BENCH / "results", (1, 4, 8), "fill1", ("alpine", "big"), 3)
-SMOKE = Plan("smoke", 3, ("alpine",), 1, False, (), False, False, ("inmemory",), 1, 20, 5, (100,), BENCH / "results" / "smoke",
-             (1, 2), "alpine", ("alpine",), 1)
+SMOKE = Plan("smoke", 3, ("alpine",), 1, False, (), False, False, ("inmemory",), 1, 20, 5, (100,),
+             BENCH / "results" / "smoke",
+             (1,), "alpine", ("alpine",), 1)
 
 
 class Bench:  # pylint: disable=too-many-instance-attributes
@@ -93,7 +109,8 @@ class Bench:  # pylint: disable=too-many-instance-attributes
             "mode": plan.mode,
             "machine": machine(),
             "settings": {"runs": plan.runs, "images": list(plan.images), "rtt_ms": args.rtt_ms, "mbit": args.mbit,
-                         "converge_runs": plan.converge_runs, "fleet": list(plan.fleet), "registry_version": world.SOURCE_VERSION,
+                         "converge_runs": plan.converge_runs, "fleet": list(plan.fleet),
+                         "registry_version": world.SOURCE_VERSION,
                          "upstream_pulls": plan.upstream_total, "upstream_parallel": plan.upstream_parallel,
                          "tier_fleet": list(plan.tier_fleet), "tier_runs": plan.tier_runs},
             "durations_s": {},
@@ -131,12 +148,16 @@ class Bench:  # pylint: disable=too-many-instance-attributes
         certificate; the Docker Hub token and one account for the edges); the hosts of HOSTS named in TIERED are edges
         pulling from it, without the token (README "Fleets"). The others pull Docker Hub with the token, as always.
         """
-        hub = {"registry_mirror_dockerhub_username": world.HUB_USERNAME, "registry_mirror_dockerhub_token": world.HUB_TOKEN}
+        hub = {"registry_mirror_dockerhub_username": world.HUB_USERNAME,
+               "registry_mirror_dockerhub_token": world.HUB_TOKEN}
         edges: dict[str, dict[str, Any]] = {}
         for name, ip in hosts.items():
-            edges[name] = {"registry_mirror_bind_address": ip}
+            # The bench's edges listen on addresses of its own network, not actuated's bridge: a private address
+            # opted in.
+            edges[name] = {"registry_mirror_bind_address": ip, "registry_mirror_bind_any_private_address": True}
             if name in tiered and tier:
-                edges[name]["registry_mirror_tiers"] = [{"url": f"https://{address}:5000", **TIER_USER} for address in tier.values()]
+                edges[name]["registry_mirror_tiers"] = [{"url": f"https://{address}:5000",
+                                                         **TIER_USER} for address in tier.values()]
             else:
                 edges[name].update(hub)
         common = {
@@ -149,7 +170,8 @@ class Bench:  # pylint: disable=too-many-instance-attributes
         groups: dict[str, Any] = {"actuated_agents": {"hosts": edges}}
         if tier:
             common["registry_mirror_fleet_ca_dir"] = str(self.work / "fleet-ca")
-            groups["registry_tiers"] = {"hosts": {name: {"registry_mirror_bind_address": ip, "registry_mirror_tier_users": [TIER_USER],
+            groups["registry_tiers"] = {"hosts": {name: {"registry_mirror_bind_address": ip,
+                                                         "registry_mirror_tier_users": [TIER_USER],
                                                          **hub} for name, ip in tier.items()}}
         inventory = self.work / f"inventory-{label}.yml"
         inventory.write_text(json.dumps({"all": {"vars": common, "children": groups}}, indent=1), encoding="utf-8")
@@ -157,12 +179,14 @@ class Bench:  # pylint: disable=too-many-instance-attributes
         cfg = self.work / f"ansible-{label}.cfg"
         cfg.write_text("[defaults]\ninterpreter_python = /usr/bin/python3\nretry_files_enabled = False\n"
                        f"forks = {max(5, len(every))}\n[connection]\npipelining = {pipelining}\n", encoding="utf-8")
-        env = {**os.environ, "ANSIBLE_CONFIG": str(cfg), "ANSIBLE_COLLECTIONS_PATH": str(COLLECTIONS), "ANSIBLE_NOCOLOR": "1",
+        env = {**os.environ, "ANSIBLE_CONFIG": str(cfg), "ANSIBLE_COLLECTIONS_PATH": str(COLLECTIONS),
+               "ANSIBLE_NOCOLOR": "1",
                "ANSIBLE_FORCE_COLOR": "0", "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}"}
         logfile = self.logs / f"{label}.log"
         start = time.monotonic()
         with logfile.open("wb") as handle:
-            proc = subprocess.Popen([str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), "playbooks/site.yml"],  # pylint: disable=consider-using-with
+            proc = subprocess.Popen([str(VENV_BIN / "ansible-playbook"), "-i", str(inventory),
+                                     "playbooks/site.yml"],  # pylint: disable=consider-using-with
                                     cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT)
             last = start
             while proc.poll() is None:
@@ -178,12 +202,14 @@ class Bench:  # pylint: disable=too-many-instance-attributes
         recap = {m[0]: {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m[1])}
                  for m in re.findall(r"^(\S+)\s+: (ok=.*)$", text, re.M)}
         if proc.returncode != 0 or set(recap) != set(every):
-            raise BenchError(f"converge {label} failed (rc={proc.returncode}); {logfile}:\n" + "\n".join(text.splitlines()[-25:]))
+            raise BenchError(f"converge {label} failed (rc={proc.returncode}); {logfile}:\n"
+                             + "\n".join(text.splitlines()[-25:]))
         return {"seconds": round(seconds, 2), "recap": recap, "log": str(logfile)}
 
     def tarball_gets(self) -> dict[str, int]:
         """Release tarball downloads (GET) the release server saw since its last reset, per path."""
-        return {path: c["GET"] for path, c in self.bw.release_counts().items() if path.endswith(".tar.gz") and c.get("GET")}
+        return {path: c["GET"] for path, c in self.bw.release_counts().items()
+                if path.endswith(".tar.gz") and c.get("GET")}
 
     def first_converge(self, hosts: dict[str, str], arch: str, label: str, *, pipelining: bool = True,
                        idempotent: bool = True) -> dict[str, Any]:
@@ -204,8 +230,9 @@ class Bench:  # pylint: disable=too-many-instance-attributes
             f"tarball downloads {sum(downloads.values())}")
         self.check(f"{label}: one tarball download per version and architecture", list(downloads.values()) == [1],
                    f"{downloads}")
-        out: dict[str, Any] = {"hosts": len(hosts), "arch": arch, "pipelining": pipelining, "target_boot_s": round(boot, 1),
-                               "first": first, "tarball_downloads": downloads, "loadavg": loadavg()}
+        out: dict[str, Any] = {"hosts": len(hosts), "arch": arch, "pipelining": pipelining,
+                               "target_boot_s": round(boot, 1), "first": first, "tarball_downloads": downloads,
+                               "loadavg": loadavg()}
         if idempotent:
             again = self.converge(hosts, f"{label}-again", cache, pipelining=pipelining)
             changed = {h: r.get("changed", 0) for h, r in again["recap"].items()}
@@ -280,8 +307,10 @@ class Bench:  # pylint: disable=too-many-instance-attributes
                 log(f"   {name} run {i + 1}/{self.plan.runs}: " + "  ".join(f"{m} {times[m][-1]:.2f}s" for m in MODES)
                     + f"  (cold: stored {fills[-1]:.1f}s after the pull; load {loads[-1]})")
             gets = [sum(c["manifest_get"] + c["blob_get"] for c in run.values()) for run in upstream["mirror_warm"]]
-            self.check(f"{name}: warm mirror pulls by tag GET nothing from the upstream", not any(gets), f"GETs per run {gets}")
-            requests = [sum(c["requests"] + c["tokens"] for c in run.values()) for run in upstream["mirror_warm_digest"]]
+            self.check(f"{name}: warm mirror pulls by tag GET nothing from the upstream", not any(gets),
+                       f"GETs per run {gets}")
+            requests = [sum(c["requests"] + c["tokens"] for c in run.values())
+                        for run in upstream["mirror_warm_digest"]]
             self.check(f"{name}: warm mirror pulls by digest do not contact the upstream", not any(requests),
                        f"upstream requests per run {requests}")
             med = {mode: statistics.median(times[mode]) for mode in MODES}
@@ -448,7 +477,8 @@ class Bench:  # pylint: disable=too-many-instance-attributes
                 self.results["errors"].append(f"cleanup: {exc}")
             shutil.rmtree(self.work, ignore_errors=True)
         else:
-            log(f"--keep: containers, network and {self.work} left in place (python3 -m bench.run --cleanup removes them)")
+            log(f"--keep: containers, network and {self.work} left in place (python3 -m bench.run --cleanup removes "
+                "them)")
         self.results["machine"]["loadavg_end"] = loadavg()
         self.results["durations_s"]["total"] = round(time.monotonic() - self.start, 1)
         self.results["logs"] = str(self.logs)
@@ -461,16 +491,20 @@ class Bench:  # pylint: disable=too-many-instance-attributes
         out.mkdir(parents=True, exist_ok=True)
         results = self.results
         only = self.args.only
-        if only:  # into the results of the last run, beside its other measurements (its checks of that section replaced)
+        if only:  # into the last run's results, beside its other measurements (its checks of that section replaced)
             key = only.replace("-", "_")
-            results = json.loads((out / "results.json").read_text(encoding="utf-8")) if passed and (out / "results.json").exists() else {}
+            last = out / "results.json"
+            results = json.loads(last.read_text(encoding="utf-8")) if passed and last.exists() else {}
             if passed and results:
                 results[key] = self.results.get(key)
-                prefix = {"collections": "collection of ", "fleet_tiers": "fleet tiers"}[key]  # its checks' names begin so
-                results["checks"] = [c for c in results.get("checks", []) if c.get("section") != key and not c["name"].startswith(prefix)] + [
+                prefix = {"collections": "collection of ",
+                          "fleet_tiers": "fleet tiers"}[key]  # its checks' names begin so
+                results["checks"] = [c for c in results.get("checks", [])
+                                     if c.get("section") != key and not c["name"].startswith(prefix)] + [
                     {**c, "section": key} for c in self.results["checks"]]
                 results.setdefault("durations_s", {})[key] = self.results["durations_s"]
-                results.setdefault("settings", {}).update({k: v for k, v in self.results["settings"].items() if k not in results["settings"]})
+                results.setdefault("settings", {}).update(
+                    {k: v for k, v in self.results["settings"].items() if k not in results["settings"]})
             else:
                 out = BENCH_CACHE / f"failed-{only}" if not passed else out
                 out.mkdir(parents=True, exist_ok=True)
@@ -491,13 +525,15 @@ def render(out: Path) -> None:
     chart = out / "pulls.png"
     chart.unlink(missing_ok=True)
     python = VENV_BIN / "python"
-    proc = subprocess.run([str(python if python.exists() else sys.executable), str(BENCH / "chart.py"), str(out / "results.json"),
+    proc = subprocess.run([str(python if python.exists() else sys.executable), str(BENCH / "chart.py"),
+                           str(out / "results.json"),
                            str(chart)], check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         log(f"WARNING: no chart ({(proc.stdout + proc.stderr).strip()[-300:]})")
     earlier_path = BENCH / "results" / "distribution-2.8.2" / "results.json"  # the last run on Debian's 2.8.2, kept
     earlier = json.loads(earlier_path.read_text(encoding="utf-8")) if earlier_path.exists() else None
-    (out / "report.md").write_text(report.render(results, chart.name if chart.exists() else None, earlier), encoding="utf-8")
+    (out / "report.md").write_text(report.render(results, chart.name if chart.exists() else None, earlier),
+                                   encoding="utf-8")
 
 
 def tune(config: str, variant: str) -> str:
@@ -505,7 +541,8 @@ def tune(config: str, variant: str) -> str:
     if variant == "inmemory":
         new = config.replace("\nstorage:\n", "\nstorage:\n  cache:\n    blobdescriptor: inmemory\n", 1)
     elif variant == "troubleshooting":
-        new = re.sub(r"(?m)^  level: \w+$", "  level: debug", config.replace("    disabled: true", "    disabled: false", 1), count=1)
+        new = re.sub(r"(?m)^  level: \w+$", "  level: debug", config.replace("    disabled: true",
+                                                                             "    disabled: false", 1), count=1)
     else:
         raise BenchError(f"unknown tuning variant {variant}")
     if new == config:
@@ -530,14 +567,16 @@ def machine() -> dict[str, Any]:
                     if line.startswith("model name")), "")
     mem = ""
     with contextlib.suppress(OSError, ValueError, IndexError):
-        kib = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")), 0)
+        kib = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                    if line.startswith("MemTotal")), 0)
         mem = f"{kib / 1024 / 1024:.1f} GiB"
     osname = ""
     with contextlib.suppress(OSError):
         osname = next((line.split("=", 1)[1].strip('"') for line in Path("/etc/os-release").read_text().splitlines()
                        if line.startswith("PRETTY_NAME=")), "")
     return {"cpu_model": cpu, "cores": os.cpu_count(), "memory": mem, "kernel": platform.release(), "os": osname,
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "loadavg_start": loadavg(),
+            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "loadavg_start": loadavg(),
             "note": "2 cores; other test jobs may have run at the same time: see the load averages"}
 
 
@@ -559,19 +598,25 @@ def bench_lock() -> contextlib.AbstractContextManager[None]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     parser = argparse.ArgumentParser(prog="python3 -m bench.run", description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="quick mode for `make test`: small image, few runs (bench/results/smoke/)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="quick mode for `make test`: small image, few runs (bench/results/smoke/)")
     parser.add_argument("--runs", type=int, help="runs per pull and tuning measurement (full: 5, smoke: 3 and 1)")
-    parser.add_argument("--rtt-ms", type=float, default=40.0, help="emulated round-trip time to the upstream (default 40)")
-    parser.add_argument("--mbit", type=float, default=100.0, help="emulated link bandwidth, Mbit/s per direction (default 100)")
+    parser.add_argument("--rtt-ms", type=float, default=40.0,
+                        help="emulated round-trip time to the upstream (default 40)")
+    parser.add_argument("--mbit", type=float, default=100.0,
+                        help="emulated link bandwidth, Mbit/s per direction (default 100)")
     parser.add_argument("--no-arm64", action="store_true", help="skip the arm64 converge (full mode)")
     parser.add_argument("--no-fleet", action="store_true", help="skip the fleets of 1/4/8 targets (full mode)")
-    parser.add_argument("--no-fleet-tiers", action="store_true", help="skip the fleet tiers measurement (edges with and without a tier)")
-    parser.add_argument("--only", choices=ONLY, help="only this section (after the set-up), merged into the last run's results.json "
+    parser.add_argument("--no-fleet-tiers", action="store_true",
+                        help="skip the fleet tiers measurement (edges with and without a tier)")
+    parser.add_argument("--only", choices=ONLY,
+                        help="only this section (after the set-up), merged into the last run's results.json "
                                                      "(with --smoke: the smoke's)")
     parser.add_argument("--collections-only", action="store_true", help="the same as --only collections")
     parser.add_argument("--keep", action="store_true", help="leave the containers and network for inspection")
     parser.add_argument("--cleanup", action="store_true", help="only remove what an earlier --keep run left")
-    parser.add_argument("--render", action="store_true", help="only redraw report.md and pulls.png from results.json (with --smoke: the smoke's)")
+    parser.add_argument("--render", action="store_true",
+                        help="only redraw report.md and pulls.png from results.json (with --smoke: the smoke's)")
     args = parser.parse_args(argv)
     if args.collections_only:
         args.only = "collections"
@@ -591,7 +636,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, terminated)  # clean up and keep the partial results, as on Ctrl-C
     if args.runs:
-        plan = dataclasses.replace(plan, runs=max(1, args.runs), tuning_runs=max(1, args.runs), tier_runs=max(1, args.runs))
+        plan = dataclasses.replace(plan, runs=max(1, args.runs), tuning_runs=max(1, args.runs),
+                                   tier_runs=max(1, args.runs))
     if args.no_fleet:
         plan = dataclasses.replace(plan, fleet=())
     with bench_lock():

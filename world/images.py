@@ -19,7 +19,19 @@ import shutil
 import time
 from pathlib import Path
 
-from .config import ARCHES, CACHE, CLIENT_IMAGE, CLIENT_PACKAGES, LABEL_RECIPE, LOGS, ROOTFS_CACHE, SUITE, TARGET_IMAGE, TARGET_PACKAGES, UNAME
+from .config import (
+    ARCHES,
+    CACHE,
+    CLIENT_IMAGE,
+    CLIENT_PACKAGES,
+    LABEL_RECIPE,
+    LOGS,
+    ROOTFS_CACHE,
+    SUITE,
+    TARGET_IMAGE,
+    TARGET_PACKAGES,
+    UNAME,
+)
 from .util import WorldError, image_id, image_label, log, ok, out, read_text, recipe_hash, run, step, write_text
 
 # Applied on the host to a fresh debootstrap tree: $1 = rootfs, $2 = 1 for a systemd image.
@@ -131,8 +143,8 @@ def apt_mirror() -> str:
         if uris:
             return uris[0]
     for source in ["/etc/apt/sources.list", *sorted(glob.glob("/etc/apt/sources.list.d/*.list"))]:
-        for line in read_text(Path(source)).splitlines():
-            line = line.split("#", 1)[0].strip()
+        for raw in read_text(Path(source)).splitlines():
+            line = raw.split("#", 1)[0].strip()
             if not line.startswith("deb "):
                 continue
             rest = line[4:].strip()

@@ -14,11 +14,39 @@ import tempfile
 from pathlib import Path
 
 from . import gobuild, gorelease, sources
-from .config import (ARCHES, BROKEN_VERSION, CACHE, DEBS, FIXTURE_DEBS, LABEL_RECIPE, LOGS, PATCHED_VERSION, REGISTRY_VERSION,
-                     RELEASE_VERSIONS, RELEASES, SOURCE_VERSION, TAMPERED_VERSION, TARGET_IMAGE)
+from .config import (
+    ARCHES,
+    BROKEN_VERSION,
+    CACHE,
+    DEBS,
+    FIXTURE_DEBS,
+    LABEL_RECIPE,
+    LOGS,
+    PATCHED_VERSION,
+    REGISTRY_VERSION,
+    RELEASE_VERSIONS,
+    RELEASES,
+    SOURCE_VERSION,
+    TAMPERED_VERSION,
+    TARGET_IMAGE,
+)
 from .deps import APT_ENV
-from .util import (WorldError, image_label, log, out, read_text, recipe_hash, reproducible_tarball, run, sha256_bytes, sha256_file,
-                   step, warn, write_bytes, write_text)
+from .util import (
+    WorldError,
+    image_label,
+    log,
+    out,
+    read_text,
+    recipe_hash,
+    reproducible_tarball,
+    run,
+    sha256_bytes,
+    sha256_file,
+    step,
+    warn,
+    write_bytes,
+    write_text,
+)
 
 
 def deb_path(package: str, arch: str) -> Path | None:
@@ -187,13 +215,13 @@ def debian_fixtures() -> None:
             binary = (tree / "usr/bin/docker-registry").read_bytes()
             license_text = (tree / "usr/share/doc/docker-registry/copyright").read_bytes()
             for version in RELEASE_VERSIONS:
-                build_release(version, arch, deb.name, binary, license_text, Path(tmp))
+                build_release(version, arch, deb.name, binary, license_text, tmp=Path(tmp))
     write_text(stamp, recipe + "\n")
     for path in expected:
         log(f"  {path.relative_to(RELEASES)}  sha256 {read_text(path.with_name(path.name + '.sha256'))[:16]}...")
 
 
-def build_release(version: str, arch: str, deb_name: str, binary: bytes, license_text: bytes, tmp: Path) -> None:
+def build_release(version: str, arch: str, deb_name: str, binary: bytes, license_text: bytes, *, tmp: Path) -> None:
     """One release fixture (tarball + .sha256) for a version and architecture."""
     readme = README_TEMPLATE.format(version=version, arch=arch, deb=deb_name, note=NOTES[version]).encode()
     members = [("README.md", readme, 0o644), ("LICENSE", license_text, 0o644)]

@@ -8,7 +8,19 @@ from __future__ import annotations
 import concurrent.futures
 import time
 
-from .config import ARCHES, HUB_DIR, HUB_IPS, HUB_URL, NET_BR128, NET_BR129, OFFNET_CONTAINER, REGISTRY_VERSION, RELEASES_REMOTE, VM_CONTAINER, VM_IPS
+from .config import (
+    ARCHES,
+    HUB_DIR,
+    HUB_IPS,
+    HUB_URL,
+    NET_BR128,
+    NET_BR129,
+    OFFNET_CONTAINER,
+    REGISTRY_VERSION,
+    RELEASES_REMOTE,
+    VM_CONTAINER,
+    VM_IPS,
+)
 from .releases import release_name
 from .targets import target_run_args
 from .util import WorldError, log, ok, out, run, step, warn
@@ -62,14 +74,17 @@ def cmd_selftest() -> None:
             code = out(["docker", "exec", VM_CONTAINER, *curl, f"http://{addr}:18099/"], check=False)
             if code != "200":
                 failures.append(f"{VM_CONTAINER}: its own listener on {addr}:18099 does not answer ({code})")
-        targets = [f"{ip}:18099" for ip in VM_IPS.values()] + [f"{ip}:{port}" for ip in HUB_IPS.values() for port in (443, 8080)]
+        targets = [f"{ip}:18099" for ip in VM_IPS.values()]
+        targets += [f"{ip}:{port}" for ip in HUB_IPS.values() for port in (443, 8080)]
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(targets)) as pool:
-            procs = pool.map(lambda target: run(["docker", "exec", OFFNET_CONTAINER, "curl", "-sS", "--max-time", "3", "-o",
-                                                 "/dev/null", f"http://{target}/"], check=False, quiet=True), targets)
-            for target, proc in zip(targets, procs):
+            procs = pool.map(lambda target: run(["docker", "exec", OFFNET_CONTAINER, "curl", "-sS", "--max-time", "3",
+                                                 "-o", "/dev/null", f"http://{target}/"], check=False, quiet=True),
+                             targets)
+            for target, proc in zip(targets, procs, strict=True):
                 if proc.returncode == 0:
                     failures.append(f"{OFFNET_CONTAINER} reached {target}: it must not")
                 else:
-                    log(f"{OFFNET_CONTAINER} -> {target}: unreachable as intended ({proc.stderr.decode(errors='replace').strip()[:70]})")
+                    why = proc.stderr.decode(errors="replace").strip()[:70]
+                    log(f"{OFFNET_CONTAINER} -> {target}: unreachable as intended ({why})")
         if failures:
             raise WorldError("selftest failed:\n  " + "\n  ".join(failures))

@@ -62,7 +62,7 @@ def _complete(directory: Path, version: str, arch: str) -> bool:
 def _fetch(url: str, timeout: float) -> bytes:
     """GET URL; WorldError with the reason when it cannot be had."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (https URL from the role's defaults)
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # the URL of the role's defaults
             return bytes(response.read())
     except (urllib.error.URLError, OSError, ValueError) as err:
         reason = getattr(err, "reason", err)
@@ -104,4 +104,5 @@ def decide(version: str, arches: tuple[str, ...] = ARCHES, *, cache: Path = OFFI
         raise WorldError(
             f"no way to the role's default distribution release {version}: (1) {missing_source} (2) the official "
             f"release files could not be downloaded: {err}. Give this machine either the source tarball (set "
-            f"{gorelease.SOURCE_ENV}) or access to {role_default('registry_mirror_release_base_url', defaults)}.") from err
+            f"{gorelease.SOURCE_ENV}) or access to {role_default('registry_mirror_release_base_url', defaults)}."
+        ) from err

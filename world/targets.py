@@ -87,8 +87,9 @@ def run_options(platform: Mapping[str, Any]) -> tuple[list[str], str, list[str]]
             flag = "--tmpfs" if key == "tmpfs" else "-v"
             options += [arg for item in value for arg in (flag, str(item))]
         else:
-            raise WorldError(f"{MOLECULE_CONFIG}: platform key {key!r} is unknown to world/targets.py: add what it means "
-                             "for `docker run` to run_options(), so that `target up` keeps making targets as Molecule does")
+            raise WorldError(f"{MOLECULE_CONFIG}: platform key {key!r} is unknown to world/targets.py: add what it "
+                             "means for `docker run` to run_options(), so that `target up` keeps making targets as "
+                             "Molecule does")
     if not image or not command:
         raise WorldError(f"{MOLECULE_CONFIG}: the platform needs an image and a command")
     return options, image, command
@@ -117,7 +118,8 @@ def target_tar(certs: Path) -> bytes:
         files.append((TARGET_CA_PATH.lstrip("/"), CA_CERT, 0o644))
         for path, source, mode in files:
             if not source.is_file():
-                raise WorldError(f"{source} is missing (`python3 -m world certs`, or `python3 -m world cert issue DIR`)")
+                raise WorldError(f"{source} is missing (`python3 -m world certs`, or "
+                                 "`python3 -m world cert issue DIR`)")
             data = source.read_bytes()
             info = tarfile.TarInfo(path)
             info.size, info.mode, info.mtime = len(data), mode, int(time.time())
@@ -163,7 +165,8 @@ def target_up(name: str, arch: str, network: str, ip: str, *, certs: Path = CERT
     try:
         state = wait_system_running(name, timeout)
         run(["docker", "cp", "-", f"{name}:/"], stdin=payload, quiet=True)
-        run(["docker", "exec", "-i", name, "sh", "-s", "--", TARGET_CA_PATH], stdin=TRUST_CA_SH.read_bytes(), quiet=True)
+        run(["docker", "exec", "-i", name, "sh", "-s", "--", TARGET_CA_PATH], stdin=TRUST_CA_SH.read_bytes(),
+            quiet=True)
     except WorldError:
         failed = out(["docker", "exec", name, "systemctl", "--failed", "--no-legend", "--plain"], check=False)
         if failed:

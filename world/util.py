@@ -92,7 +92,8 @@ def out(cmd: Sequence[str], *, check: bool = True) -> str:
 def ok(cmd: Sequence[str]) -> bool:
     """Whether a command succeeds (its output is discarded; a missing program is a failure)."""
     try:
-        return subprocess.run(list(cmd), check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+        status = subprocess.run(list(cmd), check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+        return status == 0
     except OSError:
         return False
 

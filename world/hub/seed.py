@@ -43,7 +43,7 @@ VARIANTS = {'arm64': 'v8'}
 BIG_LAYERS = 5
 BIG_LAYER_MB = 24
 SMALL_IMAGES = ('small1', 'small2', 'small3')
-FILL_IMAGES = tuple('fill%d' % number for number in range(1, 7))
+FILL_IMAGES = tuple(f'fill{number}' for number in range(1, 7))
 FILL_LAYER_MB = 8
 ALPINE_TAGS = ('latest', '3.20')
 # HUB_SEED=minimal (world-ghcr): alpine and small1..3 only.
@@ -72,9 +72,9 @@ def busybox_debs() -> dict:
     """arch -> path of the busybox-static .deb in /debs."""
     debs = {}
     for arch in ARCHES:
-        found = sorted(glob.glob(os.path.join(DEBS, 'busybox-static_*_%s.deb' % arch)))
+        found = sorted(glob.glob(os.path.join(DEBS, f'busybox-static_*_{arch}.deb')))
         if not found:
-            raise SystemExit('seed: no %s/busybox-static_*_%s.deb' % (DEBS, arch))
+            raise SystemExit(f'seed: no {DEBS}/busybox-static_*_{arch}.deb')
         debs[arch] = found[-1]
     return debs
 
@@ -85,14 +85,14 @@ def recipe_hash() -> str:
     with open(__file__, 'rb') as source:
         digest.update(source.read())
     for arch, path in sorted(busybox_debs().items()):
-        digest.update(('%s %s %d\n' % (arch, os.path.basename(path), os.path.getsize(path))).encode())
+        digest.update(f'{arch} {os.path.basename(path)} {os.path.getsize(path)}\n'.encode())
     digest.update(b'minimal' if MINIMAL else b'full')
     return digest.hexdigest()
 
 
 def repositories() -> tuple:
     """The repositories (under library/) this seed set holds."""
-    return ('alpine',) + SMALL_IMAGES + (() if MINIMAL else ('big',) + FILL_IMAGES)
+    return ('alpine',) + SMALL_IMAGES + (() if MINIMAL else ('big', *FILL_IMAGES))
 
 
 def seeded() -> bool:
@@ -120,8 +120,8 @@ def make_rootfs(deb: str, arch: str, dest: str) -> None:
         os.symlink('busybox', os.path.join(dest, 'bin', applet))
     files = {
         'etc/os-release': ('NAME="actuated test world"\nID=actuated-test\nVERSION_ID=3.20\n'
-                           'PRETTY_NAME="actuated test image (busybox-static, linux/%s), not Alpine Linux"\n'
-                           'HOME_URL="https://example.invalid/actuated-test-world"\n' % arch),
+                           f'PRETTY_NAME="actuated test image (busybox-static, linux/{arch}), not Alpine Linux"\n'
+                           'HOME_URL="https://example.invalid/actuated-test-world"\n'),
         'etc/passwd': 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n',
         'etc/group': 'root:x:0:\nnogroup:x:65534:\n',
         'etc/hostname': 'actuated-test\n',
@@ -133,7 +133,7 @@ def make_rootfs(deb: str, arch: str, dest: str) -> None:
 
 def umoci_config(layout: str, tag: str, arch: str) -> None:
     """Set platform and defaults of LAYOUT:TAG."""
-    run('umoci', 'config', '--image', '%s:%s' % (layout, tag), '--architecture', arch, '--os', 'linux',
+    run('umoci', 'config', '--image', f'{layout}:{tag}', '--architecture', arch, '--os', 'linux',
         '--config.cmd', '/bin/sh', '--config.env', 'PATH=/bin', '--author', 'actuated test world')
 
 
@@ -143,10 +143,10 @@ def build_alpine(layout: str, work: str, rootfs: dict) -> dict:
     for arch in ARCHES:
         tag = 'alpine-' + arch
         bundle = os.path.join(work, 'bundle-' + arch)
-        run('umoci', 'new', '--image', '%s:%s' % (layout, tag))
-        run('umoci', 'unpack', '--image', '%s:%s' % (layout, tag), bundle)
+        run('umoci', 'new', '--image', f'{layout}:{tag}')
+        run('umoci', 'unpack', '--image', f'{layout}:{tag}', bundle)
         shutil.copytree(rootfs[arch], os.path.join(bundle, 'rootfs'), symlinks=True, dirs_exist_ok=True)
-        run('umoci', 'repack', '--image', '%s:%s' % (layout, tag), bundle)
+        run('umoci', 'repack', '--image', f'{layout}:{tag}', bundle)
         shutil.rmtree(bundle)
         umoci_config(layout, tag, arch)
         tags[arch] = tag
@@ -162,16 +162,18 @@ def random_file(path: str, size_mb: int) -> str:
     return path
 
 
-def build_big(layout: str, work: str, alpine: dict, name: str = 'big', layers: int = BIG_LAYERS,
-              layer_mb: int = BIG_LAYER_MB) -> dict:
-    """NAME-ARCH tags: the alpine-ARCH image plus LAYERS random layers (same files for both arches)."""
-    files = [random_file(os.path.join(work, 'random%d.bin' % number), layer_mb) for number in range(1, layers + 1)]
+def build_big(layout: str, work: str, alpine: dict, name: str = 'big', shape: tuple = (BIG_LAYERS, BIG_LAYER_MB)) \
+        -> dict:
+    """NAME-ARCH tags: the alpine-ARCH image plus SHAPE's random layers (how many, MiB each; the same files for both
+    arches)."""
+    layers, layer_mb = shape
+    files = [random_file(os.path.join(work, f'random{number}.bin'), layer_mb) for number in range(1, layers + 1)]
     tags = {}
     for arch in ARCHES:
         tag = name + '-' + arch
         source = alpine[arch]
         for number, data in enumerate(files, 1):
-            run('umoci', 'insert', '--image', '%s:%s' % (layout, source), '--tag', tag, data, '/data/random%d.bin' % number)
+            run('umoci', 'insert', '--image', f'{layout}:{source}', '--tag', tag, data, f'/data/random{number}.bin')
             source = tag
         tags[arch] = tag
     for data in files:
@@ -184,9 +186,9 @@ def build_small(layout: str, work: str, name: str) -> str:
     tag = name
     content = os.path.join(work, name + '.txt')
     with open(content, 'w', encoding='ascii') as handle:
-        handle.write('%s %s\n' % (name, os.urandom(16).hex()))
-    run('umoci', 'new', '--image', '%s:%s' % (layout, tag))
-    run('umoci', 'insert', '--image', '%s:%s' % (layout, tag), content, '/%s.txt' % name)
+        handle.write(f'{name} {os.urandom(16).hex()}\n')
+    run('umoci', 'new', '--image', f'{layout}:{tag}')
+    run('umoci', 'insert', '--image', f'{layout}:{tag}', content, f'/{name}.txt')
     umoci_config(layout, tag, 'amd64')
     return tag
 
@@ -217,13 +219,13 @@ def add_index(layout: str, tag: str, per_arch: dict) -> None:
 
 def push(layout: str, tag: str, registry: str, repo: str, repo_tag: str) -> None:
     """skopeo copy (all platforms) from the layout to the auth-less seeding backend."""
-    run('skopeo', 'copy', '--quiet', '--all', '--dest-tls-verify=false', 'oci:%s:%s' % (layout, tag),
-        'docker://%s/%s:%s' % (registry, repo, repo_tag))
+    run('skopeo', 'copy', '--quiet', '--all', '--dest-tls-verify=false', f'oci:{layout}:{tag}',
+        f'docker://{registry}/{repo}:{repo_tag}')
 
 
 def fetch_manifest(registry: str, repo: str, ref: str) -> tuple:
     """(digest, document) of a manifest as the registry serves it."""
-    request = urllib.request.Request('http://%s/v2/%s/manifests/%s' % (registry, repo, ref), headers={'Accept': ACCEPT})
+    request = urllib.request.Request(f'http://{registry}/v2/{repo}/manifests/{ref}', headers={'Accept': ACCEPT})
     with urllib.request.urlopen(request, timeout=30) as response:  # loopback only
         body = response.read()
         return response.headers['Docker-Content-Digest'], json.loads(body)
@@ -249,6 +251,18 @@ def describe(registry: str, repo: str, tag: str) -> dict:
     return entry
 
 
+def describe_all(registry: str, fills: tuple) -> dict:
+    """The digests of every image pushed (seed.json's images)."""
+    images = {}
+    for repo_tag in ALPINE_TAGS:
+        images['library/alpine:' + repo_tag] = describe(registry, 'library/alpine', repo_tag)
+    if not MINIMAL:
+        images['library/big:latest'] = describe(registry, 'library/big', 'latest')
+    for name in SMALL_IMAGES + fills:
+        images[f'library/{name}:latest'] = describe(registry, 'library/' + name, 'latest')
+    return images
+
+
 def seed(registry: str) -> None:
     """Build every image, push it, record digests, write the marker."""
     started = time.monotonic()
@@ -271,15 +285,15 @@ def seed(registry: str) -> None:
         add_index(layout, 'alpine', alpine)
         fills = () if MINIMAL else FILL_IMAGES
         if not MINIMAL:
-            say('building library/big (%d x %d MiB random layers)' % (BIG_LAYERS, BIG_LAYER_MB))
+            say(f'building library/big ({BIG_LAYERS} x {BIG_LAYER_MB} MiB random layers)')
             add_index(layout, 'big', build_big(layout, work, alpine))
         small = [(name, build_small(layout, work, name)) for name in SMALL_IMAGES]
         if fills:
-            say('building library/fill1..%d (one %d MiB random layer each)' % (len(fills), FILL_LAYER_MB))
+            say(f'building library/fill1..{len(fills)} (one {FILL_LAYER_MB} MiB random layer each)')
         for name in fills:
-            add_index(layout, name, build_big(layout, work, alpine, name, 1, FILL_LAYER_MB))
+            add_index(layout, name, build_big(layout, work, alpine, name, (1, FILL_LAYER_MB)))
         run('umoci', 'gc', '--layout', layout)
-        say('built in %.1f s; pushing to %s' % (time.monotonic() - started, registry))
+        say(f'built in {time.monotonic() - started:.1f} s; pushing to {registry}')
 
         for repo_tag in ALPINE_TAGS:
             push(layout, 'alpine', registry, 'library/alpine', repo_tag)
@@ -290,23 +304,16 @@ def seed(registry: str) -> None:
         for name in fills:
             push(layout, name, registry, 'library/' + name, 'latest')
 
-        images = {}
-        for repo_tag in ALPINE_TAGS:
-            images['library/alpine:' + repo_tag] = describe(registry, 'library/alpine', repo_tag)
-        if not MINIMAL:
-            images['library/big:latest'] = describe(registry, 'library/big', 'latest')
-        for name in SMALL_IMAGES + fills:
-            images['library/%s:latest' % name] = describe(registry, 'library/' + name, 'latest')
         with open(SEED_JSON + '.tmp', 'w', encoding='utf-8') as handle:
             json.dump({'recipe': recipe, 'seeded_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
-                       'images': images}, handle, indent=1, sort_keys=True)
+                       'images': describe_all(registry, fills)}, handle, indent=1, sort_keys=True)
         os.replace(SEED_JSON + '.tmp', SEED_JSON)
         with open(MARKER + '.tmp', 'w', encoding='ascii') as handle:
             handle.write(recipe + '\n')
         os.replace(MARKER + '.tmp', MARKER)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    say('done in %.1f s' % (time.monotonic() - started))
+    say(f'done in {time.monotonic() - started:.1f} s')
 
 
 def main() -> None:

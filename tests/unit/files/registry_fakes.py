@@ -44,6 +44,10 @@ FAST = {
 }
 # The supervisor's own requests (urllib's default agent); the fake registry's carry "fake-registry".
 PROBE_AGENT = "Python-urllib"
+# What the supervisor's journal lines start with, and the words of its switches.
+PROG = "registry-supervisor: "
+UNREACHABLE = "unreachable"
+READ_ONLY_SWITCH = "serving the cache read-only without the proxy"
 # How long a program just started (a supervisor, a group and its children) may take to have its registries listening:
 # a guard against a hang, not a figure under test. On a busy 2-core machine, starting Python and importing the
 # supervisor took 1.9 s, a fake registry's start 1.5 s more, and a group's first line came 4.5 s after its start.
@@ -71,6 +75,11 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def basic(user: str, password: str) -> str:
+    """The Authorization header of USER's Basic authentication."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float) -> T:
@@ -142,7 +151,7 @@ class FakeUpstream:
 
     def accept(self, user: str, password: str) -> None:
         """Answer 200 to /v2/ requests with USER and PASSWORD in Basic authentication."""
-        self.accounts.add("Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+        self.accounts.add(basic(user, password))
 
     def close(self) -> None:
         """Release hanging requests and stop serving."""
@@ -369,9 +378,11 @@ class RegistryLog:
     def events(self, event: str | None = None, pid: int | None = None) -> list[dict[str, Any]]:
         """The fake registries' records, oldest first."""
         try:
-            records = [json.loads(line) for line in self.log.read_text(encoding="utf-8").splitlines()]
+            text = self.log.read_text(encoding="utf-8")
         except FileNotFoundError:
             return []
+        # Whole records only: a registry may be writing its next one (each ends with a newline) as the test reads.
+        records = [json.loads(line) for line in text.split("\n")[:-1]]
         return [r for r in records if (event is None or r["event"] == event) and (pid is None or r["pid"] == pid)]
 
     def starts(self) -> list[dict[str, Any]]:
@@ -436,6 +447,10 @@ class Journal:
         """What the supervisor wrote (to the journal, under systemd)."""
         return "\n".join(line for _time, line in self.lines)
 
+    def journal_lines(self) -> list[str]:
+        """What the supervisor wrote, line by line."""
+        return [line for _time, line in self.lines]
+
     def said(self, text: str) -> float | None:
         """When the supervisor first wrote a line containing TEXT."""
         return next((t for t, line in self.lines if text in line), None)
@@ -499,6 +514,16 @@ class SupervisorOnDisk(SupervisorRun):
     def command(self, env: dict[str, str]) -> list[str]:
         env.update(self.disk.env())
         return [sys.executable, "-c", DISK_LAUNCHER, *super().command(env)[1:]]
+
+
+def start_supervisor(runs: list[SupervisorRun], tmp_path: Path, upstream: FakeUpstream, disk: FakeDisk | None = None,
+                     **settings: Any) -> SupervisorRun:
+    """A supervisor of one mirror in TMP_PATH pulling through UPSTREAM, on DISK's free space if given, with SETTINGS
+    on top of the FAST ones; stopped after the test (RUNS: the runs fixture)."""
+    supervisor = (SupervisorOnDisk(tmp_path, upstream, disk, **settings) if disk
+                  else SupervisorRun(tmp_path, upstream, **settings))
+    runs.append(supervisor)
+    return supervisor
 
 
 def pull_through(start: dict[str, Any]) -> bool:

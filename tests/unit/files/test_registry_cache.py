@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from world.cache_layout import GRACE_END, T0, Layout, layer_bytes
+
 FILES = Path(__file__).resolve().parents[3] / "roles" / "registry_mirror" / "files"
 if str(FILES) not in sys.path:
     sys.path.insert(0, str(FILES))
 import registry_cache  # noqa: E402
-from cache_layout import GRACE_END, T0, Layout, layer_bytes  # noqa: E402
 from registry_cache import Image, Inventory  # noqa: E402
 
 

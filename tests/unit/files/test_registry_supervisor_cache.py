@@ -13,14 +13,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cache_layout import Layout, layer_bytes
 from registry_fakes import FILES, STARTUP, FakeUpstream, SupervisorRun, free_port, pull_through, read_only, wait_for
+
+from world.cache_layout import Layout, layer_bytes
 
 if str(FILES) not in sys.path:
     sys.path.insert(0, str(FILES))
@@ -29,21 +30,6 @@ import registry_cache
 MIB = 1024 * 1024
 COLLECTED = "cache collection done"
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-
-
-@pytest.fixture(name="upstream")
-def fixture_upstream() -> Iterator[FakeUpstream]:
-    upstream = FakeUpstream(challenge=None)
-    yield upstream
-    upstream.close()
-
-
-@pytest.fixture(name="runs")
-def fixture_runs() -> Iterator[list[SupervisorRun]]:
-    runs: list[SupervisorRun] = []
-    yield runs
-    for supervisor in runs:
-        supervisor.stop()
 
 
 def supervise(runs: list[SupervisorRun], tmp_path: Path, upstream: FakeUpstream, **settings: Any) -> SupervisorRun:

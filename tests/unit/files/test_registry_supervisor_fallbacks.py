@@ -7,7 +7,6 @@ Run as the program it is with fake registries and upstreams (registry_fakes) on 
 settings, TLS trust, metrics and group-mode environments, which need no process."""
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
@@ -22,6 +21,8 @@ from typing import Any
 
 import pytest
 from registry_fakes import (
+    PROG,
+    READ_ONLY_SWITCH,
     STARTUP,
     FakeDisk,
     FakeUpstream,
@@ -29,14 +30,13 @@ from registry_fakes import (
     Mirror,
     SupervisorOnDisk,
     SupervisorRun,
+    basic,
     free_port,
     load_supervisor,
     read_only,
     wait_for,
 )
 
-PROG = "registry-supervisor: "
-READ_ONLY_SWITCH = "serving the cache read-only without the proxy"
 # Distinctive values, to be found nowhere in the output, each only where it belongs.
 TIER_USER, TIER_SECRET = "tier-a-user-q7", "tier-a-secret-Vb5Np2"  # the upstream's: REGISTRY_PROXY_*
 TIERB_USER, TIERB_SECRET = "tier-b-user-k3", "tier-b-secret-Lm8Rw4"
@@ -46,11 +46,6 @@ ENV = {f"{TIERB}_USERNAME": TIERB_USER, f"{TIERB}_PASSWORD": TIERB_SECRET,
        "REGISTRY_MIRROR_OTHER_USERNAME": OTHER_USER, "REGISTRY_MIRROR_OTHER_PASSWORD": OTHER_SECRET}
 SECRETS = (TIER_SECRET, TIERB_SECRET, TIERB_USER, OTHER_SECRET, OTHER_USER)
 BASIC = 'Basic realm="tier"'
-
-
-def basic(user: str, password: str) -> str:
-    """The Authorization header of USER's Basic authentication."""
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 class Run(SupervisorRun):
@@ -96,15 +91,6 @@ def fixture_hub() -> Iterator[FakeUpstream]:
     upstream.challenge = f'Bearer realm="{upstream.url}/token",service="fake"'
     yield upstream
     upstream.close()
-
-
-@pytest.fixture(name="runs")
-def fixture_runs() -> Iterator[list[SupervisorRun]]:
-    """Start supervisors with runs.append(...); each is stopped after the test."""
-    started: list[SupervisorRun] = []
-    yield started
-    for supervisor in started:
-        supervisor.stop()
 
 
 def supervise(runs: list[SupervisorRun], tmp_path: Path, tier: FakeUpstream, fallbacks: list[FakeUpstream],
