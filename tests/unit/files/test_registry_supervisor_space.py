@@ -115,7 +115,7 @@ def test_without_offline_fallback_the_floor_still_applies_without_probes(
         tmp_path: Path, upstream: FakeUpstream, runs: list[SupervisorRun]) -> None:
     disk = FakeDisk(tmp_path, free_mb=2000)
     supervisor = start_supervisor(runs, tmp_path, upstream, disk=disk, storage=str(disk.path), min_free_mb=FLOOR_MB,
-                       offline_fallback=False)
+                                  offline_fallback=False)
     assert pull_through(supervisor.serving())
     disk.set(0)
     assert read_only(supervisor.serving(count=2))
