@@ -13,8 +13,9 @@
 #
 # DIR (/run/registry) belongs to the registry's user, and this runs as root: nothing here follows a name in DIR. Every
 # file it puts there is made, owned and moded in a root-owned directory beside DIR (same file system), then renamed
-# into DIR: rename(2) replaces whatever the user left under that name (a symbolic link included) and writes nothing
-# through it.
+# into DIR with mv -T: rename(2) replaces whatever the user left under that name (a symbolic link included, to a file
+# or to a directory) and writes nothing through it. What it reads there, it reads only when it is a regular file (not a
+# link, not a FIFO that would hold the start up).
 set -eu
 renew=false
 if [ "${1:-}" = --renew ]; then renew=true; shift; fi
@@ -25,6 +26,8 @@ fi
 cert=$1 key=$2 dir=$3 user=$4 group=$5
 
 say() { echo "registry-tls-sync: $*" >&2; }
+# A regular file of DIR, not a symbolic link: what this reads there.
+regular() { [ -f "$1" ] && [ ! -L "$1" ]; }
 
 staging=
 cleanup() { [ -z "$staging" ] || rm -rf "$staging"; }
@@ -37,12 +40,12 @@ stage() {
 started() {
     stage
     : > "$staging/.started"
-    mv -f "$staging/.started" "$dir/.started"
+    mv -fT "$staging/.started" "$dir/.started"
 }
 
 invalid() {
     if [ "$renew" = true ]; then say "$*"; exit 1; fi
-    if [ -s "$dir/server.crt" ] && [ -s "$dir/server.key" ]; then
+    if regular "$dir/server.crt" && regular "$dir/server.key" && [ -s "$dir/server.crt" ] && [ -s "$dir/server.key" ]; then
         say "$*; keeping the certificate the mirror already serves"
         exit 0
     fi
@@ -53,7 +56,7 @@ invalid() {
 [ -r "$cert" ] || invalid "cannot read certificate $cert"
 [ -r "$key" ] || invalid "cannot read key $key"
 # The runtime copy only ever holds a pair validated when it was copied: when nothing changed, start at once.
-if cmp -s "$cert" "$dir/server.crt" 2>/dev/null && cmp -s "$key" "$dir/server.key" 2>/dev/null; then
+if regular "$dir/server.crt" && regular "$dir/server.key" && cmp -s "$cert" "$dir/server.crt" && cmp -s "$key" "$dir/server.key"; then
     [ "$renew" = true ] && exit 2
     started
     exit 0
@@ -72,7 +75,7 @@ mkdir -p "$dir"
 stage
 install -o "$user" -g "$group" -m 0440 "$cert" "$staging/server.crt"
 install -o "$user" -g "$group" -m 0400 "$key" "$staging/server.key"
-mv -f "$staging/server.crt" "$dir/server.crt"
-mv -f "$staging/server.key" "$dir/server.key"
+mv -fT "$staging/server.crt" "$dir/server.crt"
+mv -fT "$staging/server.key" "$dir/server.key"
 [ "$renew" = true ] || started
 say "installed certificate $fingerprint for the registry"

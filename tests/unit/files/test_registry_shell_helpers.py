@@ -72,9 +72,12 @@ def test_tls_sync_copies_a_valid_pair_for_the_registry_user(libexec: Path, certs
 PLANTED = (".started", "server.crt", "server.key", ".server.crt.new", ".server.key.new")
 
 
-def test_tls_sync_follows_no_link_the_registry_user_plants(libexec: Path, certs: Path, tmp_path: Path) -> None:
-    """A link planted under each name: after a first sync, an unchanged start and a renewal, every file outside is as
-    it was (content, owner, mode, time), none was created, and DIR holds regular files."""
+@pytest.mark.parametrize("kind", ["file", "directory"])
+def test_tls_sync_follows_no_link_the_registry_user_plants(libexec: Path, certs: Path, tmp_path: Path,
+                                                           kind: str) -> None:
+    """A link planted under each name, to a file or to a directory: after a first sync, an unchanged start and a
+    renewal, everything outside is as it was (content, owner, mode, time), nothing was created (in a linked directory
+    either), and DIR holds regular files."""
     outside = tmp_path / "outside"
     outside.mkdir()
     runtime = tmp_path / "run"
@@ -82,10 +85,16 @@ def test_tls_sync_follows_no_link_the_registry_user_plants(libexec: Path, certs:
     existing = {}
     for number, name in enumerate(PLANTED):
         target = outside / f"target{number}"
-        if number % 2 == 0:  # half of them point at a file that exists, half at one that does not yet
+        if kind == "directory":
+            target.mkdir()
+            (target / name).write_text(f"root's file {number}\n", encoding="utf-8")  # what a mv into it would replace
+            existing[target / name] = (target / name).stat()
+        elif number % 2 == 0:  # half of them point at a file that exists, half at one that does not yet
             target.write_text(f"root's file {number}\n", encoding="utf-8")
+        if target.is_file():
             os.chown(target, 65534, 65534)
             target.chmod(0o600)
+        if target.exists():
             existing[target] = target.stat()
         (runtime / name).symlink_to(target)
     crt, key = pair(certs, "server")
@@ -97,7 +106,7 @@ def test_tls_sync_follows_no_link_the_registry_user_plants(libexec: Path, certs:
         for name in PLANTED[:1]:
             (runtime / name).unlink(missing_ok=True)
             (runtime / name).symlink_to(outside / "target0")  # planted again before each step
-    assert sorted(path.name for path in outside.iterdir()) == sorted(path.name for path in existing)
+    assert sorted(str(path) for path in outside.rglob("*")) == sorted(str(path) for path in existing)
     for target, before in existing.items():
         after = target.stat()
         assert (after.st_uid, after.st_gid, after.st_mode, after.st_mtime_ns, after.st_size) == (
