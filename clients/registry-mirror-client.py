@@ -5,19 +5,28 @@
 Usage: sudo python3 registry-mirror-client.py [--registry HOST[=PORT] ...] [--bridge auto|ADDRESS] [--ca FILE]
                                               [--root DIR] [--dry-run] [--no-docker] [--no-buildkit]
                                               [--no-containerd] [--github-output FILE] [--timeout SECONDS]
+                                              [--fail-on-error]
 
 The host's mirrors (actuated.registry's role, one per upstream registry) listen on the VM bridge address of the host,
 192.168.128.1 (firecracker) or 192.168.129.1 (cloud-hypervisor), with actuated's TLS certificate. Without --registry
 every port of CATALOGUE is probed (GET /v2/, in parallel) and the mirrors that answer are configured; when none
-answers nothing changes and the exit status is 0: a mirror that is down never breaks a build. Every client keeps
-falling back to the upstream registry when the mirror fails.
+answers nothing changes. Every client keeps falling back to the upstream registry when the mirror fails.
+
+A mirror never breaks a build: whatever is wrong with the mirrors (down, a certificate that is expired or does not
+verify, no CA) or with the VM's own client files (a daemon.json that is not a JSON object, a hosts.toml someone else
+wrote, a buildkitd.toml it cannot safely edit) is a GitHub warning annotation (one ``::warning::`` line on stdout)
+saying what the clients do instead; that mirror or client is left as it was, the others are configured, and the exit
+status is 0. --fail-on-error turns those into errors (status 1, or 2 for a file it will not edit; nothing changed).
+Mistakes in the command line itself (an unknown registry, a --ca that is not a certificate, a bad --bridge) are
+always errors (status 2, an ``::error::`` line on stderr).
 
 Everything is computed and validated before the first file is written, and each file is written atomically (a
-temporary file in the same directory, then a rename, keeping the mode of the file it replaces): bad input leaves the
-VM's configuration as it was. A second identical run changes nothing.
+temporary file in the same directory, then a rename, keeping the mode of the file it replaces). A second identical run
+changes nothing.
 
 Standard library only, Python 3.8 or later. For tests only: REGISTRY_MIRROR_CLIENT_PROC names a directory read instead
-of /proc for the route table (net/route).
+of /proc for the route table (net/route); REGISTRY_MIRROR_CLIENT_ROOT is the default of --root (the action's step
+passes none; sudo drops it from the environment anyway).
 """
 from __future__ import annotations
 
@@ -79,6 +88,10 @@ END = "# END actuated.registry mirrors"
 HOSTS_MARKER = "# Written by registry-mirror-client (actuated.registry): replaced on each run."
 HOSTS_MARKER_PREFIX = "# Written by registry-mirror-client"
 PROC_ENV = "REGISTRY_MIRROR_CLIENT_PROC"
+ROOT_ENV = "REGISTRY_MIRROR_CLIENT_ROOT"
+# Whether this Python parses TOML (tomllib, 3.11+). Without it buildkitd.toml is checked line by line, and any registry
+# table of the user's refuses the edit, since the mirrors' tables could repeat it (tests turn it off).
+TOML_PARSER = sys.version_info >= (3, 11)
 REGISTRY_STATUSES = (200, 401)
 NEW_FILE_MODE = 0o644
 RTF_UP = 0x1
@@ -87,15 +100,44 @@ LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
 
 class Failure(Exception):
-    """A problem the user can act on: printed without a traceback; the exit status is ``code``."""
+    """A problem the user can act on: printed without a traceback; the exit status is ``code``. About the mirrors or
+    the VM it is a warning unless --fail-on-error (Problems.report)."""
 
     code = 1
 
 
 class BadInput(Failure):
-    """Bad usage, or a file this script would have to change is not what it can safely change."""
+    """The command line is wrong (a typo in the workflow): always an error, whatever --fail-on-error says."""
 
     code = 2
+
+
+class Refused(Failure):
+    """A client's file is not what this script can safely change: that client is left as it was."""
+
+    code = 2
+
+
+def annotation(kind: str, message: str) -> str:
+    """MESSAGE as a GitHub Actions workflow command (``::warning::``, ``::error::``): one line, its data escaped."""
+    data = message.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return f"::{kind}::{data}"
+
+
+class Problems:
+    """What is wrong with the mirrors or the VM's files. Each is a warning annotation naming what the clients do
+    instead (the run goes on without that mirror or client), or, with --fail-on-error, stops the run: the first one
+    comes before any file is written."""
+
+    def __init__(self, fail: bool) -> None:
+        self.fail = fail
+        self.warnings = 0
+
+    def report(self, problem: Failure, consequence: str) -> None:
+        if self.fail:
+            raise problem
+        self.warnings += 1
+        print(annotation("warning", f"{PROG}: {problem}. {consequence}"), flush=True)
 
 
 class Registry(NamedTuple):
@@ -121,6 +163,14 @@ class Answer(NamedTuple):
 
     status: int | None
     error: str
+
+
+class Found(NamedTuple):
+    """The bridge, the registries to configure and what each of their mirror ports said to GET /v2/."""
+
+    bridge: str
+    registries: list[Registry]
+    answers: dict[int, Answer]
 
 
 class CaChoice(NamedTuple):
@@ -211,8 +261,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                f"  {BUILDKITD_TOML} (only the lines between '{BEGIN}'\n"
                f"    and '{END}') and {BUILDKIT_CA}\n"
                f"  {CONTAINERD_CERTS_D}/REGISTRY/hosts.toml and {CA_COPY_NAME} beside it\n\n"
-               "exit status: 0 done (also when no mirror answers the probe), 2 bad usage or a file that cannot be\n"
-               "changed safely (nothing changed), 1 any other failure.",
+               "a mirror that does not answer or cannot be verified, or a client's file that cannot be changed\n"
+               "safely, is a warning (::warning::, that mirror or client left as it was) unless --fail-on-error.\n\n"
+               "exit status: 0 done (also with warnings), 2 bad usage (nothing changed), and with --fail-on-error\n"
+               "2 a file that cannot be changed safely, 1 any other failure (nothing changed).",
     )
     parser.add_argument(
         "--registry", action="append", default=[], metavar="HOST[=PORT]",
@@ -229,7 +281,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="actuated's CA certificate (PEM). Default: the first of "
              f"{', '.join(CA_CANDIDATES)} that verifies the mirror's certificate; none, when the system trust store "
              "verifies it.")
-    parser.add_argument("--root", default="/", metavar="DIR",
+    parser.add_argument("--root", default=os.environ.get(ROOT_ENV) or "/", metavar="DIR",
                         help="the file system root the paths are under (default /; for tests and images)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print what would change (unified diffs) and change nothing")
@@ -243,6 +295,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                              "$GITHUB_OUTPUT)")
     parser.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS",
                         help="how long to wait for each mirror's answer (default 2)")
+    parser.add_argument("--fail-on-error", action="store_true",
+                        help="fail (nothing changed) instead of warning when a mirror does not answer, or cannot be "
+                             "verified, or a client's file cannot be changed safely; the default leaves that mirror "
+                             "or client as it was and exits 0")
     args = parser.parse_args(argv)
     if not 0 < args.timeout <= 60:
         parser.error("--timeout: give a number of seconds above 0 and up to 60")
@@ -350,7 +406,7 @@ def describe_error(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, socket.timeout):
         return f"no answer within {timeout:g} s"
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return exc.verify_message or str(exc)
+        return (exc.verify_message or str(exc)).rstrip(".")
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
@@ -396,12 +452,11 @@ def verify(address: str, port: int, context: ssl.SSLContext, timeout: float) -> 
         return describe_error(exc, timeout)
 
 
-def verify_all(address: str, ports: Sequence[int], pem: bytes | None, timeout: float) -> str:
-    """Why the mirrors on PORTS do not all verify with PEM ("" when they do)."""
+def verify_ports(address: str, ports: Sequence[int], pem: bytes | None, timeout: float) -> dict[int, str]:
+    """For each of PORTS, why its mirror's certificate does not verify with PEM ("" when it does)."""
     context = trust_context(pem)
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(ports))) as pool:
-        reasons = list(pool.map(lambda port: verify(address, port, context, timeout), ports))
-    return "; ".join(f"{address}:{port}: {reason}" for port, reason in zip(ports, reasons) if reason)
+        return dict(zip(ports, pool.map(lambda port: verify(address, port, context, timeout), ports)))
 
 
 def read_ca(path: str, what: str) -> bytes:
@@ -436,41 +491,58 @@ def ca_candidates(root: str) -> list[str]:
     return found
 
 
-def choose_ca(args: argparse.Namespace, bridge: str, answering: Sequence[int], given: bytes | None) -> CaChoice:
-    """The CA to trust the mirrors with. --ca must verify every answering mirror; without it the first candidate
-    that does, else the system trust store (no CA file then); when no mirror answers, the first candidate found."""
-    timeout, root = args.timeout, args.root
-    mirrors = ", ".join(f"{bridge}:{port}" for port in answering)
+def ca_trusts(args: argparse.Namespace, given: bytes | None) -> list[tuple[str | None, bytes | None]]:
+    """--ca when given, else the candidate CA files found in the VM (those that are not a certificate skipped)."""
     if given is not None:
-        if answering:
-            reason = verify_all(bridge, answering, given, timeout)
-            if reason:
-                raise Failure(f"--ca {args.ca} does not verify the mirror's certificate: {reason}")
-            return CaChoice(args.ca, given, f"--ca, verifies {mirrors}")
-        return CaChoice(args.ca, given, "--ca (not verified: no mirror answers)")
-    candidates: list[tuple[str, bytes]] = []
-    for path in ca_candidates(root):
+        return [(args.ca, given)]
+    trusts: list[tuple[str | None, bytes | None]] = []
+    for candidate in ca_candidates(args.root):
         try:
-            candidates.append((path, read_ca(path, "CA candidate")))
+            trusts.append((candidate, read_ca(candidate, "CA candidate")))
         except BadInput as exc:
             print(f"skipped: {exc}")
+    return trusts
+
+
+def choose_ca(args: argparse.Namespace, bridge: str, answering: Sequence[int],
+              given: bytes | None) -> tuple[CaChoice | None, dict[int, str]]:
+    """The CA to trust the mirrors with, and for each answering mirror's port why it does not verify that mirror
+    ("" when it does). Only --ca is tried when given; else the candidates found in the VM, then the system trust store
+    (no CA file then): the first that verifies every answering mirror, else the one that verifies most of them. When no
+    mirror answers: --ca, else the first candidate found. None when nothing verifies any answering mirror, or when no
+    mirror answers and there is no CA file."""
+    trusts = ca_trusts(args, given)
+    how = "--ca" if given is not None else "found"
     if not answering:
-        if candidates:
-            return CaChoice(candidates[0][0], candidates[0][1], "found (not verified: no mirror answers)")
-        raise Failure(f"no CA found (looked for {', '.join(CA_CANDIDATES)} under {root}) and no mirror answers to "
-                      "check the system trust store with: pass --ca FILE")
-    tried = []
-    for path, pem in candidates:
-        reason = verify_all(bridge, answering, pem, timeout)
-        if not reason:
-            return CaChoice(path, pem, f"found, verifies {mirrors}")
-        tried.append(f"{path} ({reason})")
-    reason = verify_all(bridge, answering, None, timeout)
-    if not reason:
-        return CaChoice(None, None, f"the system trust store verifies {mirrors}: no CA files written")
-    tried.append(f"the system trust store ({reason})")
-    raise Failure(f"no CA verifies the mirror's certificate (tried {'; '.join(tried)}; looked for "
-                  f"{', '.join(CA_CANDIDATES)}): pass --ca FILE with actuated's CA")
+        if trusts:
+            return CaChoice(trusts[0][0], trusts[0][1], f"{how} (not verified: no mirror answers)"), {}
+        return None, {}
+    if given is None:
+        trusts.append((None, None))
+    tried: list[tuple[str, dict[int, str]]] = []
+    best: CaChoice | None = None
+    best_reasons: dict[int, str] = {}
+    most = 0
+    for path, pem in trusts:
+        reasons = verify_ports(bridge, answering, pem, args.timeout)
+        verified = [port for port in answering if not reasons[port]]
+        mirrors = ", ".join(f"{bridge}:{port}" for port in verified)
+        if path is None:
+            choice = CaChoice(None, None, f"the system trust store verifies {mirrors}: no CA files written")
+        else:
+            choice = CaChoice(path, pem, f"{how}, verifies {mirrors}")
+        if len(verified) == len(answering):
+            return choice, reasons
+        tried.append((path or "the system trust store", reasons))
+        if len(verified) > most:
+            best, best_reasons, most = choice, reasons, len(verified)
+    # Each mirror the choice does not verify: why (what --ca said, else what every CA tried said).
+    why_not = {port: "" for port in answering if best is not None and not best_reasons[port]}
+    for port in answering:
+        if port not in why_not:
+            why_not[port] = tried[0][1][port] if given is not None else \
+                "tried " + "; ".join(f"{label} ({reasons[port]})" for label, reasons in tried)
+    return best, why_not
 
 
 # ---------------------------------------------------------------------------------------------- file contents
@@ -511,12 +583,12 @@ def merged_daemon_json(path: str, old: bytes | None, mirror: str) -> bytes:
         try:
             config = json.loads(old.decode("utf-8"), parse_constant=no_constant)
         except (UnicodeDecodeError, ValueError) as exc:
-            raise BadInput(f"{path} is not valid JSON ({exc}): fix it, or pass --no-docker") from None
+            raise Refused(f"{path} is not valid JSON ({exc}): fix it, or pass --no-docker") from None
     if not isinstance(config, dict):
-        raise BadInput(f"{path} must hold a JSON object, not {type(config).__name__}: fix it, or pass --no-docker")
+        raise Refused(f"{path} must hold a JSON object, not {type(config).__name__}: fix it, or pass --no-docker")
     mirrors = config.get("registry-mirrors", [])
     if not isinstance(mirrors, list) or not all(isinstance(entry, str) for entry in mirrors):
-        raise BadInput(f"{path}: registry-mirrors must be a list of strings (URLs): fix it, or pass --no-docker")
+        raise Refused(f"{path}: registry-mirrors must be a list of strings (URLs): fix it, or pass --no-docker")
     wanted = [mirror]
     for entry in mirrors:
         if entry.rstrip("/") != mirror and entry not in wanted:
@@ -541,6 +613,8 @@ def buildkit_block(bridge: str, registries: Sequence[Registry], ca_path: str | N
 
 
 TABLE = re.compile(r"""^\s*\[\[?\s*registry\s*\.\s*("(?:[^"\\]|\\.)*"|'[^']*'|[A-Za-z0-9_-]+)""")
+# Any table of the registry key: [registry], [registry."..."], [[registry."...".keypair]], ["registry"].
+ANY_REGISTRY_TABLE = re.compile(r"""^\s*\[\[?\s*(?:registry|"registry"|'registry')\s*[.\]]""")
 ROOT_REGISTRY_KEY = re.compile(r"""^\s*(?:registry|"registry"|'registry')\s*[.=]""")
 
 
@@ -563,11 +637,11 @@ def check_buildkit_outside(path: str, outside: Sequence[str], names: set[str]) -
             in_root = False
         found = TABLE.match(line)
         if found and table_key(found.group(1)) in names:
-            raise BadInput(f"{path}: [registry.{found.group(1)}] outside the lines '{BEGIN}' ... '{END}' conflicts "
-                           "with the mirrors this script configures: remove that table, or pass --no-buildkit")
+            raise Refused(f"{path}: [registry.{found.group(1)}] outside the lines '{BEGIN}' ... '{END}' conflicts "
+                          "with the mirrors this script configures: remove that table, or pass --no-buildkit")
         if in_root and ROOT_REGISTRY_KEY.match(line):
-            raise BadInput(f"{path}: {line.strip()!r} sets the registry key outside the lines '{BEGIN}' ... '{END}' "
-                           "and outside a [registry.\"...\"] table: write it as tables, or pass --no-buildkit")
+            raise Refused(f"{path}: {line.strip()!r} sets the registry key outside the lines '{BEGIN}' ... '{END}' "
+                          "and outside a [registry.\"...\"] table: write it as tables, or pass --no-buildkit")
 
 
 def buildkit_toml(path: str, old: bytes | None, block: str, expected: dict[str, dict[str, list[str]]]) -> bytes:
@@ -575,16 +649,18 @@ def buildkit_toml(path: str, old: bytes | None, block: str, expected: dict[str, 
     try:
         text = old.decode("utf-8") if old is not None else ""
     except UnicodeDecodeError:
-        raise BadInput(f"{path} is not UTF-8 text: fix it, or pass --no-buildkit") from None
-    if sys.version_info >= (3, 11) and text:
+        raise Refused(f"{path} is not UTF-8 text: fix it, or pass --no-buildkit") from None
+    if TOML_PARSER and text:
         try:
             tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            raise BadInput(f"{path} is not valid TOML ({exc}): fix it, or pass --no-buildkit") from None
+            raise Refused(f"{path} is not valid TOML ({exc}): fix it, or pass --no-buildkit") from None
     before, after = outside_block(path, text)
     check_buildkit_outside(path, before + after, set(expected))
+    if not TOML_PARSER:
+        check_buildkit_unparsed(path, before + after)
     new = "".join(before) + block + "".join(after)
-    if sys.version_info >= (3, 11):
+    if TOML_PARSER:
         check_buildkit_parsed(path, new, expected)
     return new.encode("utf-8")
 
@@ -595,7 +671,7 @@ def outside_block(path: str, text: str) -> tuple[list[str], list[str]]:
     begins = [i for i, line in enumerate(lines) if line.strip() == BEGIN]
     ends = [i for i, line in enumerate(lines) if line.strip() == END]
     if len(begins) > 1 or len(ends) > 1 or len(begins) != len(ends) or (begins and ends[0] < begins[0]):
-        raise BadInput(f"{path}: the lines '{BEGIN}' and '{END}' must appear once each, in that order: fix the file")
+        raise Refused(f"{path}: the lines '{BEGIN}' and '{END}' must appear once each, in that order: fix the file")
     if begins:
         before, after = lines[:begins[0]], lines[ends[0] + 1:]
     else:
@@ -608,25 +684,36 @@ def outside_block(path: str, text: str) -> tuple[list[str], list[str]]:
         stripped = line.strip()
         if stripped and not stripped.startswith("#"):
             if not stripped.startswith("["):
-                raise BadInput(f"{path}: the line {stripped!r} after '{END}' would belong to the block's last table: "
-                               "move it above the block")
+                raise Refused(f"{path}: the line {stripped!r} after '{END}' would belong to the block's last table: "
+                              "move it above the block, or pass --no-buildkit")
             break
     return before, after
 
 
 def check_buildkit_parsed(path: str, new: str, expected: dict[str, dict[str, list[str]]]) -> None:
-    """The final text parses (Python 3.11+), and our registry tables read what we wrote."""
-    if sys.version_info >= (3, 11):
-        try:
-            parsed = tomllib.loads(new)
-        except tomllib.TOMLDecodeError as exc:
-            raise BadInput(f"{path} would not be valid TOML with the mirrors ({exc}): fix it, or pass --no-buildkit") \
-                from None
-        tables = parsed.get("registry", {})
-        for name, table in expected.items():
-            if tables.get(name) != table:
-                raise BadInput(f"{path}: [registry.{toml_string(name)}] would read {tables.get(name)!r} instead of "
-                               f"{table!r}: fix the file, or pass --no-buildkit")
+    """The final text parses (tomllib, Python 3.11+), and our registry tables read what we wrote."""
+    try:
+        parsed = tomllib.loads(new)
+    except tomllib.TOMLDecodeError as exc:
+        raise Refused(f"{path} would not be valid TOML with the mirrors ({exc}): fix it, or pass --no-buildkit") \
+            from None
+    tables = parsed.get("registry", {})
+    for name, table in expected.items():
+        if tables.get(name) != table:
+            raise Refused(f"{path}: [registry.{toml_string(name)}] would read {tables.get(name)!r} instead of "
+                          f"{table!r}: fix the file, or pass --no-buildkit")
+
+
+def check_buildkit_unparsed(path: str, outside: Sequence[str]) -> None:
+    """Without a TOML parser (Python 3.8-3.10): refuse any registry table outside our block, which the mirrors'
+    tables could repeat or redefine (invalid TOML that buildkit would not start with)."""
+    for line in outside:
+        if ANY_REGISTRY_TABLE.match(line):
+            version = ".".join(str(part) for part in sys.version_info[:2])
+            raise Refused(f"{path}: {line.strip()!r} outside the lines '{BEGIN}' ... '{END}': without a TOML parser "
+                          f"(Python {version}; tomllib needs 3.11) this script cannot tell whether the mirrors' "
+                          "registry tables would repeat it, which is invalid TOML: remove that table, or pass "
+                          "--no-buildkit")
 
 
 def hosts_toml(registry: Registry, bridge: str, ca_path: str | None) -> bytes:
@@ -641,20 +728,22 @@ def hosts_toml(registry: Registry, bridge: str, ca_path: str | None) -> bytes:
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
-class Plan:
-    """Every file this run manages, computed and validated before anything is written."""
+class Part:
+    """The files of one client (containerd: for one registry), computed and validated before anything is written, and
+    written together or not at all."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, client: str, label: str, registries: Sequence[str]) -> None:
         self.root = root
+        self.client = client
+        self.label = label
+        self.registries = list(registries)
         self.changes: list[FileChange] = []
 
-    def add(self, vm_path: str, new: bytes | Callable[[str, bytes | None], bytes]) -> FileChange:
+    def add(self, vm_path: str, new: bytes | Callable[[str, bytes | None], bytes]) -> None:
         """Manage VM_PATH: its new content is NEW, or what NEW makes of (path, current content), which may refuse."""
         path = under(self.root, vm_path)
         old = read_file(path)
-        change = FileChange(path, old, new if isinstance(new, bytes) else new(path, old))
-        self.changes.append(change)
-        return change
+        self.changes.append(FileChange(path, old, new if isinstance(new, bytes) else new(path, old)))
 
     def check_writable(self) -> None:
         """Each changed file's directory exists or can be made, and can be written (as the user running this)."""
@@ -670,43 +759,69 @@ class Plan:
                 raise Failure(f"cannot write {change.path}: {parent} is not writable (run as root: sudo)")
 
 
-def plan_files(root: str, bridge: str, registries: Sequence[Registry], ca: CaChoice,
-               args: argparse.Namespace) -> Plan:
-    plan = Plan(root)
-    pem = ca.pem
+def plan_files(args: argparse.Namespace, bridge: str, registries: Sequence[Registry], ca: CaChoice,
+               problems: Problems) -> list[Part]:
+    """Each client's part. A part that cannot be made safely is reported, and that client left as it was."""
+    parts: list[Part] = []
+    root, pem = args.root, ca.pem
+
+    def plan(part: Part, fill: Callable[[Part], None], instead: str) -> None:
+        try:
+            fill(part)
+            part.check_writable()
+        except Failure as exc:
+            problems.report(exc, f"{part.label} left as it was (nothing written for it): {instead}")
+            return
+        parts.append(part)
+
     if not args.no_docker:
-        if pem:
-            for registry in registries:
-                plan.add(f"{DOCKER_CERTS_D}/{bridge}:{registry.port}/ca.crt", pem)
         docker = next((r for r in registries if r.name == "docker.io"), None)
-        if docker:
-            mirror = f"https://{bridge}:{docker.port}"
-            plan.add(DAEMON_JSON, lambda path, old: merged_daemon_json(path, old, mirror))
+
+        def fill_docker(part: Part) -> None:
+            if pem:
+                for registry in registries:
+                    part.add(f"{DOCKER_CERTS_D}/{bridge}:{registry.port}/ca.crt", pem)
+            if docker:
+                mirror = f"https://{bridge}:{docker.port}"
+                part.add(DAEMON_JSON, lambda path, old: merged_daemon_json(path, old, mirror))
+
+        plan(Part(root, "docker", "Docker", ["docker.io"] if docker else []), fill_docker,
+             "it pulls from the upstream registries as it did, not through this mirror")
     if not args.no_buildkit:
         ca_path = BUILDKIT_CA if pem else None
-        if pem:
-            plan.add(BUILDKIT_CA, pem)
         expected: dict[str, dict[str, list[str]]] = {r.name: {"mirrors": [f"{bridge}:{r.port}"]} for r in registries}
         if ca_path:
             expected.update({f"{bridge}:{r.port}": {"ca": [ca_path]} for r in registries})
         block = buildkit_block(bridge, registries, ca_path)
-        plan.add(BUILDKITD_TOML, lambda path, old: buildkit_toml(path, old, block, expected))
+
+        def fill_buildkit(part: Part) -> None:
+            if pem:
+                part.add(BUILDKIT_CA, pem)
+            part.add(BUILDKITD_TOML, lambda path, old: buildkit_toml(path, old, block, expected))
+
+        plan(Part(root, "buildkit", "buildkit", [r.name for r in registries]), fill_buildkit,
+             "it pulls from the upstream registries, not through the mirrors (the buildkitd-config output is empty)")
     if not args.no_containerd:
         for registry in registries:
-            directory = f"{CONTAINERD_CERTS_D}/{registry.name}"
-            ca_path = f"{directory}/{CA_COPY_NAME}" if pem else None
-            if pem:
-                plan.add(f"{directory}/{CA_COPY_NAME}", pem)
-            content = hosts_toml(registry, bridge, ca_path)
-            plan.add(f"{directory}/hosts.toml", functools.partial(own_hosts_toml, new=content))
-    plan.check_writable()
-    return plan
+            plan(Part(root, "containerd", f"containerd for {registry.name}", [registry.name]),
+                 functools.partial(fill_containerd, registry=registry, bridge=bridge, pem=pem),
+                 f"it pulls {registry.name} as that directory says, or from {registry.upstream}, not through the "
+                 "mirror")
+    return parts
+
+
+def fill_containerd(part: Part, registry: Registry, bridge: str, pem: bytes | None) -> None:
+    directory = f"{CONTAINERD_CERTS_D}/{registry.name}"
+    ca_path = f"{directory}/{CA_COPY_NAME}" if pem else None
+    if pem:
+        part.add(f"{directory}/{CA_COPY_NAME}", pem)
+    part.add(f"{directory}/hosts.toml", functools.partial(own_hosts_toml, new=hosts_toml(registry, bridge, ca_path)))
 
 
 def own_hosts_toml(path: str, old: bytes | None, new: bytes) -> bytes:
     if old is not None and not old.startswith(HOSTS_MARKER_PREFIX.encode()):
-        raise BadInput(f"{path} exists and was not written by this script: remove it (this script writes one that "
-                       "tries the mirror, then the registry), or pass --no-containerd")
+        raise Refused(f"{path} exists and was not written by this script: remove it (this script writes one that "
+                      "tries the mirror, then the registry), or pass --no-containerd")
     return new
 
 
@@ -836,15 +951,23 @@ def github_output(path: str, outputs: dict[str, str], dry_run: bool) -> None:
 
 # ---------------------------------------------------------------------------------------------------------- main
 
-def find_mirrors(args: argparse.Namespace, requested: Sequence[Registry]) -> tuple[str, list[Registry], list[int]]:
-    """The bridge, the registries to configure (those requested, else those whose mirror answers) and the ports of
-    the mirrors that answer like a registry."""
+NOTHING = "nothing configured: Docker, buildkit and containerd pull from the upstream registries, as without mirrors"
+
+
+def find_mirrors(args: argparse.Namespace, requested: Sequence[Registry], bridge_given: str | None,
+                 problems: Problems) -> Found | None:
+    """The bridge, the registries to configure (those requested, else those whose mirror answers) and what each
+    mirror port said; None (reported) when there is no bridge."""
     ports = [r.port for r in requested] or [port for port, _upstream in CATALOGUE.values()]
-    if args.bridge == "auto":
-        routes = parse_routes(route_table())
-        bridge, why = choose_bridge(routes, ports, lambda address, port: tcp_accepts(address, port, args.timeout))
+    if bridge_given is None:
+        try:
+            routes = parse_routes(route_table())
+            bridge, why = choose_bridge(routes, ports, lambda address, port: tcp_accepts(address, port, args.timeout))
+        except Failure as exc:
+            problems.report(exc, NOTHING)
+            return None
     else:
-        bridge, why = parse_bridge(args.bridge), "--bridge"
+        bridge, why = bridge_given, "--bridge"
     print(f"bridge: {bridge} ({why})")
     answers = probe_all(bridge, ports, args.timeout)
     answering = [port for port in ports if answers[port].status in REGISTRY_STATUSES]
@@ -865,25 +988,95 @@ def find_mirrors(args: argparse.Namespace, requested: Sequence[Registry]) -> tup
         else:
             state = f"does not answer ({answer.error}); clients fall back to {registry.upstream} until it does"
         print(f"mirror: {registry.name} -> {bridge}:{registry.port} {state}")
-    return bridge, registries, answering
+    return Found(bridge, registries, answers)
 
 
-def carry_out(plan: Plan, dry_run: bool) -> None:
-    """Show (--dry-run) or write the changes; reload dockerd when daemon.json changed."""
-    changed = [change for change in plan.changes if change.changed]
-    for change in plan.changes:
+def usable(args: argparse.Namespace, found: Found, ca: CaChoice | None, why_not: dict[int, str],
+           problems: Problems) -> list[Registry]:
+    """The registries to configure: those whose mirror answers and the CA verifies, and, when there is a CA, those
+    whose mirror does not answer (the clients fall back to the upstream until it does). Each other one is reported."""
+    chosen: list[Registry] = []
+    bridge, registries, answers = found
+    for registry in registries:
+        mirror = f"the mirror of {registry.name} ({bridge}:{registry.port})"
+        not_configured = f"{registry.name} not configured: clients pull from {registry.upstream}, as without a mirror"
+        answer = answers[registry.port]
+        if answer.status in REGISTRY_STATUSES:
+            reason = why_not[registry.port]
+            if not reason:
+                chosen.append(registry)
+            elif args.ca:
+                problems.report(Failure(f"--ca {args.ca} does not verify the certificate of {mirror}: {reason}"),
+                                not_configured)
+            else:
+                problems.report(Failure(f"no CA verifies the certificate of {mirror} ({reason}; looked for "
+                                        f"{', '.join(CA_CANDIDATES)}): pass --ca FILE with actuated's CA"),
+                                not_configured)
+            continue
+        if answer.status is None:
+            state = f"does not answer ({answer.error})"
+        else:
+            state = f"answers HTTP {answer.status}, not like a registry"
+        if ca is not None:
+            problems.report(Failure(f"{mirror} {state}"),
+                            f"{registry.name} configured anyway: clients fall back to {registry.upstream} until it "
+                            "answers")
+            chosen.append(registry)
+        elif any(why_not.values()):
+            problems.report(Failure(f"{mirror} {state}, and no CA verifies this host's other mirrors"),
+                            not_configured)
+        else:
+            problems.report(Failure(f"{mirror} {state}, and no CA found (looked for {', '.join(CA_CANDIDATES)} "
+                                    f"under {args.root}) to configure it with: pass --ca FILE"), not_configured)
+    return chosen
+
+
+def carry_out(parts: Sequence[Part], root: str, dry_run: bool, problems: Problems) -> list[Part]:
+    """Show (--dry-run) or write the parts' changes; reload dockerd when daemon.json changed. The parts in place."""
+    changes = [change for part in parts for change in part.changes]
+    changed = [change for change in changes if change.changed]
+    for change in changes:
         state = ("would change" if dry_run else "changed") if change.changed else "unchanged"
         print(f"{state}: {change.path}")
     if dry_run:
         for change in changed:
             sys.stdout.write(show_diff(change))
         print(f"dry run: {len(changed)} file(s) would change, nothing changed")
-        return
-    apply(changed)
+        return list(parts)
+    try:
+        apply(changed)
+    except Failure as exc:
+        problems.report(exc, "nothing changed: Docker, buildkit and containerd pull as they did before")
+        return []
     if not changed:
         print("nothing changed: the configuration was already in place")
-    if any(change.path == under(plan.root, DAEMON_JSON) for change in changed):
-        print(reload_docker(plan.root))
+    if any(change.path == under(root, DAEMON_JSON) for change in changed):
+        try:
+            print(reload_docker(root))
+        except Failure as exc:
+            problems.report(exc, "Docker uses the mirror once it restarts; until then it pulls as it did before")
+    return list(parts)
+
+
+def configure(args: argparse.Namespace, requested: Sequence[Registry], bridge_given: str | None,
+              given: bytes | None, problems: Problems) -> tuple[list[Registry], list[Part]]:
+    """The registries chosen and the parts in place."""
+    found = find_mirrors(args, requested, bridge_given, problems)
+    if found is None:
+        return [], []
+    bridge, registries, answers = found
+    if not registries:
+        ports = ", ".join(str(port) for port, _upstream in CATALOGUE.values())
+        problems.report(Failure(f"no mirror answers on {bridge} (ports {ports})"), NOTHING)
+        return [], []
+    answering = [r.port for r in registries if answers[r.port].status in REGISTRY_STATUSES]
+    ca, why_not = choose_ca(args, bridge, answering, given)
+    if ca is not None:
+        print(f"CA: {ca.source or 'none'} ({ca.why})")
+    chosen = usable(args, found, ca, why_not, problems)
+    if ca is None or not chosen:
+        return [], []
+    return chosen, carry_out(plan_files(args, bridge, chosen, ca, problems), args.root, args.dry_run, problems)
 
 
 def run(argv: Sequence[str]) -> int:
@@ -894,26 +1087,29 @@ def run(argv: Sequence[str]) -> int:
     if args.no_docker and args.no_buildkit and args.no_containerd:
         raise BadInput("--no-docker, --no-buildkit and --no-containerd together leave nothing to configure")
     requested = parse_registries(args.registry)
+    bridge_given = None if args.bridge == "auto" else parse_bridge(args.bridge)
     given = read_ca(args.ca, "--ca") if args.ca else None
-    bridge, registries, answering = find_mirrors(args, requested)
-    outputs = {"buildkitd-config": "", "registries": ""}
-    if not registries:
-        print(f"no mirror answers on {bridge}: nothing configured")
-    else:
-        ca = choose_ca(args, bridge, answering, given)
-        print(f"CA: {ca.source or 'none'} ({ca.why})")
-        carry_out(plan_files(args.root, bridge, registries, ca, args), args.dry_run)
-        outputs["registries"] = ",".join(r.name for r in registries)
-        print(f"registries: {outputs['registries']}")
-        if not args.no_buildkit:
-            outputs["buildkitd-config"] = under(args.root, BUILDKITD_TOML)
-        if not args.no_containerd:
-            print(f"hint: ctr pull needs --hosts-dir {CONTAINERD_CERTS_D}; containerd and nerdctl need config_path = "
-                  f"\"{CONTAINERD_CERTS_D}\" (in the registry section of config.toml)")
-            print(f"hint: KinD: mount {CONTAINERD_CERTS_D} into each node (extraMounts, same path) and set "
-                  "config_path with containerdConfigPatches")
+    problems = Problems(args.fail_on_error)
+    chosen, parts = configure(args, requested, bridge_given, given, problems)
+    in_place = {name for part in parts for name in part.registries}
+    names = [r.name for r in chosen if r.name in in_place]
+    clients = {part.client for part in parts}
+    outputs = {"buildkitd-config": under(args.root, BUILDKITD_TOML) if "buildkit" in clients else "",
+               "registries": ",".join(names)}
+    print(f"registries: {outputs['registries'] or 'none configured'}")
+    if "containerd" in clients:
+        print(f"hint: ctr pull needs --hosts-dir {CONTAINERD_CERTS_D}; containerd and nerdctl need config_path = "
+              f"\"{CONTAINERD_CERTS_D}\" (in the registry section of config.toml)")
+        print(f"hint: KinD: mount {CONTAINERD_CERTS_D} into each node (extraMounts, same path) and set "
+              "config_path with containerdConfigPatches")
     if args.github_output:
-        github_output(args.github_output, outputs, args.dry_run)
+        try:
+            github_output(args.github_output, outputs, args.dry_run)
+        except Failure as exc:
+            problems.report(exc, "the step's outputs are not set (later steps see them empty)")
+    if problems.warnings:
+        print(f"{problems.warnings} warning(s) above: each mirror or client they name was left as it was "
+              "(--fail-on-error makes them errors)")
     return 0
 
 
@@ -921,7 +1117,8 @@ def main(argv: Sequence[str]) -> int:
     try:
         return run(argv)
     except Failure as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        sys.stdout.flush()
+        print(annotation("error", f"{PROG}: {exc}"), file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         return 130

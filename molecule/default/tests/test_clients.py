@@ -110,22 +110,35 @@ def test_with_the_mirror_stopped_docker_and_containerd_fall_back_to_the_upstream
                f"curl -sf -o /dev/null https://{GHCR_MIRROR}/v2/ && exit 0; sleep 0.2; done; exit 1")
 
 
+# (prepare, arguments, what the message names, a typo in the command line: an error whatever --fail-on-error says; else
+# the VM's own file: a warning and exit 0, an error only with --fail-on-error)
 BAD_INPUT = {
-    "malformed daemon.json": ("printf '{\"storage-driver\": \"vfs\",' >/etc/docker/daemon.json", "", "daemon.json"),
-    "unknown registry": ("", "--registry registry.example.invalid", "registry.example.invalid"),
-    "a CA that is not a certificate": ("echo nonsense >/tmp/not-a-ca.crt", "--ca /tmp/not-a-ca.crt", "/tmp/not-a-ca.crt"),
+    "malformed daemon.json": ("printf '{\"storage-driver\": \"vfs\",' >/etc/docker/daemon.json", "--registry docker.io",
+                              "daemon.json", False),
+    "unknown registry": ("", "--registry registry.example.invalid", "registry.example.invalid", True),
+    "a CA that is not a certificate": ("echo nonsense >/tmp/not-a-ca.crt", "--ca /tmp/not-a-ca.crt", "/tmp/not-a-ca.crt",
+                                       True),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUT))
 def test_bad_input_names_the_problem_and_leaves_the_vm_configuration_as_it_was(dvm, case):
-    prepare, args, named = BAD_INPUT[case]
+    prepare, args, named, typo = BAD_INPUT[case]
     reset(dvm)
     dvm.sh(f"python3 {SCRIPT} --registry docker.io")  # a configured VM
     if prepare:
         dvm.sh(prepare)
     before = snapshot(dvm)
+    if not typo:
+        warned = dvm.sh(f"python3 {SCRIPT} {args}", check=False)
+        assert warned.returncode == 0, warned.stdout + warned.stderr
+        warnings = [line for line in warned.stdout.splitlines() if line.startswith("::warning::")]
+        assert len(warnings) == 1 and named in warnings[0], warned.stdout
+        assert "Traceback" not in warned.stderr and "::error::" not in warned.stderr, warned.stderr
+        assert snapshot(dvm) == before
+        args += " --fail-on-error"
     tried = dvm.sh(f"python3 {SCRIPT} {args}", check=False)
     assert tried.returncode == 2, tried.stdout + tried.stderr
     assert named in tried.stderr and "Traceback" not in tried.stderr, tried.stderr
+    assert tried.stderr.startswith("::error::"), tried.stderr
     assert snapshot(dvm) == before
