@@ -528,6 +528,59 @@ def say(message: str) -> None:
         print(f"{PROG}: {message}", file=sys.stderr, flush=True)
 
 
+# What a request of the supervisor's credential checks may carry that is meant for one origin only: along a redirect
+# to another origin (scheme, host, port; so from https to http too) it is left behind. Go's client (distribution's)
+# leaves it behind for another host but keeps it for a subdomain: this is the stricter rule.
+ORIGIN_HEADERS = ("authorization", "cookie")
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin(url: str) -> tuple[str, str, int] | None:
+    """URL's origin: scheme, host and port (the scheme's default when not written), lower case; None if invalid."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        scheme, host, port = parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
+    except ValueError:
+        return None
+    if scheme not in DEFAULT_PORTS or not host:
+        return None
+    return scheme, host, DEFAULT_PORTS[scheme] if port is None else port
+
+
+class OriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows redirects as urllib does, but never takes Authorization or Cookie along to another origin (scheme,
+    host and port, so never from https to http either); once left behind, they stay behind for the rest of the chain.
+    Says so in the journal (origins only: no path, no query, no value)."""
+
+    def redirect_request(  # noqa: PLR0913, PLR0917 (urllib's signature)
+            self, req: urllib.request.Request, fp: typing.IO[bytes], code: int, msg: str,
+            headers: http.client.HTTPMessage, newurl: str) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is None:
+            return None
+        source, target = origin(req.full_url), origin(new.full_url)
+        if source is not None and source == target:
+            return new
+        carried = [name for name in (*new.headers, *new.unredirected_hdrs) if name.lower() in ORIGIN_HEADERS]
+        for name in carried:
+            new.remove_header(name)
+        if carried:
+            downgrade = " and from https to http" if source and target and (source[0], target[0]) == (
+                "https", "http") else ""
+            say(f"a redirect (HTTP {code}) from {show_origin(req.full_url)} to {show_origin(new.full_url)} leads to "
+                f"another origin{downgrade}: the credentials are not sent there")
+        return new
+
+
+def show_origin(url: str) -> str:
+    """URL without user information, path, query or fragment, for the journal."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        return f"{parts.scheme}://{host_port(parts)}"
+    except ValueError:
+        return "an invalid URL"
+
+
 def describe(image: registry_cache.Image) -> str:
     """An evicted image for the journal: repository@sha256:<12 hex> (tags)."""
     tags = f" ({','.join(image.tags)})" if image.tags else ""
@@ -724,6 +777,7 @@ class Supervisor:
         self.stopping = False
         self.interruptible = False
         self.tls_context: ssl.SSLContext | None = None
+        self.opener: urllib.request.OpenerDirector | None = None
         self.child: subprocess.Popen[bytes] | None = None
         self.draining: list[subprocess.Popen[bytes]] = []
         self.local = False  # serving read-only from the cache, without the proxy
@@ -777,7 +831,10 @@ class Supervisor:
         try:
             if self.stopping:
                 raise Stopping
-            with urllib.request.urlopen(request, timeout=timeout, context=self.tls()) as response:
+            if self.opener is None:  # the system's proxies as urlopen's, redirects as OriginRedirects follows them
+                self.opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=self.tls()),
+                                                          OriginRedirects())
+            with self.opener.open(request, timeout=timeout) as response:
                 body: bytes = response.read() if read else b""
                 return body
         except http.client.HTTPException as exc:  # a garbled answer: as good as none
@@ -826,10 +883,8 @@ class Supervisor:
         candidate = self.candidates[self.active]
         upstream = candidate.url
         user, password = self.account(candidate)
-        if candidate.credentials is None:
-            who = f"the configured account {user!r}" if user else "anonymous pulls"
-        else:  # a fallback: named by its variables, never by a value
-            who = f"the account in {self.variables(candidate)}" if user else "anonymous pulls"
+        # Named by the variables that hold it, never by a value: the role treats the user name as a secret too.
+        who = f"the account in {self.variables(candidate)}" if user else "anonymous pulls"
         try:
             self.fetch(upstream + "/v2/", self.settings.challenge_timeout)
             return
@@ -909,8 +964,10 @@ class Supervisor:
 
     def credential_variables(self) -> str:
         """The role's variables that hold this upstream's credentials."""
-        name = self.settings.name
-        if self.settings.credentials or (name and name != PRIMARY_NAME):  # a further upstream, not Docker Hub
+        name, prefix = self.settings.name, self.settings.credentials
+        if prefix and not name:  # a further upstream's settings without a name: its environment's variables
+            return f"{prefix}_USERNAME / {prefix}_PASSWORD"
+        if prefix or (name and name != PRIMARY_NAME):  # a further upstream, not Docker Hub
             return f"registry_mirror_upstreams[{name}].username/password"
         if self.settings.fallbacks:  # an edge of a fleet: its upstream is its site's first tier
             return "registry_mirror_tiers[0].username/password"

@@ -1,17 +1,19 @@
 # Copyright (c) actuated.registry contributors
 # SPDX-License-Identifier: MIT
 """Real stand-ins for what registry-supervisor talks to: an HTTP upstream in a thread that can be up, down (refusing
-connections), hanging, resetting connections or refusing tokens, and a fake `registry` binary (a small Python program)
-that records how it was started, the signals it got and when it exited, listens on its ports like distribution
-(and fails when a port is taken), and contacts the upstream at start in pull-through mode (exiting when it cannot);
-and a storage directory whose free space the test sets (FakeDisk). A supervisor runs with one mirror's files
-(SupervisorRun), or in group mode with several (Mirror, GroupRun)."""
+connections), hanging, resetting connections, refusing tokens or redirecting, and a fake `registry` binary (a small
+Python program) that records how it was started, the signals it got and when it exited, listens on its ports like
+distribution (and fails when a port is taken), and contacts the upstream at start in pull-through mode (exiting when it
+cannot); a CA and a server certificate for HTTPS upstreams (certificates); and a storage directory whose free space
+the test sets (FakeDisk). A supervisor runs with one mirror's files (SupervisorRun), or in group mode with several
+(Mirror, GroupRun)."""
 from __future__ import annotations
 
 import base64
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -24,6 +26,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
 FILES = ROOT / "roles" / "registry_mirror" / "files"
@@ -82,6 +86,27 @@ def basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
+def certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA (its certificate) and a server certificate and key for 127.0.0.1 that it signed, made by openssl."""
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl to make certificates")
+    names = ("ca.key", "ca.pem", "key.pem", "req.csr", "cert.pem")
+    ca_key, ca, key, request, cert = (directory / name for name in names)
+    extensions = directory / "server.ext"
+    extensions.write_text("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+                          "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n"
+                          "authorityKeyIdentifier=keyid\nsubjectKeyIdentifier=hash\n", encoding="utf-8")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for command in (
+            ["req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/CN=fleet test CA",
+             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+            ["req", "-new", *ec, "-keyout", key, "-out", request, "-subj", "/CN=127.0.0.1"],
+            ["x509", "-req", "-in", request, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
+             "-days", "2", "-extfile", extensions]):
+        subprocess.run(["openssl", *map(str, command)], check=True, capture_output=True, timeout=60)
+    return ca, cert, key
+
+
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float) -> T:
     """PROBE's first true answer within TIMEOUT seconds; fails the test naming WHAT otherwise."""
     deadline = time.monotonic() + timeout
@@ -102,7 +127,8 @@ class FakeUpstream:
     connection without an answer), "fail_once" (resets the supervisor's next request, then is up again).
 
     With a CHALLENGE, /v2/ answers 200 to a request whose Authorization is one of the accounts (a Basic challenge's
-    htpasswd, as a fleet's tier mirror); with TLS (a server context), it speaks HTTPS."""
+    htpasswd, as a fleet's tier mirror); with TLS (a server context), it speaks HTTPS. A request whose path (without
+    its query) is a key of REDIRECTS is answered with REDIRECT_STATUS and that value as its Location, the query kept."""
 
     def __init__(self, challenge: str | None = None, tls: ssl.SSLContext | None = None) -> None:
         self.port = free_port()
@@ -111,6 +137,8 @@ class FakeUpstream:
         self.challenge = challenge
         self.accounts: set[str] = set()
         self.token_status = 200
+        self.redirects: dict[str, str] = {}
+        self.redirect_status = 302
         self.mode = "up"
         self.requests: list[dict[str, Any]] = []
         self.released = threading.Event()
@@ -178,7 +206,8 @@ class FakeUpstream:
             if mode == "fail_once" and agent.startswith(PROBE_AGENT):
                 self.mode, mode = "up", "reset"
             self.requests.append({"t": time.time(), "path": request.path, "agent": agent,
-                                  "auth": request.headers.get("Authorization"), "mode": mode})
+                                  "auth": request.headers.get("Authorization"), "cookie": request.headers.get("Cookie"),
+                                  "mode": mode})
         if mode == "hang":
             self.released.wait(30)
             return
@@ -186,7 +215,11 @@ class FakeUpstream:
             request.close_connection = True
             return
         headers: dict[str, str] = {}
-        if request.path.startswith("/token"):
+        path, query = request.path.partition("?")[::2]
+        if path in self.redirects:
+            status, body = self.redirect_status, "{}"
+            headers = {"Location": self.redirects[path] + (f"?{query}" if query else "")}
+        elif request.path.startswith("/token"):
             status, body = self.token_status, json.dumps({"token": "t", "access_token": "t"})
         elif self.challenge is None or auth in self.accounts:
             status, body = 200, "{}"

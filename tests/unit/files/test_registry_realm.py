@@ -120,6 +120,9 @@ def test_rule_kinds_on_a_small_list(sup: ModuleType) -> None:
 
 # --- What the supervisor says at start -----------------------------------------------------------------------------
 
+# How the journal names the Docker Hub mirror's account: by its variables, never by the user name.
+HUB_ACCOUNT = "the account in registry_mirror_dockerhub_username/token"
+
 @pytest.fixture(name="hub")
 def fixture_hub() -> Iterator[tuple[FakeUpstream, FakeUpstream]]:
     """An upstream and a token service on another port of the same address."""
@@ -147,8 +150,8 @@ def test_3_1_logs_an_error_naming_realm_and_upstream_when_it_will_not_send_the_c
     upstream, tokens = hub
     upstream.challenge = f'Bearer realm="{tokens.url}/token",service="fake"'
     journal = settled(started(tmp_path, upstream, "3.1.1"))
-    assert (f"ERROR: distribution 3.1.1 will not send the credentials of the configured account 'mirror-user' to the"
-            f" token realm {tokens.url}/token that upstream {upstream.url} names") in journal, journal
+    assert (f"ERROR: distribution 3.1.1 will not send the credentials of {HUB_ACCOUNT} to the token realm "
+            f"{tokens.url}/token that upstream {upstream.url} names") in journal, journal
     assert "accepts" not in journal and not tokens.tokens()
 
 
@@ -169,7 +172,7 @@ def test_2_8_sends_the_credentials_to_any_bearer_realm(
     supervisor = started(tmp_path, upstream, "2.8.3")
     wait_for("the token request", tokens.tokens, 3)
     journal = settled(supervisor)
-    assert "upstream token service accepts the configured account 'mirror-user'" in journal, journal
+    assert f"upstream token service accepts {HUB_ACCOUNT}" in journal, journal
     assert "ERROR" not in journal
     request = tokens.tokens()[0]
     assert request["auth"] == "Basic bWlycm9yLXVzZXI6czNjcmV0"  # mirror-user:s3cret
@@ -181,11 +184,11 @@ def test_a_realm_on_the_upstreams_host_and_port_gets_the_credentials(tmp_path: P
     upstream = hub[0]
     upstream.challenge = f'Bearer realm="{upstream.url}/token",service="fake"'
     journal = settled(started(tmp_path, upstream, "3.1.1"))
-    assert "upstream token service accepts the configured account 'mirror-user'" in journal, journal
+    assert f"upstream token service accepts {HUB_ACCOUNT}" in journal, journal
     assert upstream.tokens()[0]["auth"] == "Basic bWlycm9yLXVzZXI6czNjcmV0"
 
 
-@pytest.mark.parametrize(("credentials", "who"), [(("mirror-user", "wrong"), "the configured account 'mirror-user'"),
+@pytest.mark.parametrize(("credentials", "who"), [(("mirror-user", "wrong"), HUB_ACCOUNT),
                                                   (None, "anonymous pulls")])
 def test_a_refusing_token_service_is_an_error(tmp_path: Path, hub: tuple[FakeUpstream, FakeUpstream],
                                               credentials: tuple[str, str] | None, who: str) -> None:

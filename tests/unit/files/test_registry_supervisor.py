@@ -170,7 +170,7 @@ def test_back_to_pull_through_when_the_upstream_answers_again(tmp_path: Path, ru
             upstream.probes(since=back)
         assert supervisor.said(f"upstream {upstream.url} answers again (401): back to pull-through mode") is not None
         # The token check runs again with the return, with the credentials.
-        wait_for("the token check", lambda: supervisor.said("upstream token service accepts the configured account"),
+        wait_for("the token check", lambda: supervisor.said("upstream token service accepts the account in"),
                  3)
         assert upstream.tokens()[-1]["auth"].startswith("Basic ")
     finally:

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import ssl
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -31,6 +29,7 @@ from registry_fakes import (
     SupervisorOnDisk,
     SupervisorRun,
     basic,
+    certificates,
     free_port,
     load_supervisor,
     read_only,
@@ -447,27 +446,6 @@ def test_valid_fallbacks_and_ca_file_as_the_role_writes_them(tmp_path: Path) -> 
         supervisor = module.Supervisor(settings)
         assert len(supervisor.candidates) == 1
         assert "registry_mirror_upstream_index" not in supervisor.metrics.text()
-
-
-def certificates(directory: Path) -> tuple[Path, Path, Path]:
-    """A CA (its certificate) and a server certificate and key for 127.0.0.1 that it signed, made by openssl."""
-    if shutil.which("openssl") is None:
-        pytest.skip("no openssl to make certificates")
-    names = ("ca.key", "ca.pem", "key.pem", "req.csr", "cert.pem")
-    ca_key, ca, key, request, cert = (directory / name for name in names)
-    extensions = directory / "server.ext"
-    extensions.write_text("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
-                          "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n"
-                          "authorityKeyIdentifier=keyid\nsubjectKeyIdentifier=hash\n", encoding="utf-8")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    for command in (
-            ["req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/CN=fleet test CA",
-             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
-            ["req", "-new", *ec, "-keyout", key, "-out", request, "-subj", "/CN=127.0.0.1"],
-            ["x509", "-req", "-in", request, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
-             "-days", "2", "-extfile", extensions]):
-        subprocess.run(["openssl", *map(str, command)], check=True, capture_output=True, timeout=60)
-    return ca, cert, key
 
 
 def test_ca_file_is_trusted_by_the_supervisor_s_own_requests(tmp_path: Path) -> None:

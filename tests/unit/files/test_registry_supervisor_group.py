@@ -251,9 +251,10 @@ def test_journal_lines_carry_the_mirror_s_name_and_no_secret(
     lines = [line for _t, line in run.lines]
     assert lines[0] == f"{PROG}3 mirrors, a supervisor each: docker-hub, ghcr, {nameless.settings}"
     assert all(line.startswith(("[docker-hub] ", "[ghcr] ", f"[{nameless.settings}] ")) for line in lines[1:]), lines
-    assert f"[docker-hub] {PROG}upstream token service accepts the configured account '{HUB_USER}'" in lines
-    refused = run.said(f"[ghcr] {PROG}ERROR: upstream token service {other.url}/token refuses the configured account "
-                       f"'{GHCR_USER}' (HTTP 401)")
+    assert (f"[docker-hub] {PROG}upstream token service accepts the account in "
+            "registry_mirror_dockerhub_username/token") in lines
+    refused = run.said(f"[ghcr] {PROG}ERROR: upstream token service {other.url}/token refuses the account in "
+                       "registry_mirror_upstreams[ghcr].username/password (HTTP 401)")
     assert refused is not None
     assert next(line for line in lines if line.startswith("[ghcr] ") and "(HTTP 401)" in line).endswith(
         "check registry_mirror_upstreams[ghcr].username/password")
@@ -265,7 +266,7 @@ def test_journal_lines_carry_the_mirror_s_name_and_no_secret(
     assert {token["auth"] for token in upstream.tokens()} == {basic(HUB_USER, HUB_SECRET)}
     assert {token["auth"] for token in other.tokens()} == {basic(GHCR_USER, GHCR_SECRET), None}
     everything = output(run)
-    for secret in (HUB_SECRET, GHCR_SECRET, QUAY_SECRET, QUAY_USER):
+    for secret in (HUB_SECRET, HUB_USER, GHCR_SECRET, GHCR_USER, QUAY_SECRET, QUAY_USER):
         assert secret not in everything
 
 
