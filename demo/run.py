@@ -132,8 +132,9 @@ def demo() -> int:
     print("ghcr.io (fake) counted:")
     counted(world.GHCR_LOCAL_URL, world.GHCR_USERNAME)
     print("(the mirrors' accounts: the VM's own clients would have been anonymous)")
-    print(f"\nThe mirror keeps running on {HOST}. Explore: docker exec -it {HOST} journalctl -u registry")
-    print(f"Remove it: python3 -m world target down {HOST}")
+    if os.environ.get("DEMO_DOWN") != "1":
+        print(f"\nThe mirror keeps running on {HOST}. Explore: docker exec -it {HOST} journalctl -u registry")
+        print(f"Remove it: python3 -m world target down {HOST}")
     return 0
 
 
