@@ -750,7 +750,6 @@ def test_vm_file_in_the_way_is_a_warning_and_that_client_left_as_it_was(
     assert len(after) > len(before)  # the other clients configured
 
 
-
 # ------------------------------------------------------------------------------------------------------ probe mode
 
 @pytest.fixture(scope="session")
@@ -1016,9 +1015,9 @@ def test_action_step_survives_the_script_failing_unexpectedly_unless_fail_on_err
     assert args is not None and proc.returncode == 0, proc.stderr
     assert warnings(proc.stdout) == ["::warning::registry-mirror-client: exited with 1; the clients keep their "
                                      "configuration and pull from the upstream registries"]
-    proc, _ = run_action(tmp_path, {"fail-on-error": "true"}, crash=1)
-    assert proc.returncode == 1 and warnings(proc.stdout) == []
-    proc, _ = run_action(tmp_path, {}, crash=2)
+    proc, args = run_action(tmp_path, {"fail-on-error": "true"}, crash=1)
+    assert proc.returncode == 1 and warnings(proc.stdout) == [] and args is not None
+    proc, args = run_action(tmp_path, {}, crash=2)
     assert proc.returncode == 2 and warnings(proc.stdout) == []
 
 

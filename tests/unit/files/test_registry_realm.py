@@ -123,6 +123,7 @@ def test_rule_kinds_on_a_small_list(sup: ModuleType) -> None:
 # How the journal names the Docker Hub mirror's account: by its variables, never by the user name.
 HUB_ACCOUNT = "the account in registry_mirror_dockerhub_username/token"
 
+
 @pytest.fixture(name="hub")
 def fixture_hub() -> Iterator[tuple[FakeUpstream, FakeUpstream]]:
     """An upstream and a token service on another port of the same address."""
