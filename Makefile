@@ -53,7 +53,7 @@ SCENARIO ?=
 ARCHES ?= amd64 arm64
 TIMED := $(PY) $(ROOT)/tests/tools/timed.py
 
-.PHONY: molecule-newest-core test demo deps venv world world-down lint typecheck sanity unit build docs molecule bench bench-smoke clean stop
+.PHONY: molecule-newest-core test demo deps venv world world-down lint typecheck rules sanity unit build docs molecule bench bench-smoke clean stop
 
 ## Every test, in order, with the time each stage took; stops what it started even when a stage fails. (Building the
 ## test world while the static stages run was tried: both slowed down on 2 cores, and the run took as long.)
@@ -104,7 +104,7 @@ lint: venv
 	$(BIN)/yamllint --strict .
 	XDG_CACHE_HOME=$(ROOT)/.cache/xdg $(BIN)/ansible-lint --profile production --strict --offline
 	$(BIN)/python tests/tools/readme_vars.py --check
-	$(MAKE) --no-print-directory typecheck
+	$(MAKE) --no-print-directory typecheck rules
 
 ## The programs the role installs on hosts (standard library only, Python 3.8+ syntax) and their tests: ruff, then
 ## mypy --strict.
@@ -120,6 +120,16 @@ typecheck: venv
 	$(BIN)/ruff check --no-cache --target-version py311 --line-length 120 \
 	  --select E,F,W,B,UP,RUF,PL,C4,SIM,I --ignore PLR2004,PLR0913 $(WORLD_PYTHON)
 	$(BIN)/mypy --strict --cache-dir $(ROOT)/.cache/mypy --explicit-package-bases --exclude '^world/hub/' world bench
+
+## The alert rules operators load (extras/prometheus/): `promtool check rules`, then `promtool test rules` (each alert
+## fires on the series it is about, with its annotations). promtool is Debian's, from PATH or the one `make deps`
+## extracts from the prometheus package without installing it (its postinst would start a Prometheus server); without
+## either, a warning. tests/unit/test_alerts_dashboard.py checks that rules and dashboard name exported metrics only.
+PROMTOOL = $(firstword $(shell command -v promtool) $(wildcard $(WORLD_CACHE)/tools/promtool))
+rules:
+	@if [ -z "$(PROMTOOL)" ]; then echo "WARNING: no promtool (make deps, or python3 -m world promtool): the alert rules are not checked" >&2; else \
+	  set -x; $(PROMTOOL) check rules extras/prometheus/registry-mirror.rules.yml && \
+	  $(PROMTOOL) test rules tests/prometheus/registry-mirror.rules.test.yml; fi
 
 docs: venv
 	$(BIN)/python tests/tools/readme_vars.py

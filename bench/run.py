@@ -54,7 +54,7 @@ COLLECTIONS = REPO / ".cache" / "collections"
 MIRROR = f"{target_ip(1)}:5000"
 UPSTREAM = world.HUB_NAME  # on the bench network this name is the emulated link in front of the hub
 MODES = ("direct", "mirror_cold", "mirror_warm", "mirror_warm_digest", "nginx", "client_alone")
-ONLY = ("collections", "fleet-tiers")  # --only SECTION: that section alone, merged into the last run's results
+ONLY = ("collections", "fleet-tiers", "role")  # --only SECTION: that section alone, merged into the last run's results
 TIER_USER = {"username": "bench-edges", "password": "bench-tier-8c1f5d"}  # the tier's one account (Basic auth)
 
 
@@ -425,6 +425,9 @@ class Bench:  # pylint: disable=too-many-instance-attributes
             elif self.args.only == "fleet-tiers":
                 with self.step(fleet_tiers.title(plan)):
                     fleet_tiers.run(self)
+            elif self.args.only == "role":
+                with self.step(f"role: first converge + re-run on one amd64 target x{plan.converge_runs}"):
+                    self.role_single()
             else:
                 self.measurements()
         except (BenchError, world.WorldError) as exc:
@@ -497,8 +500,8 @@ class Bench:  # pylint: disable=too-many-instance-attributes
             results = json.loads(last.read_text(encoding="utf-8")) if passed and last.exists() else {}
             if passed and results:
                 results[key] = self.results.get(key)
-                prefix = {"collections": "collection of ",
-                          "fleet_tiers": "fleet tiers"}[key]  # its checks' names begin so
+                prefix = {"collections": "collection of ", "fleet_tiers": "fleet tiers",
+                          "role": "single-amd64-"}[key]  # its checks' names begin so
                 results["checks"] = [c for c in results.get("checks", [])
                                      if c.get("section") != key and not c["name"].startswith(prefix)] + [
                     {**c, "section": key} for c in self.results["checks"]]

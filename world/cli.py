@@ -30,7 +30,7 @@ from .config import (
     env_vars,
 )
 from .containers import cmd_down, cmd_up
-from .deps import binfmt_state, cmd_deps, cmd_stop_deps, docker_ready
+from .deps import binfmt_state, cmd_deps, cmd_promtool, cmd_stop_deps, docker_ready
 from .hub import cmd_ghcr_start, cmd_ghcr_stop, cmd_hub_start, cmd_hub_stop, hub_ready
 from .images import IMAGES, cmd_images
 from .releases import cmd_debs, cmd_releases
@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (
         ("deps", "install apt packages, start dockerd, enable arm64 emulation"),
         ("stop-deps", "stop dockerd if the world started it"),
+        ("promtool", "extract promtool from Debian's prometheus package (not installed) for make lint"),
         ("images", "build actuated-world/target:{amd64,arm64} and actuated-world/client:amd64"),
         ("debs", "download docker-registry and busybox-static .debs (amd64, arm64)"),
         ("releases", "build the upstream-layout release fixtures"),
@@ -140,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
     args = build_parser().parse_args(argv)
     simple = {
-        "deps": cmd_deps, "stop-deps": cmd_stop_deps, "images": cmd_images, "debs": cmd_debs,
+        "deps": cmd_deps, "stop-deps": cmd_stop_deps, "promtool": cmd_promtool, "images": cmd_images, "debs": cmd_debs,
         "releases": cmd_releases, "certs": cmd_certs, "up": cmd_up, "down": cmd_down, "hub-stop": cmd_hub_stop,
         "hub-start": cmd_hub_start, "ghcr-stop": cmd_ghcr_stop, "ghcr-start": cmd_ghcr_start, "selftest": cmd_selftest,
     }

@@ -25,6 +25,9 @@ GHCR_STATE = CACHE / "ghcr"
 ROOTFS_CACHE = CACHE / "rootfs"
 LOGS = CACHE / "logs"
 DOCKERD_PIDFILE = CACHE / "dockerd.pid"
+# promtool for `make lint`, taken out of Debian's prometheus package by `deps` (world/deps.py says why not installed).
+PROMTOOL = CACHE / "tools" / "promtool"
+PROMTOOL_PACKAGE = "prometheus"
 
 SUITE = "bookworm"
 

@@ -1,7 +1,7 @@
 # Copyright (c) actuated.registry contributors
 # SPDX-License-Identifier: MIT
 """What the world needs on the machine: apt packages, a running dockerd (stopped again only if the world started
-it), and arm64 emulation (binfmt_misc + qemu-aarch64)."""
+it), arm64 emulation (binfmt_misc + qemu-aarch64), and promtool for `make lint`."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ import os
 import shutil
 import signal
 import subprocess
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 
 from . import sources
-from .config import APT_PACKAGES, DOCKERD_PIDFILE, LOGS, SOURCE_VERSION
-from .util import WorldError, log, ok, read_text, run, step, tail, warn, write_text
+from .config import APT_PACKAGES, DOCKERD_PIDFILE, LOGS, PROMTOOL, PROMTOOL_PACKAGE, SOURCE_VERSION
+from .util import WorldError, log, ok, out, read_text, run, step, tail, warn, write_text
 
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
 
@@ -82,6 +84,55 @@ def binfmt_state() -> str:
     return lines[0] if lines else "missing"
 
 
+def promtool() -> Path | None:
+    """The promtool `make lint` runs: one on PATH (Debian's prometheus package installed), else the one `deps`
+    extracted; None: neither."""
+    found = shutil.which("promtool")
+    if found:
+        return Path(found)
+    return PROMTOOL if os.access(PROMTOOL, os.X_OK) else None
+
+
+def ensure_promtool() -> None:
+    """promtool (`promtool check rules` and `test rules` in `make lint`) out of Debian's prometheus package, which is
+    not installed: its postinst enables and starts a Prometheus server (prometheus.service, or its init script where
+    systemd does not run) that neither a developer's machine nor CI should be left running. `apt-get download` (apt's
+    package lists refreshed only when it fails), then only usr/bin/promtool of the package's files, into the world's
+    cache. The Debian binary needs libc only."""
+    if promtool() is not None:
+        return
+    with tempfile.TemporaryDirectory(prefix="promtool-") as tmp:
+        download = ["apt-get", "download", "-q", PROMTOOL_PACKAGE]
+        if run(download, env=APT_ENV, cwd=Path(tmp), logfile=LOGS / "apt.log", check=False).returncode != 0:
+            run(["apt-get", "update", "-q"], env=APT_ENV, logfile=LOGS / "apt.log")
+            run(download, env=APT_ENV, cwd=Path(tmp), logfile=LOGS / "apt.log")
+        deb = next(Path(tmp).glob(f"{PROMTOOL_PACKAGE}_*.deb"))
+        PROMTOOL.parent.mkdir(parents=True, exist_ok=True)
+        partial = PROMTOOL.with_name(f"{PROMTOOL.name}.partial")
+        found = False
+        with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE) as proc:
+            assert proc.stdout is not None
+            with tarfile.open(fileobj=proc.stdout, mode="r|") as archive:
+                for member in archive:  # read to the end: dpkg-deb must not die of a closed pipe
+                    source = archive.extractfile(member) if member.name.lstrip("./") == "usr/bin/promtool" else None
+                    if source is not None:
+                        partial.write_bytes(source.read())
+                        found = True
+        if proc.returncode != 0 or not found:
+            partial.unlink(missing_ok=True)
+            raise WorldError(f"no usr/bin/promtool in {deb.name} (dpkg-deb exited with {proc.returncode})")
+        partial.chmod(0o755)
+        partial.replace(PROMTOOL)
+    log(f"{out([str(PROMTOOL), '--version']).splitlines()[0]} in {PROMTOOL} (from {deb.name}, not installed)")
+
+
+def cmd_promtool() -> None:
+    """promtool only (CI's static job, which needs nothing else of the world)."""
+    with step("promtool"):
+        ensure_promtool()
+        log(f"promtool: {promtool()}")
+
+
 def cmd_deps() -> None:
     """Install and start what the world needs (idempotent)."""
     with step("deps"):
@@ -104,6 +155,7 @@ def cmd_deps() -> None:
         if not docker_ready():
             start_dockerd()
         ensure_binfmt()
+        ensure_promtool()
 
 
 def cmd_stop_deps() -> None:

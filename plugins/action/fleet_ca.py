@@ -17,11 +17,12 @@ import ipaddress
 import os
 import re
 import stat
-import tempfile
 import typing as t
 
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
+
+from ansible_collections.actuated.registry.plugins.module_utils._files import FileError, write_atomically
 
 try:
     from cryptography import x509
@@ -133,42 +134,12 @@ def cert_sans(cert: t.Any) -> list[str]:
 
 
 def write_atomic(path: str, data: bytes, mode: int, overwrite: bool = True) -> None:
-    """Write DATA to PATH through a temporary file in the same directory whose mode is set before it is renamed
-    into place. Without OVERWRITE an existing PATH is never replaced (a hard link is made, which fails if it exists)."""
-    directory = os.path.dirname(path)
+    """Write DATA to PATH atomically with MODE (module_utils/_files.write_atomically). Without OVERWRITE an existing
+    PATH is never replaced."""
     try:
-        fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    except OSError as exc:
-        raise FleetCaError(f"cannot write {path}: cannot create a temporary file in {directory}: "
-                           f"{exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), mode)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if overwrite:
-            os.replace(tmp_path, path)
-        else:
-            try:
-                os.link(tmp_path, path)
-            except FileExistsError:
-                raise FleetCaError(f"{path} appeared while it was being created; it was left as it is") from None
-            except OSError:  # a file system without hard links: the lock makes the check and the rename one step
-                if os.path.lexists(path):
-                    raise FleetCaError(f"{path} appeared while it was being created; it was left as it is") from None
-                os.replace(tmp_path, path)
-    except OSError as exc:
-        raise FleetCaError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_path)
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomically(path, data, mode, overwrite=overwrite)
+    except FileError as exc:
+        raise FleetCaError(str(exc)) from None
 
 
 def make_directory(path: str) -> None:

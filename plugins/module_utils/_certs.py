@@ -22,9 +22,10 @@ import ipaddress
 import json
 import os
 import re
-import tempfile
 import typing as t
 from dataclasses import dataclass, field
+
+from ansible_collections.actuated.registry.plugins.module_utils._files import FileError, write_atomically
 
 
 STATE_FILE_MODE = 0o600
@@ -518,39 +519,9 @@ def write_state_atomic(path: str, state: t.Mapping[str, t.Any]) -> None:
     ensure_directory(directory)
     content = json.dumps(dict(state), sort_keys=True, indent=2) + "\n"
     try:
-        fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    except OSError as exc:
-        raise CertWatchError(
-            f"Cannot write state file {path}: cannot create a temporary file in {directory}: {exc.strerror or exc}"
-        ) from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            os.fchmod(f.fileno(), STATE_FILE_MODE)
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except OSError as exc:
-        try:
-            os.unlink(tmp_path)
-        except OSError:
-            pass
-        raise CertWatchError(f"Cannot write state file {path}: {exc.strerror or exc}") from None
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: str) -> None:
-    """Make the rename durable; best effort (some file systems refuse to open directories)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        write_atomically(path, content.encode("utf-8"), STATE_FILE_MODE)
+    except FileError as exc:
+        raise CertWatchError(f"Cannot write state file {path}: {exc.reason}") from None
 
 
 def diff_text(fingerprint: t.Optional[str], key_digest: t.Optional[str], with_key: bool) -> str:

@@ -550,6 +550,14 @@ def token_username_warnings(user_var: str, username: str, secret_var: str, advic
             + (advice or f"give the account's user name there, and the token in {secret_var}")]
 
 
+def account_exposure_warning(user_var: str, advice: str) -> str:
+    """The warning of every run with an upstream account (USER_VAR set): who can read what through the mirror.
+    ADVICE: the kind of account to use instead."""
+    return (f"{user_var} is set: the mirror pulls with that account and serves every VM without asking who it is, so "
+            "any image the account can read, private ones included, can be pulled by every job on the host (and "
+            f"/v2/_catalog lists what was cached). Use {advice} (README: Security)")
+
+
 def check_credentials(username: str, token: str) -> list:
     """(variable, problem) pairs for the Docker Hub user name and token."""
     return credential_problems("registry_mirror_dockerhub_username", username, "registry_mirror_dockerhub_token", token,

@@ -11,8 +11,8 @@ from __future__ import annotations
 import typing as t
 
 from ansible_collections.actuated.registry.plugins.module_utils._inputs_basic import (
-    HOSTNAME, RANGES, check_duration, check_path, check_range, check_url, credential_problems, show, split_host_port,
-    token_username_warnings)
+    HOSTNAME, RANGES, account_exposure_warning, check_duration, check_path, check_range, check_url, credential_problems,
+    show, split_host_port, token_username_warnings)
 from ansible_collections.actuated.registry.plugins.module_utils._inputs_entries import (
     PRIMARY_NAME, UPSTREAM_OPTIONS, UPSTREAM_SECRETS, UPSTREAMS, entry_label, given_fields, unknown_keys,
     upstream_name_problem)
@@ -182,6 +182,9 @@ def normalise_upstreams(values: t.Mapping[str, t.Any]) -> Upstreams:
     warnings = [text for label, fields, _defaulted, _fine in entries
                 for text in token_username_warnings(f"{label}.username", fields.get("username", ""),
                                                     f"{label}.password")]
+    warnings += [account_exposure_warning(f"{label}.username", "an account that can read public images only (for "
+                                          "ghcr.io, an account with no private packages)")
+                 for label, fields, _defaulted, fine in entries if fine and fields.get("username")]
     return Upstreams(upstreams, errors, warnings + _budget_warnings(values, entries))
 
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 import typing as t
 
 from ansible_collections.actuated.registry.plugins.module_utils._inputs_basic import (
-    CONTROLLER_DIRS, RANGES, RESTRICTED_REALMS, SECRET_VARIABLES, check_account, check_bind_address, check_checksums,
-    check_credentials, check_duration, check_path, check_range, check_url, check_version, coerce, controller_path, show,
-    token_username_warnings, unknown_variables, version_tuple)
+    CONTROLLER_DIRS, RANGES, RESTRICTED_REALMS, SECRET_VARIABLES, account_exposure_warning, check_account,
+    check_bind_address, check_checksums, check_credentials, check_duration, check_path, check_range, check_url,
+    check_version, coerce, controller_path, show, token_username_warnings, unknown_variables, version_tuple)
 from ansible_collections.actuated.registry.plugins.module_utils._inputs_entries import (
     ENTRY_LISTS, VARIABLES_WITH_SECRETS, entry_label)
 from ansible_collections.actuated.registry.plugins.module_utils._inputs_fleet import (
@@ -121,6 +121,9 @@ def validate(raw: t.Mapping[str, t.Any], spec: t.Mapping[str, t.Mapping[str, t.A
     warnings.extend(token_username_warnings("registry_mirror_dockerhub_username",
                                             values.get("registry_mirror_dockerhub_username", ""),
                                             "registry_mirror_dockerhub_token"))
+    if values.get("registry_mirror_dockerhub_username") and values.get("registry_mirror_dockerhub_token"):
+        warnings.append(account_exposure_warning("registry_mirror_dockerhub_username",
+                                                 "a Docker Hub access token with the 'Public repos only' scope"))
     valid = {name: value for name, value in values.items() if name not in failed}
     errors.extend(_conflicts(valid))
     upstreams = normalise_upstreams(valid)

@@ -144,19 +144,19 @@ users:
 import base64
 import ctypes
 import ctypes.util
-import grp
 import hmac
 import os
-import pwd
 import re
 import stat
-import tempfile
 import threading
 import typing as t
 import warnings
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.actuated.registry.plugins.module_utils._files import (
+    FileError, group_name, parse_mode, read_existing, resolve_group, resolve_owner, set_attributes, user_name,
+    write_atomically)
 from ansible_collections.actuated.registry.plugins.module_utils._inputs_htpasswd import password_problems, username_problem
 
 
@@ -170,10 +170,6 @@ _BCRYPT_B64 = b"./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789
 _TO_BCRYPT_B64 = bytes.maketrans(_STD_B64, _BCRYPT_B64)
 # Room for struct crypt_data: 32 KiB in libxcrypt, about 128 KiB in old glibc's libcrypt.
 _CRYPT_DATA_SIZE = 256 * 1024
-
-
-class HtpasswdError(Exception):
-    """A problem to report as the module's failure message."""
 
 
 def bcrypt_salt(cost: int, random: bytes | None = None) -> str:
@@ -300,56 +296,6 @@ def parse_htpasswd(text: str) -> dict[str, str]:
     return entries
 
 
-def parse_mode(value: t.Any) -> int:
-    """The octal mode of the ``mode`` option: an int (YAML's 0640) or an octal string."""
-    if isinstance(value, bool):
-        raise HtpasswdError(f"mode must be an octal mode such as '0640', not {value!r}")
-    if isinstance(value, int):
-        mode = value
-    elif isinstance(value, str) and re.fullmatch(r"0?o?[0-7]{3,4}", value.strip()):
-        mode = int(value.strip().replace("o", ""), 8)
-    else:
-        raise HtpasswdError(f"mode must be an octal mode such as '0640' (symbolic modes are not supported), "
-                            f"not {value!r}")
-    if not 0 <= mode <= 0o7777:
-        raise HtpasswdError(f"mode {value!r} is out of range (0000-7777)")
-    return mode
-
-
-def _resolve(kind: str, value: str | None, lookup: t.Callable[[str], t.Any]) -> int | None:
-    """The numeric id of the account VALUE of KIND (owner: a user, group: a group), by name or as a number."""
-    if value is None:
-        return None
-    try:
-        return int(lookup(value)[2])  # pw_uid, gr_gid
-    except KeyError:
-        if value.isdigit():
-            return int(value)
-    raise HtpasswdError(f"{kind} {value!r} does not exist on this host")
-
-
-def resolve_owner(owner: str | None) -> int | None:
-    return _resolve("owner", owner, pwd.getpwnam)
-
-
-def resolve_group(group: str | None) -> int | None:
-    return _resolve("group", group, grp.getgrnam)
-
-
-def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-def _group_name(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
-
-
 class Htpasswd:
     """One run of the module."""
 
@@ -383,18 +329,9 @@ class Htpasswd:
 
     def read_existing(self) -> tuple[bytes | None, os.stat_result | None]:
         try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return None, None
-        except OSError as exc:
-            self.fail(f"cannot read {self.path}: {exc.strerror or exc}")
-        if not stat.S_ISREG(st.st_mode):
-            self.fail(f"{self.path} exists and is not a regular file")
-        try:
-            with open(self.path, "rb") as handle:
-                return handle.read(), st
-        except OSError as exc:
-            self.fail(f"cannot read {self.path}: {exc.strerror or exc}")
+            return read_existing(self.path)
+        except FileError as exc:
+            self.fail(str(exc))
 
     def run(self) -> None:
         problems = user_problems(self.users)
@@ -405,7 +342,7 @@ class Htpasswd:
         for option, parse in (("mode", parse_mode), ("owner", resolve_owner), ("group", resolve_group)):
             try:
                 found[option] = parse(self.module.params[option])
-            except HtpasswdError as exc:
+            except FileError as exc:
                 problems.append(str(exc))
         if problems:
             self.fail(f"{len(problems)} problem{'s' if len(problems) > 1 else ''} with the arguments; "
@@ -467,42 +404,17 @@ class Htpasswd:
         self.module.exit_json(**result)
 
     def write(self, content: bytes, mode: int, uid: int, gid: int) -> None:
-        """Write CONTENT to a temporary file beside the target, set its owner, group and mode, rename it."""
-        directory = os.path.dirname(os.path.abspath(self.path))
+        """Write CONTENT atomically with its owner, group and mode."""
         try:
-            fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(self.path)}.", suffix=".tmp", dir=directory)
-        except OSError as exc:
-            self.fail(f"cannot write {self.path}: cannot create a temporary file in {directory}: {exc.strerror or exc}")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                os.fchmod(handle.fileno(), 0o600)
-                handle.write(content)
-                handle.flush()
-                os.fsync(handle.fileno())
-                os.fchown(handle.fileno(), uid, gid)
-                os.fchmod(handle.fileno(), mode)
-            os.replace(tmp_path, self.path)
-        except OSError as exc:
-            try:
-                os.unlink(tmp_path)
-            except OSError:
-                pass
-            self.fail(f"cannot write {self.path}: {exc.strerror or exc}")
-        try:
-            dir_fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        except OSError:
-            pass
+            write_atomically(self.path, content, mode, uid, gid)
+        except FileError as exc:
+            self.fail(str(exc))
 
     def set_attributes(self, mode: int, uid: int, gid: int) -> None:
         try:
-            os.chown(self.path, uid, gid)
-            os.chmod(self.path, mode)
-        except OSError as exc:
-            self.fail(f"cannot set the owner, group or mode of {self.path}: {exc.strerror or exc}")
+            set_attributes(self.path, mode, uid, gid)
+        except FileError as exc:
+            self.fail(str(exc))
 
 
 def _summary(names: t.Sequence[str], mode: int | None, uid: int | None, gid: int | None,
@@ -514,9 +426,9 @@ def _summary(names: t.Sequence[str], mode: int | None, uid: int | None, gid: int
     if mode is not None:
         lines.append(f"mode: {mode:04o}")
     if uid is not None:
-        lines.append(f"owner: {_user_name(uid)}")
+        lines.append(f"owner: {user_name(uid)}")
     if gid is not None:
-        lines.append(f"group: {_group_name(gid)}")
+        lines.append(f"group: {group_name(gid)}")
     return "\n".join(lines) + "\n"
 
 

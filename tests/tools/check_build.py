@@ -44,7 +44,9 @@ def main() -> int:
         module = subprocess.run([BIN / "ansible-doc", "actuated.registry.cert_watch"], env=env, check=True, capture_output=True, text=True).stdout
         checks = {"module listed": "actuated.registry.cert_watch" in listed,
                   "role options rendered": "registry_mirror_dockerhub_token" in role,
-                  "module documented": "min_valid_days" in module}
+                  "module documented": "min_valid_days" in module,
+                  "alert rules and dashboard shipped": {"extras/prometheus/registry-mirror.rules.yml",
+                                                        "extras/grafana/registry-mirror.json"} <= set(names)}
         for what, ok in checks.items():
             print(f"{'ok' if ok else 'FAILED'}: {what}")
         return 0 if all(checks.values()) else 1

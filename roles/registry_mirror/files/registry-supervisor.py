@@ -38,8 +38,9 @@ fallback: PREFIX_USERNAME / PREFIX_PASSWORD, or none when credentials is ""), an
 The upstream pulled through is probed as above; a confirmed failure moves on to the next that answers; and while a
 fallback (or the read-only cache) serves, every probe tick also probes the upstreams before it, in order, and one
 answer is enough to go back. Each switch says in the journal which upstream it leaves and which it takes. ca_file: a
-PEM bundle of CAs that the supervisor's own HTTPS requests trust besides the system store (the registry gets its CAs
-from its environment, SSL_CERT_DIR, which the unit sets).
+PEM bundle of CAs that the supervisor's own HTTPS requests trust besides the system store; ca_dir: the directory the
+registry gets as SSL_CERT_DIR (Go reads it besides the system bundle); both only for the upstreams of ca_upstreams (a
+fleet's tiers): a registry pulling from Docker Hub, from another upstream or read-only never trusts the fleet CA.
 
 Free-space floor (min_free_mb > 0): at start and at every probe tick the supervisor reads the free space of the
 cache's filesystem (statvfs of REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY when the environment sets it, as
@@ -57,10 +58,21 @@ the low-water mark (low_water_percent of the budget), deletes the blobs no manif
 walk right before the deletions spares what a pull cached meanwhile; a pull that still races one falls back to the
 upstream, as for any blob the mirror lacks), and puts the duration and the bytes reclaimed in the journal. The
 registry is not replaced for it: a switch of processes makes new connections wait about a second. It learns
-which images are used from distribution's pull notifications, which the config sends to
-its loopback port (port), and keeps those times in the cache directory (registry_cache.USAGE_FILE).
-The same port serves its
-Prometheus metrics (/metrics), followed by distribution's own when registry_metrics_url names them.
+which images are used from distribution's pull notifications, which each registry sends to its loopback port (port):
+the supervisor hands it the endpoint in its environment (REGISTRY_NOTIFICATIONS_ENDPOINTS) with a secret header it
+draws at each start (never on a command line or in a file; blanked in the registry's lines, which pass through the
+supervisor, as distribution logs endpoint headers at level info). /events refuses a request without the secret (401),
+without a plain Content-Length within MAX_EVENTS_BODY (4xx, unread), and ignores pull events whose repository name or
+digest distribution could not have sent; each is counted in the metrics. It keeps those times in the cache directory
+(registry_cache.USAGE_FILE). The same port serves, without a secret, its Prometheus metrics (/metrics), followed by
+distribution's own when registry_metrics_url names them. A connection to the port gets listener_timeout seconds in all.
+
+Health (with listen): every probe_interval the supervisor sends GET /v2/ to its own registry; after health_failures
+misses in a row (health_timeout each, confirm_after apart) it kills it and starts another in the same mode on the same
+socket, saying so with the mirror's name: with the defaults, at most probe_interval + 3 x (health_timeout +
+confirm_after) = 33 s after a registry stops answering. A replaced registry still running stop_timeout seconds after
+its SIGTERM is killed; while one drains, a switch does not hand the port over to a second socket (the group's order
+would not be known) but replaces the registry on the same socket.
 
 Group mode (several SETTINGS files: one mirror per upstream, as distribution proxies one upstream per process): all
 files are validated first (an invalid one: exit 2, nothing started), then each gets a child supervisor of its own
@@ -80,11 +92,13 @@ import contextlib
 import ctypes
 import dataclasses
 import gzip
+import hmac
 import http.client
 import ipaddress
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import ssl
@@ -144,6 +158,29 @@ SO_ATTACH_REUSEPORT_CBPF = 51
 STEER_TO_NEWEST = struct.pack("=HBBI", 0x06, 0, 0, 1)
 # The biggest notification body accepted (distribution sends a few events per request).
 MAX_EVENTS_BODY = 1 << 20
+# distribution's notification endpoint, handed to each registry in its environment (the whole list: distribution 2.8
+# and 3.x both read a struct field's value as YAML; 3.x alone could also set one endpoint's headers) with the secret the
+# supervisor draws at start in EVENTS_SECRET_HEADER: any local process reaches the loopback port, and only a registry
+# of this supervisor knows the secret. No double quote or backslash in it: the value is also an ordinary shell word.
+NOTIFICATIONS_ENV = "REGISTRY_NOTIFICATIONS_ENDPOINTS"
+EVENTS_SECRET_HEADER = "X-Registry-Supervisor-Secret"
+NOTIFICATION_ENDPOINTS = ("[{{name: registry-supervisor, url: 'http://127.0.0.1:{port}/events', "
+                          "headers: {{" + EVENTS_SECRET_HEADER + ": ['{secret}']}}, timeout: 2s, threshold: 5, "
+                          "backoff: 5s, ignoredmediatypes: [application/octet-stream], "
+                          "ignore: {{actions: [push, delete, mount]}}}}]")
+# What a pull event must name to be recorded (anything else is counted and ignored, so that a forged or garbled event
+# cannot skew the eviction): a digest of go-digest's algorithms, lower-case hex of the algorithm's length, and a
+# repository name of distribution's grammar (github.com/distribution/reference: an optional host[:port]/, then
+# lower-case path components), at most REPOSITORY_MAX characters.
+EVENT_DIGEST = re.compile(r"sha256:[a-f0-9]{64}|sha384:[a-f0-9]{96}|sha512:[a-f0-9]{128}")
+_DOMAIN_LABEL = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+REPOSITORY_NAME = re.compile(rf"(?:(?:{_DOMAIN_LABEL}(?:\.{_DOMAIN_LABEL})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?/)?"
+                             rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*")
+REPOSITORY_MAX = 255
+# The registry's lines pass through the supervisor, which blanks the notification secret in them: distribution logs
+# its endpoints' headers at level info.
+REDACTED = "[secret]"
 # Group mode: a child that exits is restarted after BACKOFF_MIN seconds, doubled at each exit up to BACKOFF_MAX, and
 # BACKOFF_MIN again once a child ran BACKOFF_RESET seconds. GROUP_TICK: how often the children are looked at (and how
 # soon SIGTERM ends a back-off). At stop, the children get the largest stop_timeout plus GROUP_STOP_MARGIN seconds.
@@ -237,8 +274,26 @@ class Settings:
     # credentials "" or left out: anonymous), and back through a preferred one as soon as it answers again.
     fallbacks: tuple[Fallback, ...] = ()
     # A PEM bundle of CAs that the supervisor's own HTTPS requests (probes, token and Basic checks) trust besides the
-    # system store ("": none). The registry gets its CAs from its environment (SSL_CERT_DIR, set by the unit).
+    # system store ("": none): for the upstreams of ca_upstreams only, or, without ca_upstreams, for every upstream.
     ca_file: str = ""
+    # A directory of CA certificates (a fleet's CA) that the registry trusts besides the system store (SSL_CERT_DIR)
+    # while it pulls through one of ca_upstreams (a fleet's tiers: URLs of the upstream and of fallbacks), and never
+    # while it pulls through any other upstream (Docker Hub) or serves read-only. ca_dir needs ca_upstreams.
+    ca_dir: str = ""
+    ca_upstreams: tuple[str, ...] = ()
+    # The registry's own health (with listen: the supervisor knows the mirror's address): every probe_interval, and
+    # confirm_after after a miss, the supervisor sends GET /v2/ there (over TLS, not verified, unless listen_tls is
+    # false) and waits health_timeout seconds for any answer. After health_failures misses in a row (0: never) it kills
+    # the registry (SIGKILL: a registry that answers nothing has nothing to drain) and starts another in the same mode
+    # on the same socket. Misses count once the registry answered once, or health_grace seconds after its start (a
+    # registry in pull-through mode asks its upstream first, which may take that long).
+    health_timeout: float = 5.0
+    health_failures: int = 3
+    health_grace: float = 60.0
+    listen_tls: bool = True
+    # The loopback listener: a connection that has not been answered after this long is cut (a client that sends
+    # nothing, or a byte at a time, holds no thread longer).
+    listener_timeout: float = 10.0
 
     @classmethod
     def load(cls, path: str) -> Settings:
@@ -257,8 +312,9 @@ class Settings:
                 continue
             if key not in fields:
                 raise SettingsError(f"{path}: unknown setting {key!r}")
-            if key in ("fallbacks", "ca_file"):
-                values[key] = parse_fallbacks(path, value) if key == "fallbacks" else parse_ca_file(path, value)
+            if key in ("fallbacks", "ca_file", "ca_dir", "ca_upstreams"):
+                values[key] = {"fallbacks": parse_fallbacks, "ca_file": parse_ca_file, "ca_dir": parse_ca_dir,
+                               "ca_upstreams": parse_ca_upstreams}[key](path, value)
                 continue
             expected = str(fields[key].type)
             number = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
@@ -295,6 +351,14 @@ def check_values(path: str, values: dict[str, Any]) -> None:
     for index, fallback in enumerate(values.get("fallbacks", ())):
         if same_url(fallback.url, values["upstream"]):
             raise SettingsError(f"{path}: fallbacks[{index}].url {fallback.url} is the upstream")
+    urls = [values["upstream"], *(fallback.url for fallback in values.get("fallbacks", ()))]
+    for index, url in enumerate(values.get("ca_upstreams", ())):
+        if not any(same_url(url, known) for known in urls):
+            raise SettingsError(f"{path}: ca_upstreams[{index}] {url} is neither the upstream nor a fallback's url")
+    if values.get("ca_dir") and not values.get("ca_upstreams"):
+        raise SettingsError(f"{path}: ca_dir needs ca_upstreams, the upstreams its CAs are trusted for")
+    if values.get("listener_timeout", 1) <= 0 or values.get("health_timeout", 1) <= 0:
+        raise SettingsError(f"{path}: listener_timeout and health_timeout must be more than 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,6 +380,21 @@ def parse_ca_file(path: str, value: object) -> str:
         except (OSError, ValueError) as exc:
             raise SettingsError(f"{path}: ca_file {value}: no CA certificates loaded ({exc})") from exc
     return value
+
+
+def parse_ca_dir(path: str, value: object) -> str:
+    """The setting ca_dir of the file PATH, checked: "" or an absolute path without ":" (SSL_CERT_DIR is a list
+    separated by ":"). It may not exist yet: the role installs the CA after the settings' check."""
+    if not isinstance(value, str) or (value and (not os.path.isabs(value) or ":" in value)):
+        raise SettingsError(f'{path}: ca_dir must be an absolute path without ":" or "", not {value!r}')
+    return value
+
+
+def parse_ca_upstreams(path: str, value: object) -> tuple[str, ...]:
+    """The setting ca_upstreams of the file PATH, checked as far as it goes alone: a list of URLs."""
+    if not isinstance(value, list) or not all(isinstance(url, str) and url for url in value):
+        raise SettingsError(f"{path}: ca_upstreams must be a list of upstream URLs, not {value!r}")
+    return tuple(url.rstrip("/") for url in value)
 
 
 def same_url(one: str, other: str) -> bool:
@@ -653,6 +732,16 @@ class Metrics:
         "registry_mirror_cache_reclaimed_bytes_total": ("counter", "Bytes of blob data deleted by collections."),
         "registry_mirror_cache_last_collection_seconds": ("gauge", "How long the last collection took."),
         "registry_mirror_cache_last_collection_timestamp_seconds": ("gauge", "When the last collection ended."),
+        "registry_mirror_events_unauthorized_total": ("counter", "Notifications refused (401) for a missing or wrong "
+                                                      "secret."),
+        "registry_mirror_events_refused_total": ("counter", "Notifications refused for their length or body (4xx)."),
+        "registry_mirror_events_invalid_total": ("counter", "Pull events ignored: no valid repository name or digest."),
+        "registry_mirror_listener_timeouts_total": ("counter", "Loopback connections cut at listener_timeout."),
+        "registry_mirror_registry_health_failures_total": ("counter", "Health probes the registry did not answer."),
+        "registry_mirror_registry_restarts_total": ("counter", "Registries killed and started again because they "
+                                                    "stopped answering."),
+        "registry_mirror_registry_drain_kills_total": ("counter", "Replaced registries killed because they still ran "
+                                                       "stop_timeout seconds after their SIGTERM."),
     }
 
     # Exported only when the settings name fallbacks.
@@ -686,46 +775,126 @@ class Metrics:
 
 
 class Listener(ThreadingHTTPServer):
-    """The supervisor's loopback port: distribution's notifications in, metrics out."""
+    """The supervisor's loopback port (SETTINGS.port): distribution's notifications in (with SECRET), metrics out.
+    Each connection gets listener_timeout seconds in all (a watchdog cuts it after that), and each read as long."""
 
     daemon_threads = True
 
-    def __init__(self, port: int, usage: Usage, metrics: Metrics, registry_metrics_url: str) -> None:
-        self.usage, self.metrics, self.registry_metrics_url = usage, metrics, registry_metrics_url
-        super().__init__(("127.0.0.1", port), ListenerHandler)
+    def __init__(self, settings: Settings, usage: Usage, metrics: Metrics, secret: str) -> None:
+        self.usage, self.metrics, self.registry_metrics_url = usage, metrics, settings.registry_metrics_url
+        self.secret, self.deadline = secret.encode(), settings.listener_timeout
+        self.connections: dict[socket.socket, float] = {}  # each open connection: when it is cut
+        self.connections_lock = threading.Lock()
+        super().__init__(("127.0.0.1", settings.port), ListenerHandler)
+        threading.Thread(target=self.watch, daemon=True).start()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.connections_lock:
+            self.connections[request] = time.monotonic() + self.deadline
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.connections_lock:
+            self.connections.pop(request, None)
+        super().shutdown_request(request)
+
+    def watch(self) -> None:
+        """Cut the connections older than the deadline: a socket timeout alone lets a client that sends a byte now
+        and then hold its thread for ever."""
+        while True:
+            time.sleep(min(1.0, self.deadline / 4))
+            now = time.monotonic()
+            with self.connections_lock:
+                late = [sock for sock, end in self.connections.items() if end <= now]
+                for sock in late:
+                    del self.connections[sock]
+            for sock in late:
+                self.metrics.add(registry_mirror_listener_timeouts_total=1)
+                with contextlib.suppress(OSError):  # its handler then reads the end of the stream and returns
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client gone or cut off: nothing to say (socketserver would print a traceback); anything else in a line."""
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):
+            say(f"the loopback listener failed to answer a request ({error!r})")
 
 
 class ListenerHandler(BaseHTTPRequestHandler):
-    """POST /events (distribution's notification envelopes) and GET /metrics."""
+    """POST /events (distribution's notification envelopes, with the secret) and GET /metrics (open on loopback)."""
 
     server: Listener
 
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.server.deadline)  # each read of the connection
+
+    def refuse(self, status: int, counter: str) -> None:
+        """Answer STATUS without reading the body (the connection is closed after it), and count it."""
+        self.server.metrics.add(**{counter: 1})
+        self.close_connection = True
+        self.send_error(status)
+
+    def body_length(self) -> int | None:
+        """The length of the body, when the request states it once, in ASCII digits, within MAX_EVENTS_BODY; None when
+        it was refused (411 without a Content-Length or with a Transfer-Encoding, 413 too large, else 400)."""
+        lengths = self.headers.get_all("Content-Length") or []
+        if not lengths or self.headers.get("Transfer-Encoding") is not None:
+            self.refuse(411, "registry_mirror_events_refused_total")
+            return None
+        if len(lengths) > 1 or not re.fullmatch(r"[0-9]{1,12}", lengths[0].strip()):
+            self.refuse(400, "registry_mirror_events_refused_total")
+            return None
+        length = int(lengths[0])
+        if length > MAX_EVENTS_BODY:
+            self.refuse(413, "registry_mirror_events_refused_total")
+            return None
+        return length
+
+    def authorized(self) -> bool:
+        """Whether the request carries the secret, once (compared in constant time)."""
+        given = self.headers.get_all(EVENTS_SECRET_HEADER) or []
+        return len(given) == 1 and hmac.compare_digest(given[0].strip().encode("utf-8", "surrogateescape"),
+                                                       self.server.secret)
+
     def do_POST(self) -> None:  # the name http.server calls
-        """Record the manifest pulls of a notification envelope."""
+        """Record the manifest pulls of a notification envelope from a registry of this supervisor."""
         if self.path != "/events":
             self.send_error(404)
             return
-        try:
-            length = int(self.headers.get("Content-Length", "0"))
-        except ValueError:
-            length = -1
-        if not 0 <= length <= MAX_EVENTS_BODY:
-            self.send_error(413 if length > 0 else 400)
+        if not self.authorized():
+            self.refuse(401, "registry_mirror_events_unauthorized_total")
+            return
+        length = self.body_length()
+        if length is None:
             return
         try:
-            events = json.loads(self.rfile.read(length)).get("events", [])
+            body = self.rfile.read(length)
+        except OSError:  # timed out, or cut at the deadline
+            self.close_connection = True
+            return
+        try:
+            if len(body) != length:
+                raise ValueError("short body")
+            events = json.loads(body).get("events", [])
         except (ValueError, AttributeError):
-            self.send_error(400)
+            self.refuse(400, "registry_mirror_events_refused_total")
             return
         now = time.time()
+        invalid = 0
         for event in events if isinstance(events, list) else []:
             target = event.get("target") if isinstance(event, dict) else None
-            if not isinstance(target, dict) or event.get("action") != "pull":
+            if not isinstance(target, dict) or event.get("action") != "pull" \
+                    or not manifest_media_type(str(target.get("mediaType", ""))):
                 continue
             repository, digest = target.get("repository"), target.get("digest")
-            if isinstance(repository, str) and isinstance(digest, str) \
-                    and manifest_media_type(str(target.get("mediaType", ""))):
+            if valid_event_target(repository, digest):
+                assert isinstance(repository, str) and isinstance(digest, str)
                 self.server.usage.record(repository, digest, now)
+            else:
+                invalid += 1
+        if invalid:
+            self.server.metrics.add(registry_mirror_events_invalid_total=invalid)
         self.send_response(200)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -753,6 +922,13 @@ class ListenerHandler(BaseHTTPRequestHandler):
         """No access log: distribution posts at every pull."""
 
 
+def valid_event_target(repository: object, digest: object) -> bool:
+    """Whether a pull event's REPOSITORY and DIGEST are a repository name and a digest distribution could send."""
+    return (isinstance(repository, str) and len(repository) <= REPOSITORY_MAX
+            and REPOSITORY_NAME.fullmatch(repository) is not None
+            and isinstance(digest, str) and EVENT_DIGEST.fullmatch(digest) is not None)
+
+
 @dataclasses.dataclass(frozen=True)
 class Candidate:
     """An upstream the registry may pull through: the settings' upstream (credentials None: the environment's
@@ -776,10 +952,18 @@ class Supervisor:
         self.probing = settings.offline_fallback or len(self.candidates) > 1
         self.stopping = False
         self.interruptible = False
-        self.tls_context: ssl.SSLContext | None = None
-        self.opener: urllib.request.OpenerDirector | None = None
+        self.tls_contexts: dict[bool, ssl.SSLContext] = {}  # with ca_file's CAs (True) or without
+        self.openers: dict[bool, urllib.request.OpenerDirector] = {}
         self.child: subprocess.Popen[bytes] | None = None
-        self.draining: list[subprocess.Popen[bytes]] = []
+        # Replaced registries that still drain, each with when it is killed (stop_timeout after its SIGTERM).
+        self.draining: dict[subprocess.Popen[bytes], float] = {}
+        # Drawn at each start, never written anywhere: each registry gets it in its environment (NOTIFICATIONS_ENV).
+        self.secret = secrets.token_hex(32)
+        # The current registry's health (check_health): since when it runs, whether it ever answered, misses in a row.
+        self.child_started = 0.0
+        self.child_answered = False
+        self.health_misses = 0
+        self.next_health = 0.0
         self.local = False  # serving read-only from the cache, without the proxy
         self.failures = 0  # failed probes in a row
         self.next_probe = 0.0
@@ -801,18 +985,29 @@ class Supervisor:
         self.next_collection = time.monotonic() + settings.collect_interval
         self.next_usage_save = time.monotonic() + USAGE_SAVE_INTERVAL
 
-    def tls(self) -> ssl.SSLContext:
-        """The system trust store and the CAs of ca_file, loaded once: loading the store costs most of a second on a
-        slow (emulated) CPU."""
-        if self.tls_context is None:
+    def tls(self, with_ca: bool) -> ssl.SSLContext:
+        """The system trust store, and the CAs of ca_file WITH_CA; each loaded once: loading the store costs most of a
+        second on a slow (emulated) CPU."""
+        if with_ca not in self.tls_contexts:
             context = ssl.create_default_context()
-            if self.settings.ca_file:
+            if with_ca and self.settings.ca_file:
                 try:
                     context.load_verify_locations(cafile=self.settings.ca_file)
                 except (OSError, ValueError) as exc:
                     say(f"cannot load the CAs of {self.settings.ca_file} ({exc}): trusting the system store only")
-            self.tls_context = context
-        return self.tls_context
+            self.tls_contexts[with_ca] = context
+        return self.tls_contexts[with_ca]
+
+    def fleet_ca(self, url: str) -> bool:
+        """Whether the CAs of ca_file and ca_dir vouch for the upstream URL: one of ca_upstreams (a fleet's tiers);
+        without ca_upstreams, ca_file's vouch for every upstream and ca_dir's for none."""
+        if not self.settings.ca_upstreams:
+            return False
+        return any(same_url(url, tier) for tier in self.settings.ca_upstreams)
+
+    def trusts_ca_file(self, url: str) -> bool:
+        """Whether the supervisor's own requests to the upstream URL trust ca_file."""
+        return bool(self.settings.ca_file) and (not self.settings.ca_upstreams or self.fleet_ca(url))
 
     def on_usr1(self, _signum: int, _frame: types.FrameType | None) -> None:
         """An operator (or a test) asks for a collection now."""
@@ -824,17 +1019,20 @@ class Supervisor:
         if self.interruptible:
             raise Stopping  # do not keep serving (and systemd waiting) until a request to a dead upstream times out
 
-    def fetch(self, request: str | urllib.request.Request, timeout: float, read: bool = False) -> bytes:
-        """An upstream request (its body if READ) that SIGTERM interrupts (Stopping); HTTPError for an HTTP error
-        status, OSError or ValueError when it gets no valid answer within TIMEOUT seconds."""
+    def fetch(self, request: str | urllib.request.Request, timeout: float, read: bool = False,
+              upstream: str = "") -> bytes:
+        """A request for the UPSTREAM (a URL: whether ca_file is trusted) (its body if READ) that SIGTERM interrupts
+        (Stopping); HTTPError for an HTTP error status, OSError or ValueError when it gets no valid answer within
+        TIMEOUT seconds."""
         self.interruptible = True
         try:
             if self.stopping:
                 raise Stopping
-            if self.opener is None:  # the system's proxies as urlopen's, redirects as OriginRedirects follows them
-                self.opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=self.tls()),
-                                                          OriginRedirects())
-            with self.opener.open(request, timeout=timeout) as response:
+            with_ca = self.trusts_ca_file(upstream)
+            if with_ca not in self.openers:  # the system's proxies as urlopen's, redirects as OriginRedirects does
+                self.openers[with_ca] = urllib.request.build_opener(
+                    urllib.request.HTTPSHandler(context=self.tls(with_ca)), OriginRedirects())
+            with self.openers[with_ca].open(request, timeout=timeout) as response:
                 body: bytes = response.read() if read else b""
                 return body
         except http.client.HTTPException as exc:  # a garbled answer: as good as none
@@ -847,7 +1045,7 @@ class Supervisor:
         within TIMEOUT seconds."""
         url = self.candidates[self.active if index is None else index].url
         try:
-            self.fetch(url + "/v2/", self.settings.probe_timeout if timeout is None else timeout)
+            self.fetch(url + "/v2/", self.settings.probe_timeout if timeout is None else timeout, upstream=url)
             return True, "200"
         except urllib.error.HTTPError as exc:
             return True, str(exc.code)
@@ -886,7 +1084,7 @@ class Supervisor:
         # Named by the variables that hold it, never by a value: the role treats the user name as a secret too.
         who = f"the account in {self.variables(candidate)}" if user else "anonymous pulls"
         try:
-            self.fetch(upstream + "/v2/", self.settings.challenge_timeout)
+            self.fetch(upstream + "/v2/", self.settings.challenge_timeout, upstream=upstream)
             return
         except urllib.error.HTTPError as exc:
             challenges = [parse_challenge(value) for value in exc.headers.get_all("WWW-Authenticate") or []]
@@ -911,7 +1109,7 @@ class Supervisor:
         if user:
             request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
         try:
-            json.loads(self.fetch(request, self.settings.token_timeout, read=True))
+            json.loads(self.fetch(request, self.settings.token_timeout, read=True, upstream=upstream))
             say(f"upstream token service accepts {who}")
         except urllib.error.HTTPError as exc:
             say(f"ERROR: upstream token service {realm} refuses {who} (HTTP {exc.code}): pulls of images that are not "
@@ -952,7 +1150,7 @@ class Supervisor:
         request = urllib.request.Request(upstream + "/v2/")
         request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
         try:
-            self.fetch(request, self.settings.challenge_timeout)
+            self.fetch(request, self.settings.challenge_timeout, upstream=upstream)
             say(f"upstream {upstream} accepts the account in {variables} (Basic authentication)")
         except urllib.error.HTTPError as exc:
             say(f"ERROR: upstream {upstream} refuses the account in {variables} (HTTP {exc.code} to Basic "
@@ -983,11 +1181,18 @@ class Supervisor:
         if not debug:
             env["REGISTRY_HTTP_DEBUG_ADDR"] = ""
         command = [self.settings.binary, "serve", self.settings.config]
-        if self.socket is None:
-            return subprocess.Popen(command, env=env)
-        fd = self.socket.fileno()
-        return subprocess.Popen(["/bin/sh", "-c", LAUNCHER, "registry-launch", str(fd), *command], env=env,
-                                pass_fds=(fd,))
+        self.child_started, self.child_answered, self.health_misses = time.monotonic(), False, 0
+        self.next_health = self.child_started + self.settings.probe_interval
+        # Its output reaches the journal through the supervisor, with the notification secret blanked.
+        pass_fds: tuple[int, ...] = ()
+        if self.socket is not None:
+            pass_fds = (self.socket.fileno(),)
+            command = ["/bin/sh", "-c", LAUNCHER, "registry-launch", str(pass_fds[0]), *command]
+        proc = subprocess.Popen(command, env=env, pass_fds=pass_fds, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+        assert proc.stdout is not None
+        threading.Thread(target=relay_redacted, args=(proc.stdout, self.secret), daemon=True).start()
+        return proc
 
     def registry_environment(self, local: bool) -> dict[str, str]:
         """The registry's environment: the supervisor's; read-only (LOCAL) without the proxy and any credentials;
@@ -996,6 +1201,15 @@ class Supervisor:
         env = dict(os.environ)
         if len(self.candidates) > 1:
             env = {name: value for name, value in env.items() if not MIRROR_CREDENTIAL_ENV.fullmatch(name)}
+        if self.settings.port:
+            env[NOTIFICATIONS_ENV] = NOTIFICATION_ENDPOINTS.format(port=self.settings.port, secret=self.secret)
+        # The fleet's CA only while pulling through a tier: never for Docker Hub, another upstream or read-only.
+        tier = not local and self.fleet_ca(self.candidates[self.active].url)
+        dirs = cert_dirs(env.get("SSL_CERT_DIR", ""), self.settings.ca_dir, tier)
+        if dirs:
+            env["SSL_CERT_DIR"] = dirs
+        else:
+            env.pop("SSL_CERT_DIR", None)
         if local:
             env.update(LOCAL_ENV)
             for name in CREDENTIAL_ENV:
@@ -1068,18 +1282,27 @@ class Supervisor:
         queue would be reset with it: the next registry takes that socket over instead. CHILD then stops (it lets go of
         the port at once); the new registry starts once CHILD has exited or GRACE seconds have passed (a CHILD still
         draining requests stays in self.draining)."""
+        self.reap_draining()
+        # A registry still draining may hold an older socket of the group (one that does not close its listener when
+        # it stops, or is wedged): the steering program's "second socket" could then be CHILD's, and the group's
+        # order changes as sockets leave it. The next registry then takes CHILD's socket over, as at start.
+        if serving and self.socket is not None and self.draining and child.poll() is None:
+            say(f"a previous registry (pid {', '.join(str(old.pid) for old in self.draining)}) still drains: the "
+                "registry is replaced on the same socket, and a connection it accepted just before may be dropped")
+            serving = False
         handed = self.hand_over() if serving and child.poll() is None else None
         if handed is not None:
             time.sleep(self.settings.switch_drain)
         stop(child)
+        stopped = time.monotonic()
         if handed is not None and self.socket is not None:
             self.socket.close()  # CHILD closes its own copy as it stops: then the old socket leaves the group
             self.socket = handed
         try:
             child.wait(timeout=grace)
         except subprocess.TimeoutExpired:
-            self.draining.append(child)
-        self.draining = [old for old in self.draining if old.poll() is None]
+            self.draining[child] = stopped + self.settings.stop_timeout
+        self.reap_draining()
         if self.draining and self.settings.metrics:
             say("the previous registry still drains requests: no metrics listener until the next switch or restart")
         started = self.start(local, debug=not self.draining)
@@ -1087,6 +1310,90 @@ class Supervisor:
         say("switch done: " + ("serving the cache read-only" if local
                                else f"pulling through {self.candidates[self.active].url}"))
         return started
+
+    def reap_draining(self) -> None:
+        """Forget the replaced registries that exited; kill those still running stop_timeout seconds after their
+        SIGTERM (distribution's own drain, http.draintimeout, is shorter): one that never exits would hold its
+        socket, its debug port and its memory for ever."""
+        now = time.monotonic()
+        for proc, kill_at in list(self.draining.items()):
+            if proc.poll() is None and now >= kill_at:
+                say(f"WARNING: {self.mirror()}: a replaced registry (pid {proc.pid}) still runs "
+                    f"{self.settings.stop_timeout:g} s after its SIGTERM: killed")
+                proc.kill()
+                proc.wait()
+                self.metrics.add(registry_mirror_registry_drain_kills_total=1)
+            if proc.poll() is not None:
+                del self.draining[proc]
+
+    def mirror(self) -> str:
+        """The mirror, for the journal: its name, else its address, else its upstream."""
+        return f"mirror {self.settings.name or self.settings.listen or self.settings.upstream}"
+
+    def registry_answers(self) -> tuple[bool, str]:
+        """Whether the current registry answers GET /v2/ on the mirror's address (settings.listen, over TLS unless
+        listen_tls is false) with anything within health_timeout seconds; why not. SIGTERM ends the wait (an
+        answer, then: nothing is decided on it)."""
+        host, _colon, port = self.settings.listen.rpartition(":")
+        host = host.strip("[]")
+        if host in ("", "0.0.0.0", "::"):  # an address the registry binds: connect to loopback instead
+            host = "::1" if host == "::" else "127.0.0.1"
+        timeout = self.settings.health_timeout
+        deadline = time.monotonic() + timeout
+        self.interruptible = True
+        try:
+            with socket.create_connection((host, int(port)), timeout=timeout) as raw:
+                conn: socket.socket = raw
+                if self.settings.listen_tls:  # its own registry: the certificate is not what is checked
+                    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                    context.check_hostname = False
+                    context.verify_mode = ssl.CERT_NONE
+                    raw.settimeout(max(0.001, deadline - time.monotonic()))
+                    conn = context.wrap_socket(raw)
+                conn.settimeout(max(0.001, deadline - time.monotonic()))
+                conn.sendall(b"GET /v2/ HTTP/1.1\r\nHost: " + host.encode() + b"\r\nUser-Agent: " + PROG.encode()
+                             + b"\r\nConnection: close\r\n\r\n")
+                if not conn.recv(1):
+                    return False, "the connection was closed without an answer"
+            return True, ""
+        except Stopping:
+            return True, "stopping"
+        except (OSError, ValueError) as exc:
+            return False, str(exc) or type(exc).__name__
+        finally:
+            self.interruptible = False
+
+    def check_health(self) -> None:
+        """Probe the current registry when due (settings.health_*); after health_failures misses in a row, kill it
+        and start another in the same mode (said, naming the mirror)."""
+        settings = self.settings
+        child = self.child
+        if not settings.listen or not settings.health_failures or child is None or child.poll() is not None \
+                or time.monotonic() < self.next_health:
+            return
+        self.next_health = time.monotonic() + settings.probe_interval
+        answered, why = self.registry_answers()
+        if self.stopping or child.poll() is not None:  # an exit is after_exit's
+            return
+        if answered:
+            self.child_answered, self.health_misses = True, 0
+            return
+        if not self.child_answered and time.monotonic() - self.child_started < settings.health_grace:
+            return  # still starting
+        self.health_misses += 1
+        self.metrics.add(registry_mirror_registry_health_failures_total=1)
+        if self.health_misses < settings.health_failures:
+            self.next_health = time.monotonic() + min(settings.confirm_after, settings.probe_interval)
+            return
+        say(f"ERROR: {self.mirror()}: the registry (pid {child.pid}) did not answer {self.health_misses} health probes "
+            f"in a row on {settings.listen} (last: {why}): killing it and starting another")
+        child.kill()  # what waits in the socket's queue stays there for the next registry
+        child.wait()
+        self.metrics.add(registry_mirror_registry_restarts_total=1)
+        self.reap_draining()
+        self.child = self.start(self.local, debug=not self.draining)
+        say(f"restart done: {self.mirror()}: " + ("serving the cache read-only" if self.local
+                                                  else f"pulling through {self.candidates[self.active].url}"))
 
     def run(self) -> int:
         """Supervise until systemd stops the unit; the exit status for systemd."""
@@ -1100,13 +1407,15 @@ class Supervisor:
             self.begin()
             while not self.stopping:
                 time.sleep(self.settings.poll_interval)
-                self.draining = [old for old in self.draining if old.poll() is None]
+                self.reap_draining()
                 if self.child is not None and self.child.poll() is not None:
                     status = self.after_exit(self.child.returncode)
                     if status is not None:
                         return status
                 elif (self.probing or self.floor_mb) and time.monotonic() >= self.next_probe:
                     self.probe()
+                if not self.stopping:
+                    self.check_health()
                 if not self.stopping:
                     self.tend_cache()
             return 0
@@ -1126,7 +1435,7 @@ class Supervisor:
         if not self.settings.port or self.listener is not None or self.usage is None:
             return
         try:
-            self.listener = Listener(self.settings.port, self.usage, self.metrics, self.settings.registry_metrics_url)
+            self.listener = Listener(self.settings, self.usage, self.metrics, self.secret)
         except OSError as exc:
             say(f"ERROR: cannot listen on 127.0.0.1:{self.settings.port} ({exc}): no usage times from the registry's "
                 "notifications (eviction falls back to when images were cached) and no metrics; retrying")
@@ -1449,6 +1758,21 @@ def unreachable(failed: list[tuple[str, str]], verb: str = "") -> str:
     first, *others = failed
     return f"upstream {first[0]} {verb}unreachable ({first[1]})" + "".join(
         f", {url} {verb}unreachable ({why})" for url, why in others)
+
+
+def cert_dirs(current: str, ca_dir: str, tier: bool) -> str:
+    """SSL_CERT_DIR (CURRENT: the environment's, a list separated by ":") with CA_DIR first if TIER, and without it
+    otherwise; "" for none."""
+    dirs = [entry for entry in current.split(":") if entry
+            and not (ca_dir and os.path.normpath(entry) == os.path.normpath(ca_dir))]
+    return ":".join(([ca_dir] if tier and ca_dir else []) + dirs)
+
+
+def relay_redacted(stream: typing.IO[bytes], secret: str) -> None:
+    """Copy STREAM (a registry's output) to the journal line by line, with SECRET blanked."""
+    with stream:
+        for raw in iter(stream.readline, b""):
+            relay_line(raw.decode("utf-8", "replace").rstrip("\n").replace(secret, REDACTED))
 
 
 def stop(child: subprocess.Popen[bytes]) -> None:

@@ -107,6 +107,15 @@ def certificates(directory: Path) -> tuple[Path, Path, Path]:
     return ca, cert, key
 
 
+def gone(pid: int) -> bool:
+    """Whether no process (not even a zombie its parent has not reaped) has PID."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float) -> T:
     """PROBE's first true answer within TIMEOUT seconds; fails the test naming WHAT otherwise."""
     deadline = time.monotonic() + timeout
@@ -238,7 +247,7 @@ class FakeUpstream:
 FAKE_REGISTRY_WRAPPER = r'''#!/bin/sh
 env=""
 for name in REGISTRY_PROXY_REMOTEURL REGISTRY_STORAGE_MAINTENANCE REGISTRY_HTTP_DEBUG_ADDR REGISTRY_PROXY_USERNAME \
-        REGISTRY_PROXY_PASSWORD LISTEN_FDS; do
+        REGISTRY_PROXY_PASSWORD LISTEN_FDS SSL_CERT_DIR REGISTRY_NOTIFICATIONS_ENDPOINTS; do
     eval "isset=\${$name+1} value=\${$name-}"
     if [ -n "$isset" ]; then env="$env${env:+, }\"$name\": \"$value\""; fi
 done
@@ -308,13 +317,31 @@ except OSError as exc:
     sys.exit(1)
 record("listening", debug=debug_addr)
 state["serving"] = True
+endpoints = os.environ.get("REGISTRY_NOTIFICATIONS_ENDPOINTS")
+if endpoints is not None:  # as distribution logs its notification endpoints at level info: headers and all
+    os.write(2, b'level=info msg="configuring endpoints %s"\n' % endpoints.encode())
 for number in range(CONFIG.get("chatter", 0)):  # log lines, to stdout and stderr by turns, each in one write
     os.write(1 + number % 2, b"chatter %d %s\n" % (number, b"x" * (number % 200)))
 
 
+def wedged():
+    """Whether this registry is wedged: CONFIG's wedge file names its pid (or "*")."""
+    try:
+        with open(CONFIG.get("wedge", ""), encoding="utf-8") as handle:
+            names = handle.read().split()
+    except OSError:
+        return False
+    return str(os.getpid()) in names or "*" in names
+
+
 def answer(conn):
     """One request per connection (a line), answered with this registry's pid; like Go's net/http in distribution,
-    a request read after SIGTERM is dropped unanswered, even the first of a connection accepted before it."""
+    a request read after SIGTERM is dropped unanswered, even the first of a connection accepted before it. Wedged,
+    it accepts connections and never answers them (nor closes them)."""
+    if wedged():
+        record("wedged")
+        held.append(conn)
+        return
     try:
         conn.settimeout(2)
         if conn.recv(64):
@@ -329,6 +356,7 @@ def answer(conn):
 
 
 import threading
+held = []
 listener.settimeout(0.02)
 while not state["term"]:  # accept connections until SIGTERM, as distribution stops accepting then
     try:
@@ -454,13 +482,15 @@ class Mirror(RegistryLog):
         self.addr = f"127.0.0.1:{free_port()}"
         if settings.pop("activation", False):  # the supervisor listens, and hands the socket to each registry
             settings["listen"] = self.addr
+        # Wedge file: a registry whose pid it names (or "*") accepts connections and never answers them.
+        self.wedge = directory / "wedge"
         config = {"addr": self.addr, "debug_addr": self.debug_addr, "upstream": upstream.url, "upstream_timeout": 2,
-                  "drain": drain}
+                  "drain": drain, "wedge": str(self.wedge)}
         if chatter:  # CHATTER lines of the registry's own once it listens ("chatter NUMBER xxx...")
             config["chatter"] = chatter
         self.config.write_text(json.dumps(config), encoding="utf-8")
         values = {"_comment": "test", "binary": str(binary), "config": str(self.config), "upstream": upstream.url + "/",
-                  "version": "3.1.1", "metrics": metrics, **FAST, **settings}
+                  "version": "3.1.1", "metrics": metrics, "listen_tls": False, **FAST, **settings}
         self.settings = directory / "supervisor.json"
         self.settings.write_text(json.dumps(values), encoding="utf-8")
 
@@ -557,6 +587,17 @@ def start_supervisor(runs: list[SupervisorRun], tmp_path: Path, upstream: FakeUp
                   else SupervisorRun(tmp_path, upstream, **settings))
     runs.append(supervisor)
     return supervisor
+
+
+# The header of the supervisor's notification secret, which each registry gets in REGISTRY_NOTIFICATIONS_ENDPOINTS.
+EVENTS_SECRET_HEADER = "X-Registry-Supervisor-Secret"
+
+
+def events_secret(start: dict[str, Any]) -> str:
+    """The notification secret the registry of START got (as distribution reads it: the endpoint's header)."""
+    endpoints = start["env"]["REGISTRY_NOTIFICATIONS_ENDPOINTS"]
+    marker = EVENTS_SECRET_HEADER + ": ['"
+    return str(endpoints[endpoints.index(marker) + len(marker):].split("'", 1)[0])
 
 
 def pull_through(start: dict[str, Any]) -> bool:

@@ -21,6 +21,7 @@ from registry_fakes import (
     UNREACHABLE,
     FakeUpstream,
     SupervisorRun,
+    gone,
     load_supervisor,
     pull_through,
     read_only,
@@ -79,7 +80,7 @@ def test_the_start_probe_waits_start_probe_timeout_then_replaces_the_starting_re
     timeouts: list[float] = []
     replaced: list[tuple[object, ...]] = []
 
-    def fetch(_request: object, timeout: float, read: bool = False) -> bytes:
+    def fetch(_request: object, timeout: float, read: bool = False, upstream: str = "") -> bytes:
         timeouts.append(timeout)
         raise OSError("timed out")
 
@@ -107,7 +108,7 @@ def test_a_failed_probe_is_confirmed_confirm_after_later_and_only_a_confirmed_fa
     answers = iter([False, True, False, False])  # the upstream's, probe after probe
     switched: list[bool] = []
 
-    def fetch(_request: object, _timeout: float, read: bool = False) -> bytes:
+    def fetch(_request: object, _timeout: float, read: bool = False, upstream: str = "") -> bytes:
         if not next(answers):
             raise ConnectionResetError("reset")
         return b""
@@ -194,14 +195,6 @@ def test_a_switch_stops_the_old_registry_gently_and_starts_the_new_one_while_it_
     assert exit_record["status"] == 0 and new["t"] < exit_record["t"]
     wait_for("the supervisor to reap the old registry", lambda: gone(old["pid"]), 2)
 
-
-def gone(pid: int) -> bool:
-    """Whether no process (not even a zombie its parent has not reaped) has PID."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 @pytest.mark.parametrize(("metrics", "drain"), [(True, 1.0), (True, 0.0), (False, 1.0)])

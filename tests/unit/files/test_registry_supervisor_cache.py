@@ -19,7 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from registry_fakes import FILES, STARTUP, FakeUpstream, SupervisorRun, free_port, pull_through, read_only, wait_for
+from registry_fakes import (
+    EVENTS_SECRET_HEADER,
+    FILES,
+    STARTUP,
+    FakeUpstream,
+    SupervisorRun,
+    events_secret,
+    free_port,
+    pull_through,
+    read_only,
+    wait_for,
+)
 
 from world.cache_layout import Layout, layer_bytes
 
@@ -52,11 +63,16 @@ def get(supervisor: SupervisorRun, path: str) -> str | None:
         return None
 
 
-def post(supervisor: SupervisorRun, body: bytes, path: str = "/events") -> int:
-    """POST BODY to the supervisor's listener as distribution's notifications do; the HTTP status."""
+def post(supervisor: SupervisorRun, body: bytes, path: str = "/events", secret: str | None = None) -> int:
+    """POST BODY to the supervisor's listener as distribution's notifications do, with the secret its registry got
+    (or SECRET; "": none); the HTTP status."""
     port = json.loads(supervisor.settings.read_text(encoding="utf-8"))["port"]
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method="POST",
-                                     headers={"Content-Type": "application/vnd.docker.distribution.events.v2+json"})
+    headers = {"Content-Type": "application/vnd.docker.distribution.events.v2+json"}
+    if secret is None:
+        secret = events_secret(supervisor.serving())
+    if secret:
+        headers[EVENTS_SECRET_HEADER] = secret
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method="POST", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=2) as response:
             return int(response.status)

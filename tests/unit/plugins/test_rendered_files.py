@@ -38,8 +38,6 @@ HOSTS = {
              "registry_mirror_dockerhub_username": "hubuser", "registry_mirror_dockerhub_token": "dckr_pat_hub",
              "registry_mirror_tier_users": [{"username": "site-a-edges", "password": "fleet-test-A"}]},
 }
-# What the role's templates of configure.yml render that a program of the role reads, and its check.
-CHECKED = {"supervisor.json.j2": "--check-settings", "proxy.env.j2": "--check-env", "upstream-proxy.env.j2": "--check-env"}
 
 
 def _tasks(path: Path) -> t.Iterator[dict]:
@@ -72,23 +70,28 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tuple[P
              if "actuated.registry.validate_inputs" in task and not (task["actuated.registry.validate_inputs"] or {})
              or "__registry_mirror_inputs" in str(task.get("ansible.builtin.set_fact", ""))]
     for task in _tasks(ROLE / "tasks" / "configure.yml"):
-        template = task.get("ansible.builtin.template") or {}
-        if template.get("src") not in CHECKED:
+        written = (task.get("actuated.registry.registry_files") or {}).get("files")
+        if not written:
             continue
-        keep = {key: task[key] for key in ("loop", "loop_control", "when") if key in task}
-        keep["vars"] = {"__test_dest": f"{out}/{{{{ inventory_hostname }}}}/{CHECKED[template['src']]}" + template["dest"]}
-        tasks.append({**keep, "name": f"directory of {template['src']}",
+        # The files of the task that one of the supervisor's checks validates, each under out/HOST/CHECK-OPTION/.
+        keep = {key: task[key] for key in ("vars", "when") if key in task}
+        keep["loop"] = ("{{ (" + written.strip().removeprefix("{{").removesuffix("}}")
+                        + ") | selectattr('validate', 'defined') | selectattr('validate', 'search', ' --check-') }}")
+        keep["loop_control"] = {"label": "{{ item.path }}"}
+        keep["vars"] = {**keep.get("vars", {}), "__test_dest": (
+            f"{out}/{{{{ inventory_hostname }}}}/{{{{ item.validate | regex_search('--check-[a-z]+') }}}}{{{{ item.path }}}}")}
+        tasks.append({**keep, "name": f"directory of {task['name']}",
                       "ansible.builtin.file": {"path": "{{ __test_dest | dirname }}", "state": "directory"}})
-        tasks.append({**keep, "name": f"render {template['src']}",
-                      "ansible.builtin.template": {"src": template["src"], "dest": "{{ __test_dest }}"}})
+        tasks.append({**keep, "name": f"render {task['name']}",
+                      "ansible.builtin.copy": {"content": "{{ item.content }}", "dest": "{{ __test_dest }}"}})
     (collection / "roles" / "registry_mirror" / "tasks" / "zz_test_render.yml").write_text(yaml.safe_dump(tasks, sort_keys=False))
     hosts = {name: {**variables, "_registry_mirror_address": variables.get("registry_mirror_bind_address", "192.168.128.1")}
              for name, variables in HOSTS.items()}
     (tmp / "inventory.yml").write_text(yaml.safe_dump({"all": {
-        "vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+        "vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable, "_registry_mirror_arch": "amd64",
                  "registry_mirror_local_cache_dir": str(tmp / "cache"), "registry_mirror_fleet_ca_dir": str(tmp / "ca")},
         "hosts": hosts}}))
-    (tmp / "playbook.yml").write_text(yaml.safe_dump([{"hosts": "all", "gather_facts": False, "tasks": [
+    (tmp / "playbook.yml").write_text(yaml.safe_dump([{"hosts": "all", "gather_facts": True, "gather_subset": ["min"], "tasks": [
         {"ansible.builtin.include_role": {"name": "actuated.registry.registry_mirror", "tasks_from": "zz_test_render.yml"}}]}]))
     env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(tmp), "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOCAL_TEMP": str(tmp / "tmp"),
            "ANSIBLE_REMOTE_TEMP": str(tmp / "rtmp"), "ANSIBLE_RETRY_FILES_ENABLED": "0", "ANSIBLE_CONFIG": str(tmp / "none.cfg")}

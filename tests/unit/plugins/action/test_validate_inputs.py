@@ -210,10 +210,31 @@ def test_a_token_in_a_user_name_warns_without_reaching_the_result() -> None:
     result = run({"registry_mirror_dockerhub_username": pasted, "registry_mirror_dockerhub_token": TOKEN,
                   "registry_mirror_upstreams": [{**GHCR, "username": "ghp_" + "Q" * 36, "password": "x"}]})
     assert not result.get("failed")
-    assert [warning.split(" ", 1)[0] for warning in result["warnings"]] == [
+    tokens = [warning for warning in result["warnings"] if "looks like a" in warning]
+    assert [warning.split(" ", 1)[0] for warning in tokens] == [
         "registry_mirror_dockerhub_username", "registry_mirror_upstreams[ghcr].username"]
-    assert all("looks like a" in warning and "(its value is not shown)" in warning for warning in result["warnings"])
+    assert all("(its value is not shown)" in warning for warning in tokens)
     assert pasted not in json.dumps(result) and "Q" * 36 not in json.dumps(result)
+
+
+@pytest.mark.parametrize(("docker_hub", "ghcr", "warned"), [
+    (False, False, []),
+    (True, False, ["registry_mirror_dockerhub_username"]),
+    (False, True, ["registry_mirror_upstreams[ghcr].username"]),
+    (True, True, ["registry_mirror_dockerhub_username", "registry_mirror_upstreams[ghcr].username"]),
+])
+def test_every_run_with_an_upstream_account_warns_who_can_read_what(
+        docker_hub: bool, ghcr: bool, warned: list[str]) -> None:
+    values: dict[str, t.Any] = {"registry_mirror_upstreams": [
+        {**GHCR, "username": "octo-reader", "password": "x" * 20} if ghcr else GHCR]}
+    if docker_hub:
+        values.update(registry_mirror_dockerhub_username="mirror-account", registry_mirror_dockerhub_token=TOKEN)
+    result = run(values)
+    assert not result.get("failed")
+    exposure = [warning for warning in result.get("warnings", []) if "private ones included" in warning]
+    assert [warning.split(" ", 1)[0] for warning in exposure] == warned
+    assert all("every job on the host" in warning and "README: Security" in warning for warning in exposure)
+    assert "octo-reader" not in json.dumps(result) and "mirror-account" not in json.dumps(result)
 
 
 GOOD_HOST = ("user\tregistry:x:998:998:distribution registry mirror:/var/lib/registry:/usr/sbin/nologin\n"

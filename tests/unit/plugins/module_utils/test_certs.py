@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.actuated.registry.plugins.module_utils import _certs
+from ansible_collections.actuated.registry.plugins.module_utils import _files
 from ansible_collections.actuated.registry.plugins.module_utils._certs import (
     CertWatchError,
     PemBlock,
@@ -669,7 +669,7 @@ def test_fsync_directory_best_effort(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
     with monkeypatch.context() as m:
         m.setattr(os, "open", no_open)
-        _certs._fsync_directory(str(tmp_path))  # pylint: disable=protected-access
+        _files.fsync_directory(str(tmp_path))
     real_fsync = os.fsync
     calls: list[int] = []
 

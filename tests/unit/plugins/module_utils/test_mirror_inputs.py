@@ -34,6 +34,11 @@ USER = "mirroruser"
 BIND_ANY = "registry_mirror_bind_any_private_address"
 
 
+def others(report: t.Any) -> list:
+    """The report's warnings but the one every run with an upstream account gives (tested on its own)."""
+    return [warning for warning in report.warnings if "private ones included" not in warning]
+
+
 def run(overrides: dict[str, t.Any], *, defined: t.Iterable[str] | None = None) -> rules.Report:
     """validate() with the role's defaults and OVERRIDES, as the action plugin calls it."""
     values = {name: option.get("default") for name, option in SPEC.items()}
@@ -796,7 +801,7 @@ def test_other_roles_variables_are_not_ours() -> None:
 def test_an_old_version_with_a_token_warns() -> None:
     report = run({"registry_mirror_version": "2.8.2", "registry_mirror_dockerhub_username": USER,
                   "registry_mirror_dockerhub_token": TOKEN})
-    assert report.errors == [] and "CVE-2026-33540" in report.warnings[0]
+    assert report.errors == [] and "CVE-2026-33540" in others(report)[0]
 
 
 def test_a_url_with_a_password_is_shown_without_it() -> None:
@@ -833,7 +838,7 @@ def test_secret_problems_name_a_class_not_the_character(value: str) -> None:
         "metrics off", "metrics on", "siblings"])
 def test_good_upstreams_pass(entries: list[dict[str, t.Any]], overrides: dict[str, t.Any]) -> None:
     report = run({**ups(*entries), **overrides})
-    assert report.errors == [] and report.warnings == []
+    assert report.errors == [] and others(report) == []
     assert [entry["name"] for entry in report.upstreams] == [entry["name"] for entry in entries]
 
 
@@ -909,11 +914,11 @@ def test_cache_budgets_over_90_percent_warn(shares: list[int], warned: bool) -> 
                 "cache_budget_percent": share, **CREDS} for index, share in enumerate(shares)]
     report = run(ups(*entries))
     assert report.errors == []
-    assert bool(report.warnings) == warned
+    assert bool(others(report)) == warned
     if warned:
-        assert report.warnings[0].startswith(f"{U}: the caches' budgets add up to {25 + sum(shares)} percent")
-        assert "registry_mirror_cache_budget_percent 25" in report.warnings[0] and f"{U}[u0].cache_budget_percent" in report.warnings[0]
-        assert UP_PASSWORD not in report.warnings[0] and UP_USER not in report.warnings[0]
+        assert others(report)[0].startswith(f"{U}: the caches' budgets add up to {25 + sum(shares)} percent")
+        assert "registry_mirror_cache_budget_percent 25" in others(report)[0] and f"{U}[u0].cache_budget_percent" in others(report)[0]
+        assert UP_PASSWORD not in others(report)[0] and UP_USER not in others(report)[0]
 
 
 @pytest.mark.parametrize("name,prefix", [("ghcr", "REGISTRY_MIRROR_GHCR"), ("k8s-io", "REGISTRY_MIRROR_K8S_IO"),
@@ -990,7 +995,7 @@ def test_the_defaults_file_and_the_spec_agree() -> None:
         "names as a string", "fleet CA dir", "fleet CA dir in ~"])
 def test_good_fleet_input_passes(overrides: dict[str, t.Any]) -> None:
     report = run(overrides)
-    assert report.errors == [] and report.warnings == []
+    assert report.errors == [] and others(report) == []
 
 
 def test_tiers_are_normalised_without_secrets() -> None:
@@ -1224,10 +1229,10 @@ def test_a_user_name_that_looks_like_a_token_warns_without_showing_it(where: str
     overrides, variable = user_name_cases(value)[where]
     report = run(overrides)
     assert report.errors == []
-    assert [warning.split(" ", 1)[0] for warning in report.warnings] == [variable]
-    assert report.warnings[0].startswith(f"{variable} looks like a") and kind in report.warnings[0]
-    assert "(its value is not shown)" in report.warnings[0]
-    assert value not in "\n".join(report.warnings) and value[-12:] not in "\n".join(report.warnings)
+    assert [warning.split(" ", 1)[0] for warning in others(report)] == [variable]
+    assert others(report)[0].startswith(f"{variable} looks like a") and kind in others(report)[0]
+    assert "(its value is not shown)" in others(report)[0]
+    assert value not in "\n".join(others(report)) and value[-12:] not in "\n".join(others(report))
 
 
 @pytest.mark.parametrize("where", sorted(user_name_cases("x")))
@@ -1235,7 +1240,7 @@ def test_a_user_name_that_looks_like_a_token_warns_without_showing_it(where: str
 def test_a_plain_user_name_does_not_warn(where: str, name: str) -> None:
     overrides, _variable = user_name_cases(name)[where]
     report = run(overrides)
-    assert report.errors == [] and report.warnings == []
+    assert report.errors == [] and others(report) == []
 
 
 def test_a_tier_user_that_looks_like_a_token_is_never_shown() -> None:

@@ -15,57 +15,14 @@ from pathlib import Path
 import pytest
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.actuated.registry.plugins.modules import cert_watch
 
 
-class AnsibleExitJson(Exception):
-    """Raised instead of exiting when the module succeeds."""
-
-
-class AnsibleFailJson(Exception):
-    """Raised instead of exiting when the module fails."""
-
-
-class Result(dict):
-    """The module's result, plus whether it failed and what it warned about."""
-
-    warnings: list[str]
-
-    @property
-    def failed(self) -> bool:
-        return bool(self.get("failed"))
-
-
 @pytest.fixture
-def run(monkeypatch: pytest.MonkeyPatch) -> t.Callable[..., Result]:
-    warnings: list[str] = []
-
-    def exit_json(self: AnsibleModule, **kwargs: t.Any) -> t.NoReturn:
-        raise AnsibleExitJson(kwargs)
-
-    def fail_json(self: AnsibleModule, msg: str, **kwargs: t.Any) -> t.NoReturn:
-        kwargs.update(failed=True, msg=msg)
-        raise AnsibleFailJson(kwargs)
-
-    def warn(self: AnsibleModule, warning: str, *args: t.Any, **kwargs: t.Any) -> None:
-        warnings.append(warning)
-
-    monkeypatch.setattr(AnsibleModule, "exit_json", exit_json)
-    monkeypatch.setattr(AnsibleModule, "fail_json", fail_json)
-    monkeypatch.setattr(AnsibleModule, "warn", warn)
-
-    def _run(check_mode: bool = False, diff: bool = False, **args: t.Any) -> Result:
-        del warnings[:]
-        module_args = {key: (str(value) if isinstance(value, Path) else value) for key, value in args.items()}
-        module_args.update(_ansible_check_mode=check_mode, _ansible_diff=diff)
-        with patch_module_args(module_args):
-            with pytest.raises((AnsibleExitJson, AnsibleFailJson)) as excinfo:
-                cert_watch.main()
-        result = Result(excinfo.value.args[0])
-        result.warnings = list(warnings)
-        return result
+def run(module_runner: t.Any) -> t.Callable[..., t.Any]:
+    def _run(check_mode: bool = False, diff: bool = False, **args: t.Any) -> t.Any:
+        return module_runner(cert_watch.main, check_mode=check_mode, diff=diff, **args)
 
     return _run
 

@@ -22,8 +22,6 @@ from pathlib import Path
 import pytest
 
 from ansible.module_utils import basic
-from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.actuated.registry.plugins.modules import registry_htpasswd
 
@@ -37,34 +35,11 @@ HASH = re.compile(r"^\$2b\$(\d\d)\$[./A-Za-z0-9]{53}$")
 INJECT_INVOCATION = "_ansible_inject_invocation" in Path(basic.__file__).read_text(encoding="utf-8")
 
 
-class AnsibleExitJson(Exception):
-    """Raised instead of exiting when the module succeeds."""
-
-
-class AnsibleFailJson(Exception):
-    """Raised instead of exiting when the module fails."""
-
-
 @pytest.fixture
-def run(monkeypatch: pytest.MonkeyPatch) -> t.Callable[..., dict[str, t.Any]]:
-    def exit_json(self: AnsibleModule, **kwargs: t.Any) -> t.NoReturn:
-        raise AnsibleExitJson(kwargs)
-
-    def fail_json(self: AnsibleModule, msg: str, **kwargs: t.Any) -> t.NoReturn:
-        kwargs.update(failed=True, msg=msg)
-        raise AnsibleFailJson(kwargs)
-
-    monkeypatch.setattr(AnsibleModule, "exit_json", exit_json)
-    monkeypatch.setattr(AnsibleModule, "fail_json", fail_json)
-
+def run(module_runner: t.Any) -> t.Callable[..., dict[str, t.Any]]:
     def _run(check_mode: bool = False, diff: bool = False, **args: t.Any) -> dict[str, t.Any]:
-        module_args = {key: (str(value) if isinstance(value, Path) else value) for key, value in args.items()}
-        module_args.setdefault("cost", 4)  # the fastest cost; test_the_hash_is_what_distribution_reads uses 10
-        module_args.update(_ansible_check_mode=check_mode, _ansible_diff=diff)
-        with patch_module_args(module_args):
-            with pytest.raises((AnsibleExitJson, AnsibleFailJson)) as excinfo:
-                registry_htpasswd.main()
-        return dict(excinfo.value.args[0])
+        args.setdefault("cost", 4)  # the fastest cost; test_the_hash_is_what_distribution_reads uses 10
+        return dict(module_runner(registry_htpasswd.main, check_mode=check_mode, diff=diff, **args))
 
     return _run
 
