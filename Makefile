@@ -141,7 +141,8 @@ sanity: venv
 
 ## The unit tests mostly wait on the programs they start (supervisors, fake registries, ansible-playbook): pytest-xdist
 ## runs UNIT_JOBS test files at a time (a file's tests stay together: some share a module's server or a fixed port).
-## A venv without it (another ansible-core's, for tests/unit/plugins) runs them one after another; so does UNIT_JOBS=0.
+## Every venv has it (requirements-dev.txt, tests/requirements/core-*.txt); one without it runs them one after another,
+## as UNIT_JOBS=0 does.
 UNIT_PATHS ?= tests/unit
 UNIT_JOBS ?= 4
 unit: venv

@@ -97,7 +97,8 @@ attributes:
   check_mode:
     details:
       - In check mode the module reads the files and reports what would change; it writes nothing and runs no
-        O(files[].validate) command.
+        O(files[].validate) command. An owner or group that does not exist yet (the run would create it) is not an
+        error there: every path that should have it is reported as changing.
   diff_mode:
     details:
       - One diff per changed file, with the content before and after (a file that is not text shows its size), and its
@@ -162,7 +163,12 @@ class Wanted(t.NamedTuple):
     validate: list[str] | None
 
 
-def wanted_paths(params: dict[str, t.Any]) -> tuple[list[Wanted], list[Wanted], list[str]]:
+# In check mode, the id of an owner or group that does not exist yet (the run that creates it is being checked): every
+# path that should have it differs.
+NOT_YET_CREATED = -2
+
+
+def wanted_paths(params: dict[str, t.Any], check_mode: bool = False) -> tuple[list[Wanted], list[Wanted], list[str]]:
     """The directories and the files of the arguments, and every problem with them (all of them, before anything is
     written)."""
     out: dict[str, list[Wanted]] = {"directories": [], "files": []}
@@ -181,7 +187,10 @@ def wanted_paths(params: dict[str, t.Any]) -> tuple[list[Wanted], list[Wanted], 
                 try:
                     found[key] = parse(entry[key])
                 except FileError as exc:
-                    problems.append(f"{path}: {exc}")
+                    if check_mode and key != "mode" and str(exc).endswith("does not exist on this host"):
+                        found[key] = NOT_YET_CREATED
+                    else:
+                        problems.append(f"{path}: {exc}")
             argv = None
             if entry.get("validate"):
                 argv = shlex.split(entry["validate"])
@@ -209,7 +218,10 @@ def _text(content: bytes | None) -> str:
 
 
 def _attributes(mode: int, uid: int, gid: int) -> str:
-    return f"mode: {mode:04o}, owner: {user_name(uid)}, group: {group_name(gid)}"
+    def name(number: int, lookup: t.Callable[[int], str]) -> str:
+        return "(an account not created yet)" if number == NOT_YET_CREATED else lookup(number)
+
+    return f"mode: {mode:04o}, owner: {name(uid, user_name)}, group: {name(gid, group_name)}"
 
 
 class Files:
@@ -327,7 +339,7 @@ class Files:
             set_attributes(want.path, want.mode, uid, gid)
 
     def run(self) -> None:
-        directories, files, problems = wanted_paths(self.module.params)
+        directories, files, problems = wanted_paths(self.module.params, self.module.check_mode)
         if problems:
             self.fail(f"{len(problems)} problem{'s' if len(problems) > 1 else ''} with the arguments; nothing was "
                       f"changed:\n- " + "\n- ".join(problems))

@@ -199,3 +199,14 @@ def test_a_file_where_a_directory_belongs_fails_naming_it(run: t.Any, tmp_path: 
 def test_removing_the_root_or_a_relative_path_is_refused(run: t.Any, path: str) -> None:
     result = run([], absent=[path])
     assert result.failed and "must be absolute, and not /" in result["msg"]
+
+
+def test_check_mode_takes_an_account_the_run_would_create(run: t.Any, tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("f\n")
+    files = [spec(tmp_path / "f", "f\n", owner="registry-not-created-yet", group="registry-not-created-yet")]
+    checked = run(files, check_mode=True, diff=True, directories=[
+        {**directory(tmp_path / "d"), "owner": "registry-not-created-yet"}])
+    assert not checked.failed and checked["changed_files"] == [str(tmp_path / "d"), str(tmp_path / "f")]
+    assert "owner: (an account not created yet)" in checked["diff"][0]["after"]
+    refused = run(files)
+    assert refused.failed and "owner 'registry-not-created-yet' does not exist on this host" in refused["msg"]
