@@ -98,7 +98,7 @@ attributes:
     details:
       - In check mode the module reads the files and reports what would change; it writes nothing and runs no
         O(files[].validate) command. An owner or group that does not exist yet (the run would create it) is not an
-        error there: every path that should have it is reported as changing.
+        error in check mode; every path that should have it is reported as changing.
   diff_mode:
     details:
       - One diff per changed file, with the content before and after (a file that is not text shows its size), and its

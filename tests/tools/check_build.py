@@ -46,7 +46,9 @@ def main() -> int:
                   "role options rendered": "registry_mirror_dockerhub_token" in role,
                   "module documented": "min_valid_days" in module,
                   "alert rules and dashboard shipped": {"extras/prometheus/registry-mirror.rules.yml",
-                                                        "extras/grafana/registry-mirror.json"} <= set(names)}
+                                                        "extras/grafana/registry-mirror.json"} <= set(names),
+                  "playbooks shipped (actuated.registry.site, .status)": {"playbooks/site.yml",
+                                                                          "playbooks/status.yml"} <= set(names)}
         for what, ok in checks.items():
             print(f"{'ok' if ok else 'FAILED'}: {what}")
         return 0 if all(checks.values()) else 1

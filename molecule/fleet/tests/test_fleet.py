@@ -278,3 +278,30 @@ def test_check_and_diff_at_vvv_change_nothing_and_show_no_secret(converge):
     # The fleet CA's key on the controller: its owner only.
     key = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "fleet-ca" / "ca.key"
     assert key.stat().st_mode & 0o777 == 0o600
+
+
+def status(*args: str) -> subprocess.CompletedProcess[str]:
+    """`ansible-playbook actuated.registry.status` against the fleet (the scenario's inventory), at -vvv."""
+    ephemeral = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ephemeral / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+    return subprocess.run(["ansible-playbook", "-i", str(ephemeral / "inventory"), "actuated.registry.status", "-vvv",
+                           *args], capture_output=True, text=True, env=env, timeout=600, check=False)
+
+
+def test_the_fleet_status_in_one_command_names_the_host_that_needs_attention(tier_down):
+    healthy = status()
+    output = healthy.stdout + healthy.stderr
+    assert healthy.returncode == 0, output[-3000:]
+    # The table is the debug task's message: one quoted line each.
+    rows = [found.group(1).split() for found in re.finditer(r'^\s*"((?:tier|edge)-[ab]\d?\s+docker-hub\s[^"]*)",?$',
+                                                            output, re.MULTILINE)]
+    assert sorted(row[0] for row in rows) == sorted([*TIERS, *EDGES]), output[-3000:]
+    assert all(row[3] == "pull-through" for row in rows), rows
+    assert "5 hosts, none needs attention" in output
+    tier_down("tier-b")
+    failing = status("-e", "status_format=json")
+    output = failing.stdout + failing.stderr
+    assert failing.returncode != 0
+    assert re.search(r"1 host\(s\) need attention: tier-b \(the registry unit is not running", output), output[-3000:]
+    for secret in (world.HUB_TOKEN, "fleet-test-A-7d3e9b", "fleet-test-B-41c0aa"):
+        assert secret not in output

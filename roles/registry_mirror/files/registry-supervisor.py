@@ -723,6 +723,8 @@ class Metrics:
         "registry_mirror_read_only": ("gauge", "1 while the registry serves the cache read-only without the proxy."),
         "registry_mirror_upstream_index": ("gauge", "The upstream the registry pulls through: 0 the upstream, 1 and "
                                            "on the fallbacks in order, -1 none (read-only)."),
+        "registry_mirror_mode_since_timestamp_seconds": ("gauge", "When the registry began serving in its current mode "
+                                                         "(read-only, or through its current upstream)."),
         "registry_mirror_free_bytes": ("gauge", "Free bytes on the cache's filesystem at the last check."),
         "registry_mirror_cache_bytes": ("gauge", "Bytes of blob data in the cache at the last check."),
         "registry_mirror_cache_budget_bytes": ("gauge", "The cache's disk budget in bytes (0: none)."),
@@ -963,6 +965,8 @@ class Supervisor:
         self.child_started = 0.0
         self.child_answered = False
         self.health_misses = 0
+        # The mode the registry serves in (read-only; which upstream): a restart in the same mode keeps its since.
+        self.mode: tuple[bool, int] | None = None
         self.next_health = 0.0
         self.local = False  # serving read-only from the cache, without the proxy
         self.failures = 0  # failed probes in a row
@@ -1177,6 +1181,9 @@ class Supervisor:
         exits when it cannot bind it."""
         self.metrics.set(registry_mirror_read_only=float(local),
                          registry_mirror_upstream_index=-1.0 if local else float(self.active))
+        if self.mode != (local, self.active):
+            self.mode = (local, self.active)
+            self.metrics.set(registry_mirror_mode_since_timestamp_seconds=time.time())
         env = self.registry_environment(local)
         if not debug:
             env["REGISTRY_HTTP_DEBUG_ADDR"] = ""

@@ -196,7 +196,6 @@ def test_a_switch_stops_the_old_registry_gently_and_starts_the_new_one_while_it_
     wait_for("the supervisor to reap the old registry", lambda: gone(old["pid"]), 2)
 
 
-
 @pytest.mark.parametrize(("metrics", "drain"), [(True, 1.0), (True, 0.0), (False, 1.0)])
 def test_metrics_listener_handover(tmp_path: Path, upstream: FakeUpstream, runs: list[SupervisorRun],
                                    metrics: bool, drain: float) -> None:

@@ -164,6 +164,7 @@ def test_tier_down_at_start_pulls_from_docker_hub_anonymously_then_back_through_
     wait_for("Docker Hub's token check", lambda: run.said("upstream token service accepts anonymous pulls"), STARTUP)
     assert metric(port, "registry_mirror_upstream_index") == 1
     assert metric(port, "registry_mirror_read_only") == 0
+    through_hub_since = metric(port, "registry_mirror_mode_since_timestamp_seconds")
     tier.set("up")
     third = run.serving(count=3)
     check_registry(run, third, tier)
@@ -172,6 +173,7 @@ def test_tier_down_at_start_pulls_from_docker_hub_anonymously_then_back_through_
         f"{PROG}upstream {tier.url} accepts the account in registry_mirror_tiers[0].username/password (Basic "
         "authentication)"), STARTUP)  # an edge's upstream is its first tier: the role's variable that holds it
     assert metric(port, "registry_mirror_upstream_index") == 0
+    assert metric(port, "registry_mirror_mode_since_timestamp_seconds") > through_hub_since  # another upstream
     time.sleep(1)
     assert len(run.starts()) == 3, run.starts()  # it stays
     assert auth_seen(hub)[hub.url] == {None}

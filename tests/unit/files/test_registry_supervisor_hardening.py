@@ -274,6 +274,8 @@ def test_a_wedged_registry_is_killed_and_replaced_in_the_same_mode_naming_the_mi
     first = supervisor.serving()
     time.sleep(1)  # healthy: probed, never replaced
     assert supervisor.starts() == [first]
+    since = value(get(supervisor, "/metrics") or "", "registry_mirror_mode_since_timestamp_seconds")
+    assert since > 0
     supervisor.wedge.write_text(str(first["pid"]), encoding="utf-8")
     second = supervisor.serving(count=2, timeout=HANG_GUARD)
     assert pull_through(second)
@@ -295,6 +297,8 @@ def test_a_wedged_registry_is_killed_and_replaced_in_the_same_mode_naming_the_mi
     text = get(supervisor, "/metrics") or ""
     assert value(text, "registry_mirror_registry_restarts_total") == 1
     assert value(text, "registry_mirror_registry_health_failures_total") == 3
+    # The same mode: it began when the first registry started, not at the restart.
+    assert value(text, "registry_mirror_mode_since_timestamp_seconds") == since
 
 
 def test_a_replaced_registry_still_draining_after_stop_timeout_is_killed(
@@ -327,4 +331,3 @@ def test_no_socket_hand_over_while_a_previous_registry_still_drains(
     with socket.create_connection((host, int(port)), timeout=HANG_GUARD) as conn:
         conn.sendall(b"GET\n")
         assert int(conn.recv(64)) == third["pid"]
-

@@ -1,12 +1,14 @@
 # Copyright (c) actuated.registry contributors
 # SPDX-License-Identifier: MIT
 
-"""Test PKI for the cert_watch tests, generated with the openssl command line tool at test time."""
+"""Test PKI for the cert_watch and registry_status tests, generated with the openssl command line tool at test time;
+the supervisor's metrics text as its own Metrics class renders it (registry_status)."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import typing as t
 from pathlib import Path
 
@@ -136,3 +138,23 @@ def workdir(tmp_path: Path, pki: Pki) -> t.Iterator[Path]:
     shutil.copy(pki.server_key, certs / "server.key")
     shutil.copy(pki.ca_crt, certs / "ca.crt")
     yield tmp_path
+
+
+MetricsText = t.Callable[..., str]
+
+
+@pytest.fixture(scope="session")
+def supervisor_metrics() -> MetricsText:
+    """supervisor_metrics(fallbacks=True, **values): the /metrics text of registry-supervisor's own part with VALUES
+    set, rendered by its Metrics class (loaded as the host-program tests load it): a renamed metric shows."""
+    files = str(Path(__file__).resolve().parents[1] / "files")
+    if files not in sys.path:
+        sys.path.insert(0, files)
+    import registry_fakes  # pylint: disable=import-outside-toplevel,import-error
+
+    def render(fallbacks: bool = True, **values: float) -> str:
+        metrics = registry_fakes.load_supervisor().Metrics(fallbacks=fallbacks)
+        metrics.set(**values)
+        return str(metrics.text())
+
+    return render
