@@ -82,7 +82,33 @@ def parse_host_report(text: str) -> HostReport:
 
 
 def check_host(values: t.Mapping[str, t.Any], host: HostReport) -> list:
-    """Every rule that needs what the host has: the accounts and the directories the role would create or take."""
+    """Every rule that needs what the host has: the accounts and the directories the role would create or take.
+
+    With registry_mirror_state absent the role removes its files from the configuration directory, so that directory
+    is checked as for an install (root's and the mirror group's: the role's); the accounts, which only an install runs
+    as, and the caches, which it leaves alone, are checked only when registry_mirror_purge_cache removes the caches
+    (each must then belong to the mirror's service user, an account of the mirror's)."""
+    found_user, found_group = host.user, host.group
+    removing = values.get("registry_mirror_state") == "absent"
+    caches = not removing or bool(values.get("registry_mirror_purge_cache"))
+    errors = _check_accounts(values, host) if caches else []
+    user, group = values["registry_mirror_user"], values["registry_mirror_group"]
+    directories = [("registry_mirror_config_dir", values["registry_mirror_config_dir"], False)]
+    if caches:
+        directories.insert(0, ("registry_mirror_storage_dir", values["registry_mirror_storage_dir"], True))
+        # Each further upstream's cache, as the input checks normalised it (the inspection command reports the same paths).
+        directories += [(f"{UPSTREAMS}[{entry['name']}].storage_dir", entry["storage_dir"], True)
+                        for entry in normalise_upstreams(values).upstreams]
+    for name, path, cache in directories:
+        state = host.paths.get(path)
+        if state is not None and not (removing and state.kind == "-"):  # nothing to remove there
+            errors.extend(f"{name} {text}" for text in _check_directory(cache, state, found_user, found_group, user, group))
+    return errors
+
+
+def _check_accounts(values: t.Mapping[str, t.Any], host: HostReport) -> list:
+    """The accounts the mirror runs as: never root, and existing ones only when the role created them or
+    registry_mirror_existing_accounts lists them."""
     errors = []
     user, group = values["registry_mirror_user"], values["registry_mirror_group"]
     allowed = set(values.get("registry_mirror_existing_accounts") or [])
@@ -104,15 +130,6 @@ def check_host(values: t.Mapping[str, t.Any], host: HostReport) -> list:
     elif found_group is not None and found_user is None and group not in allowed:
         errors.append(f"registry_mirror_group is {group}, an existing group (gid {found_group.id}) that this role did not "
                       f"create: {hint}")
-    directories = [("registry_mirror_storage_dir", values["registry_mirror_storage_dir"], True),
-                   ("registry_mirror_config_dir", values["registry_mirror_config_dir"], False)]
-    # Each further upstream's cache, as the input checks normalised it (the inspection command reports the same paths).
-    directories += [(f"{UPSTREAMS}[{entry['name']}].storage_dir", entry["storage_dir"], True)
-                    for entry in normalise_upstreams(values).upstreams]
-    for name, path, cache in directories:
-        state = host.paths.get(path)
-        if state is not None:
-            errors.extend(f"{name} {text}" for text in _check_directory(cache, state, found_user, found_group, user, group))
     return errors
 
 

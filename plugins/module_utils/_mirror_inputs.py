@@ -194,6 +194,10 @@ def _conflicts(values: t.Mapping[str, t.Any]) -> list:
         if supervisor_port == get(name):
             errors.append(f"registry_mirror_supervisor_port is {supervisor_port}, the same as {name}: the supervisor's "
                           "listener needs a port of its own" + (off if name == "registry_mirror_metrics_port" else ""))
+    if get("registry_mirror_purge_cache") and get("registry_mirror_state") == "present":
+        errors.append("registry_mirror_purge_cache is true but registry_mirror_state is present: a run that installs "
+                      "the mirror never removes its caches; set registry_mirror_state to absent to remove the mirror "
+                      "and its caches")
     if get("registry_mirror_cert_fail_when_expiring") and get("registry_mirror_cert_min_valid_days") == 0:
         errors.append("registry_mirror_cert_fail_when_expiring is true but registry_mirror_cert_min_valid_days is 0, "
                       "which turns the expiry check off: set a number of days")

@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: fleet_ca
 short_description: Keep the fleet's CA on the controller and issue the tier mirrors' certificates
-version_added: "1.1.0"
+version_added: "1.0.0"
 description:
   - Runs on the controller only. Keeps a small certificate authority in the directory O(dir) and issues one server
     certificate per tier mirror, which the edge mirrors verify when they pull through the tier.

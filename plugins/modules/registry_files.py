@@ -8,7 +8,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: registry_files
 short_description: Write a set of files and directories with their owner, group and mode in one step
-version_added: "1.3.0"
+version_added: "1.0.0"
 description:
   - Makes each directory of O(directories) exist with its owner, group and mode, removes each path of O(absent), and
     makes each file of O(files) hold exactly its O(files[].content), with its owner, group and mode, in that order, in

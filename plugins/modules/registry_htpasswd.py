@@ -8,7 +8,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: registry_htpasswd
 short_description: Write the bcrypt htpasswd file of a distribution registry
-version_added: "1.1.0"
+version_added: "1.0.0"
 description:
   - Writes the file that the distribution registry's C(auth.htpasswd) reads, one C(username:hash) line per user of
     O(users), in the order given. Every hash is a bcrypt hash (C($2b$)), the only kind distribution accepts.

@@ -8,7 +8,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: registry_status
 short_description: Report the state of a host's registry mirrors, and why the host needs attention
-version_added: "1.4.0"
+version_added: "1.0.0"
 description:
   - Reads, on the managed host, what the C(actuated.registry.registry_mirror) role installed and what its mirrors say,
     and changes nothing. Per mirror (Docker Hub's and each of C(registry_mirror_upstreams)) - the distribution version,

@@ -267,6 +267,14 @@ BAD_INPUT: dict[str, tuple[dict[str, t.Any], str, str]] = {
                                 "must be true or false"),
     "unknown log level": ({"registry_mirror_log_level": "verbose"}, "registry_mirror_log_level", "must be one of error, warn"),
     "unknown-variable mode": ({"registry_mirror_unknown_variables": "ignore"}, "registry_mirror_unknown_variables", "must be one of"),
+    # --- removing the mirror
+    "unknown state": ({"registry_mirror_state": "removed"}, "registry_mirror_state", "must be one of present, absent"),
+    "state in capitals": ({"registry_mirror_state": "Absent"}, "registry_mirror_state", "must be one of present, absent"),
+    "state as a boolean": ({"registry_mirror_state": False}, "registry_mirror_state", "must be one of present, absent"),
+    "purge that is not a boolean": ({"registry_mirror_state": "absent", "registry_mirror_purge_cache": "everything"},
+                                    "registry_mirror_purge_cache", "must be true or false"),
+    "purge while installing": ({"registry_mirror_purge_cache": True}, "registry_mirror_purge_cache",
+                               "is true but registry_mirror_state is present: a run that installs the mirror never removes"),
 }
 
 
@@ -729,6 +737,10 @@ def test_a_controller_directory_written_with_dots_is_resolved_by_the_controller(
     {"registry_mirror_bind_address": "192.168.200.2", "registry_mirror_bind_any_private_address": "yes"},
     {"registry_mirror_bind_address": "169.254.10.1", "registry_mirror_bind_any_private_address": True},
     {"registry_mirror_bind_address": "auto", "registry_mirror_bind_any_private_address": True},
+    {"registry_mirror_state": "absent"},
+    {"registry_mirror_state": "absent", "registry_mirror_purge_cache": True},
+    {"registry_mirror_state": "absent", "registry_mirror_purge_cache": "yes"},
+    {"registry_mirror_state": "present", "registry_mirror_purge_cache": False},
 ], ids=",".join)
 def test_good_input_passes(overrides: dict[str, t.Any]) -> None:
     assert run(overrides).errors == []
@@ -1330,6 +1342,68 @@ def test_bad_host_names_the_variable_and_the_problem(case: str) -> None:
 ], ids=["fresh host", "the role's own", "a new config dir", "an allowed existing account", "an allowed existing group"])
 def test_good_host_passes(report: str, overrides: dict[str, t.Any]) -> None:
     assert host_rules.check_host({**VALUES, **overrides}, host_rules.parse_host_report(report)) == []
+
+
+# registry_mirror_state absent: the configuration directory, where the role removes its files, is checked as for an
+# install; the accounts and the caches only when registry_mirror_purge_cache removes the caches.
+REMOVE = {"registry_mirror_state": "absent", "registry_mirror_purge_cache": False}
+PURGE = {"registry_mirror_state": "absent", "registry_mirror_purge_cache": True}
+JANE = "user\tregistry:x:1000:1000:Jane:/home/jane:/bin/bash\ngroup\tregistry:x:1000:\n"
+
+
+@pytest.mark.parametrize("report,overrides", [
+    (OURS + ROLE_DIRS, REMOVE),
+    (OURS + ROLE_DIRS, PURGE),
+    (FRESH + NEW_DIRS, REMOVE),
+    (FRESH + NEW_DIRS, PURGE),
+    # An account the role did not create, or one whose group is gone: an install refuses it, a removal that keeps the
+    # caches does not use it.
+    (JANE + NEW_DIRS, REMOVE),
+    (OURS.replace("group\tregistry:x:998:", "group\tnogroup:x:65534:") + NEW_DIRS, {**REMOVE, "registry_mirror_group": "nogroup"}),
+    # A cache that is not the service user's is left alone when it is kept.
+    (OURS + PRESENT.format(STORAGE, 1000, 1000, "jane", "jane") + PRESENT.format(CONFIG, 0, 998, "root", "registry"), REMOVE),
+    # Nothing to remove: a configuration directory under a file is no problem.
+    (OURS + ABSENT.format(STORAGE, "/var/lib") + f"path\t{CONFIG}\t{CONFIG}\t-\t-\t-\t-\t-\t-\t/etc\tregular file\n", REMOVE),
+], ids=["the role's own", "the role's own, purged", "nothing installed", "nothing installed, purged", "another's account",
+        "another group", "another's cache, kept", "a config dir under a file"])
+def test_removal_passes_the_host_checks(report: str, overrides: dict[str, t.Any]) -> None:
+    assert host_rules.check_host({**VALUES, **overrides}, host_rules.parse_host_report(report)) == []
+
+
+@pytest.mark.parametrize("report,overrides,variable,problem", [
+    # The role removes its files from the configuration directory: only from one that is the role's.
+    (OURS + ROLE_DIRS.replace("\t0\t998\troot\tregistry", "\t0\t0\troot\troot"), REMOVE, "registry_mirror_config_dir",
+     "not to root:registry"),
+    (OURS + PRESENT.format(STORAGE, 998, 998, "registry", "registry")
+     + f"path\t{CONFIG}\t/etc\tlink\tdirectory\t0\t0\troot\troot\t/etc\tdirectory\n", REMOVE, "registry_mirror_config_dir",
+     "a symbolic link"),
+    # A purge removes only caches of the mirror's own service user.
+    (OURS + PRESENT.format(STORAGE, 1000, 1000, "jane", "jane") + PRESENT.format(CONFIG, 0, 998, "root", "registry"), PURGE,
+     "registry_mirror_storage_dir", "belongs to jane:jane"),
+    (JANE + PRESENT.format(STORAGE, 1000, 1000, "registry", "registry") + ABSENT.format(CONFIG, "/etc"), PURGE,
+     "registry_mirror_user", "did not create"),
+    (OURS + f"path\t{STORAGE}\t/srv/data\tlink\tdirectory\t998\t998\tregistry\tregistry\t/srv/data\tdirectory\n"
+     + PRESENT.format(CONFIG, 0, 998, "root", "registry"), PURGE, "registry_mirror_storage_dir", "a symbolic link"),
+], ids=["a config dir of root's group", "a config dir that is a link", "another's cache, purged", "another's account, purged",
+        "a cache that is a link, purged"])
+def test_removal_refuses_what_is_not_the_roles(report: str, overrides: dict[str, t.Any], variable: str, problem: str) -> None:
+    errors = host_rules.check_host({**VALUES, **overrides}, host_rules.parse_host_report(report))
+    assert any(error.startswith(variable + " ") and problem in error for error in errors), errors
+
+
+def test_a_purge_checks_every_listed_upstreams_cache() -> None:
+    report = OURS + ROLE_DIRS + PRESENT.format(GHCR_DIR, 0, 0, "root", "root") + ABSENT.format(QUAY_DIR, "/srv")
+    assert host_rules.check_host(upstream_values(**REMOVE), host_rules.parse_host_report(report)) == []
+    errors = host_rules.check_host(upstream_values(**PURGE), host_rules.parse_host_report(report))
+    assert [error.split(" ", 1)[0] for error in errors] == [f"{U}[ghcr].storage_dir"], errors
+
+
+def test_the_state_keys_are_the_specs() -> None:
+    defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+    assert SPEC["registry_mirror_state"]["choices"] == ["present", "absent"]
+    assert SPEC["registry_mirror_state"]["default"] == defaults["registry_mirror_state"] == "present"
+    assert SPEC["registry_mirror_purge_cache"]["type"] == "bool"
+    assert SPEC["registry_mirror_purge_cache"]["default"] is defaults["registry_mirror_purge_cache"] is False
 
 
 def test_the_report_says_whether_the_mirror_runs() -> None:
