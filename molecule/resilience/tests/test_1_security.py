@@ -86,7 +86,7 @@ def test_token_never_appears_at_vvv_with_diff_even_when_it_changes(converge):
     # Check mode with another token: the credentials file would change, so --diff has something to show.
     result = converge("--check", "--diff", "-vvv", "-e", f"registry_mirror_dockerhub_token={OTHER_TOKEN}")
     output = result.stdout + result.stderr
-    credentials_task = output.split("TASK [actuated.registry.registry_mirror : Write the Docker Hub credentials", 1)[-1][:3000]
+    credentials_task = output.split("TASK [actuated.registry.registry_mirror : Write the credentials of the mirrors", 1)[-1][:3000]
     would_change = "changed: [" in credentials_task.split("TASK [", 1)[0]
     ok = result.returncode == 0 and would_change and TOKEN not in output and OTHER_TOKEN not in output
     record("security", "token absent from -vvv --check --diff output (token changed)", ok, output_bytes=len(output),
