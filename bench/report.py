@@ -206,11 +206,11 @@ def section_role(res: dict[str, Any]) -> str:
                  "measure qemu).\n")
     if single:
         text += ("\nConnections are `community.docker.docker` (docker exec) with pipelining on, as an SSH fleet would "
-                 "run; "
-                 + ("without pipelining the first converge took "
-                    f"{role['single_amd64_no_pipelining']['first']['seconds']:.0f} s. "
+                 "run"
+                 + ("; without pipelining the first converge took "
+                    f"{role['single_amd64_no_pipelining']['first']['seconds']:.0f} s"
                     if "single_amd64_no_pipelining" in role else "")
-                 + "Every first converge starts from a fresh target and an empty controller download cache.\n")
+                 + ". Every first converge starts from a fresh target and an empty controller download cache.\n")
     return text
 
 
