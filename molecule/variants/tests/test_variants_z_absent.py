@@ -14,7 +14,9 @@ import pytest
 from conftest import DEFAULT_VERSION, MIRROR, amd64_only, recap
 from hostprint import fingerprint
 
-pytestmark = amd64_only
+# Every test takes testinfra's host (parametrized): pytest would otherwise run the tests without it after those with
+# it, and these tests must run in the order they are written.
+pytestmark = [amd64_only, pytest.mark.usefixtures("host")]
 
 CACHED = f"{MIRROR}/library/alpine:latest"
 ABSENT = ("-e", "registry_mirror_state=absent")
