@@ -64,11 +64,11 @@ test:
 	@trap '$(MAKE) --no-print-directory stop' EXIT; $(TIMED) --reset; \
 	$(TIMED) deps -- $(MAKE) --no-print-directory deps venvs || exit 1; \
 	( $(MAKE) --no-print-directory static > $(ROOT)/.cache/static.log 2>&1 ) & static=$$!; \
-	$(TIMED) world -- $(MAKE) --no-print-directory world && \
-	$(TIMED) molecule -- $(MAKE) --no-print-directory molecule && \
-	$(TIMED) demo -- $(MAKE) --no-print-directory demo DEMO_DOWN=1 && \
-	$(TIMED) bench-smoke -- $(MAKE) --no-print-directory bench-smoke; rc=$$?; \
-	wait $$static; static_rc=$$?; \
+	rc=0; { $(TIMED) world -- $(MAKE) --no-print-directory world && \
+	  $(TIMED) molecule -- $(MAKE) --no-print-directory molecule && \
+	  $(TIMED) demo -- $(MAKE) --no-print-directory demo DEMO_DOWN=1 && \
+	  $(TIMED) bench-smoke -- $(MAKE) --no-print-directory bench-smoke; } || rc=$$?; \
+	static_rc=0; wait $$static || static_rc=$$?; \
 	echo "== the static stages (beside the world and Molecule; exit $$static_rc): .cache/static.log =="; \
 	cat $(ROOT)/.cache/static.log; $(TIMED) --summary; [ $$rc -eq 0 ] && [ $$static_rc -eq 0 ]
 
