@@ -136,6 +136,14 @@ TARGET_PACKAGES = ("systemd", "systemd-sysv", "python3", "sudo", "ca-certificate
 CLIENT_PACKAGES = ("skopeo", "netavark", "umoci", "python3", "openssl", "curl", "ca-certificates", "jq", "iproute2",
                    "procps")
 FIXTURE_DEBS = ("docker-registry", "busybox-static")
+# The caching front's nginx: an apt repository per architecture (APT_REPOS / ARCH) that the targets install from, as a
+# host installs the package from its Debian mirror (the targets reach no mirror).
+# With python3-apt, which Ansible's apt module needs (Debian and Ubuntu servers have it; the minimal images do not).
+FRONT_DEBS = ("nginx", "nginx-common", "python3-apt", "python-apt-common", "distro-info-data")
+# Architecture: all (apt-get download takes no :ARCH for them)
+ARCH_ALL_DEBS = ("nginx-common", "python-apt-common", "distro-info-data")
+APT_REPOS = CACHE / "apt"
+TARGET_APT_REPO = "/opt/actuated-world-apt"
 
 
 def env_vars() -> dict[str, str]:

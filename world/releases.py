@@ -15,11 +15,14 @@ from pathlib import Path
 
 from . import gobuild, gorelease, sources
 from .config import (
+    APT_REPOS,
+    ARCH_ALL_DEBS,
     ARCHES,
     BROKEN_VERSION,
     CACHE,
     DEBS,
     FIXTURE_DEBS,
+    FRONT_DEBS,
     LABEL_RECIPE,
     LOGS,
     PATCHED_VERSION,
@@ -50,43 +53,78 @@ from .util import (
 
 
 def deb_path(package: str, arch: str) -> Path | None:
-    """The cached .deb of a package for an architecture."""
-    found = sorted(DEBS.glob(f"{package}_*_{arch}.deb"))
+    """The cached .deb of a package for an architecture (or for all of them: Architecture: all)."""
+    found = sorted(DEBS.glob(f"{package}_*_{arch}.deb")) or sorted(DEBS.glob(f"{package}_*_all.deb"))
     return found[-1] if found else None
 
 
 def cmd_debs() -> None:
-    """apt-get download docker-registry and busybox-static for amd64 and arm64 (only what is missing)."""
+    """apt-get download docker-registry, busybox-static and the front's nginx for amd64 and arm64 (only what is
+    missing); then the targets' apt repositories (apt_repo)."""
     with step("debs"):
-        missing = [(pkg, arch) for pkg in FIXTURE_DEBS for arch in ARCHES if deb_path(pkg, arch) is None]
+        missing = [(pkg, arch) for pkg in FIXTURE_DEBS + FRONT_DEBS for arch in ARCHES if deb_path(pkg, arch) is None]
         if not missing:
             log(f"debs cached in {DEBS}")
-            return
-        DEBS.mkdir(parents=True, exist_ok=True)
-        foreign = {pair[1] for pair in missing} - {out(["dpkg", "--print-architecture"])}
-        added = [a for a in sorted(foreign) if a not in out(["dpkg", "--print-foreign-architectures"]).split()]
-        try:
+        else:
+            download_debs(missing)
+        for arch in ARCHES:
+            apt_repo(arch)
+
+
+def apt_repo(arch: str) -> Path:
+    """A flat apt repository (APT_REPOS/ARCH: the .debs of FRONT_DEBS, Packages, Release) for a target of ARCH, which
+    `deb [trusted=yes] file:DIR ./` names. Rewritten only when its .debs change."""
+    repo = APT_REPOS / arch
+    debs = [deb for deb in (deb_path(pkg, arch) for pkg in FRONT_DEBS) if deb is not None]
+    if len(debs) != len(FRONT_DEBS):
+        raise WorldError(f"the .debs of {', '.join(FRONT_DEBS)} for {arch} are missing in {DEBS}")
+    stanzas = []
+    for deb in debs:
+        control = out(["dpkg-deb", "-f", str(deb)]).rstrip("\n")
+        stanzas.append(f"{control}\nFilename: ./{deb.name}\nSize: {deb.stat().st_size}\nSHA256: {sha256_file(deb)}\n")
+    packages = "\n".join(stanzas)
+    if (repo / "Release").is_file() and read_text(repo / "Packages") == packages:
+        return repo
+    if repo.exists():
+        shutil.rmtree(repo)
+    repo.mkdir(parents=True)
+    for deb in debs:
+        shutil.copyfile(deb, repo / deb.name)
+    write_text(repo / "Packages", packages)
+    index = repo / "Packages"
+    write_text(repo / "Release", f"Date: Mon, 02 Oct 2023 00:00:00 UTC\nArchitectures: {arch} all\nSHA256:\n"
+                                 f" {sha256_file(index)} {index.stat().st_size} Packages\n")
+    log(f"apt repository for {arch} targets: {repo} ({', '.join(deb.name for deb in debs)})")
+    return repo
+
+
+def download_debs(missing: list[tuple[str, str]]) -> None:
+    """apt-get download each (package, architecture) of MISSING into DEBS."""
+    DEBS.mkdir(parents=True, exist_ok=True)
+    foreign = {pair[1] for pair in missing} - {out(["dpkg", "--print-architecture"])}
+    added = [a for a in sorted(foreign) if a not in out(["dpkg", "--print-foreign-architectures"]).split()]
+    try:
+        for arch in added:
+            run(["dpkg", "--add-architecture", arch])
+        run(["apt-get", "update", "-q"], env=APT_ENV, logfile=LOGS / "apt.log")
+        with tempfile.TemporaryDirectory(dir=DEBS) as tmp:
+            os.chmod(tmp, 0o755)
+            names = sorted({pkg if pkg in ARCH_ALL_DEBS else f"{pkg}:{arch}" for pkg, arch in missing})
+            log(f"apt-get download {' '.join(names)}")
+            run(["apt-get", "download", "-q", *names], env=APT_ENV, cwd=Path(tmp), logfile=LOGS / "apt.log")
+            for deb in Path(tmp).glob("*.deb"):
+                deb.chmod(0o644)
+                deb.replace(DEBS / re.sub(r"_[0-9]+%3a", "_", deb.name))  # pool-style name: no epoch
+    finally:
+        if added:
             for arch in added:
-                run(["dpkg", "--add-architecture", arch])
-            run(["apt-get", "update", "-q"], env=APT_ENV, logfile=LOGS / "apt.log")
-            with tempfile.TemporaryDirectory(dir=DEBS) as tmp:
-                os.chmod(tmp, 0o755)
-                names = [f"{pkg}:{arch}" for pkg, arch in missing]
-                log(f"apt-get download {' '.join(names)}")
-                run(["apt-get", "download", "-q", *names], env=APT_ENV, cwd=Path(tmp), logfile=LOGS / "apt.log")
-                for deb in Path(tmp).glob("*.deb"):
-                    deb.chmod(0o644)
-                    deb.replace(DEBS / re.sub(r"_[0-9]+%3a", "_", deb.name))  # pool-style name: no epoch
-        finally:
-            if added:
-                for arch in added:
-                    run(["dpkg", "--remove-architecture", arch], check=False)
-                run(["apt-get", "update", "-q"], env=APT_ENV, logfile=LOGS / "apt.log", check=False)
-        still = [f"{pkg}:{arch}" for pkg, arch in missing if deb_path(pkg, arch) is None]
-        if still:
-            raise WorldError(f"could not download {' '.join(still)}")
-        for deb in sorted(DEBS.glob("*.deb")):
-            log(f"  {deb.name}")
+                run(["dpkg", "--remove-architecture", arch], check=False)
+            run(["apt-get", "update", "-q"], env=APT_ENV, logfile=LOGS / "apt.log", check=False)
+    still = [f"{pkg}:{arch}" for pkg, arch in missing if deb_path(pkg, arch) is None]
+    if still:
+        raise WorldError(f"could not download {' '.join(still)}")
+    for deb in sorted(DEBS.glob("*.deb")):
+        log(f"  {deb.name}")
 
 
 FIXTURE_MTIME = 1696204800  # 2023-10-02: fixed, so that the tarballs (and their digests) are reproducible

@@ -19,7 +19,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .config import ARCHES, CA_CERT, CERTS, LABEL_RECIPE, LABEL_TARGET, MOLECULE_CONFIG, WORLD_DIR
+from .config import (
+    APT_REPOS,
+    ARCHES,
+    CA_CERT,
+    CERTS,
+    LABEL_RECIPE,
+    LABEL_TARGET,
+    MOLECULE_CONFIG,
+    TARGET_APT_REPO,
+    WORLD_DIR,
+)
 from .util import WorldError, image_label, inspect, log, out, run, warn
 
 TARGET_CA_PATH = "/usr/local/share/ca-certificates/actuated-world-ca.crt"  # the name molecule/shared/prepare.yml uses
@@ -105,10 +115,24 @@ def target_run_args(arch: str) -> tuple[list[str], str, list[str]]:
     return options, image, command
 
 
-def target_tar(certs: Path) -> bytes:
-    """A tar stream (for `docker cp -`) with actuated's certificate directory and the test CA for the trust store."""
+# The targets reach no Debian mirror: apt installs from the world's repository of their architecture (the caching
+# front's nginx), as molecule/shared/prepare.yml sets it up.
+TARGET_APT_SOURCES = f"deb [trusted=yes] file:{TARGET_APT_REPO} ./\n"
+
+
+def target_tar(certs: Path, arch: str) -> bytes:
+    """A tar stream (for `docker cp -`) with actuated's certificate directory, the test CA for the trust store, and
+    the world's apt repository for ARCH as the only apt source."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
+        repo = APT_REPOS / arch
+        if not (repo / "Packages").is_file():
+            raise WorldError(f"{repo} is missing (`python3 -m world debs`)")
+        tar.add(repo, arcname=TARGET_APT_REPO.lstrip("/"))
+        sources = TARGET_APT_SOURCES.encode()
+        info = tarfile.TarInfo("etc/apt/sources.list")
+        info.size, info.mode, info.mtime = len(sources), 0o644, int(time.time())
+        tar.addfile(info, io.BytesIO(sources))
         for path, mode in (("var/lib/actuated", 0o755), (ACTUATED_CERTS_DIR.lstrip("/"), 0o700)):
             info = tarfile.TarInfo(path)
             info.type, info.mode, info.mtime = tarfile.DIRTYPE, mode, int(time.time())
@@ -157,7 +181,7 @@ def target_up(name: str, arch: str, network: str, ip: str, *, certs: Path = CERT
     options, image, command = target_run_args(arch)
     if inspect("network", network) is None:
         raise WorldError(f"network {network} does not exist")
-    payload = target_tar(certs)
+    payload = target_tar(certs, arch)
     start = time.monotonic()
     target_down(name, quiet=True)
     run(["docker", "run", "-d", "--name", name, "--hostname", name, "--label", f"{LABEL_TARGET}={arch}", *options,
@@ -167,6 +191,7 @@ def target_up(name: str, arch: str, network: str, ip: str, *, certs: Path = CERT
         run(["docker", "cp", "-", f"{name}:/"], stdin=payload, quiet=True)
         run(["docker", "exec", "-i", name, "sh", "-s", "--", TARGET_CA_PATH], stdin=TRUST_CA_SH.read_bytes(),
             quiet=True)
+        run(["docker", "exec", name, "apt-get", "update", "-q"], quiet=True)  # a server has its package lists
     except WorldError:
         failed = out(["docker", "exec", name, "systemctl", "--failed", "--no-legend", "--plain"], check=False)
         if failed:

@@ -23,6 +23,9 @@ UPSTREAM_BUDGET_PERCENT = 10
 # What clients call Docker Hub: the mirror of registry_mirror_upstream_url serves it.
 PRIMARY_REGISTRY = "docker.io"
 PRIMARY_REGISTRIES = (PRIMARY_REGISTRY, "index.docker.io")
+# The registry unit's runtime directory (RuntimeDirectory=registry; the role's _registry_mirror_runtime_dir, a test
+# compares them): each mirror's socket for the caching front.
+RUNTIME_DIR = "/run/registry"
 _UPSTREAM_RANGES = {
     "port": RANGES["registry_mirror_port"],
     "metrics_port": RANGES["registry_mirror_metrics_port"],
@@ -195,10 +198,11 @@ def upstreams_dir(config_dir: str) -> str:
 
 def mirror_files(config_dir: str, name: str = "") -> dict:
     """Where a mirror's files are: the Docker Hub mirror's (NAME "") in the configuration directory, a further
-    upstream's in its own directory below upstreams_dir()."""
+    upstream's in its own directory below upstreams_dir(); the unix socket its registry serves the caching front on, in
+    the registry unit's runtime directory (RUNTIME_DIR)."""
     where = f"{upstreams_dir(config_dir)}/{name}" if name else config_dir
     return {"config_file": f"{where}/config.yml", "settings_file": f"{where}/supervisor.json",
-            "env_file": f"{where}/proxy.env"}
+            "env_file": f"{where}/proxy.env", "socket": f"{RUNTIME_DIR}/{name or PRIMARY_NAME}.sock"}
 
 
 def primary_mirror(values: t.Mapping[str, t.Any], tiers: t.Sequence[t.Mapping[str, t.Any]]) -> dict:

@@ -170,6 +170,11 @@ upstreams:
     env_file:
       description: Its root-only credentials file, C(proxy.env) next to RV(upstreams[].config_file).
       type: str
+    socket:
+      description:
+        - The unix socket its registry serves the caching front on (C(registry_mirror_front)),
+          C(/run/registry/<name>.sock).
+      type: str
   sample:
     - name: ghcr
       url: https://ghcr.io
@@ -189,6 +194,7 @@ upstreams:
       config_file: /etc/registry/upstreams/ghcr/config.yml
       settings_file: /etc/registry/upstreams/ghcr/supervisor.json
       env_file: /etc/registry/upstreams/ghcr/proxy.env
+      socket: /run/registry/ghcr.sock
 primary:
   description:
     - The Docker Hub mirror, with the keys of an entry of RV(upstreams) - C(name) C(docker-hub), C(registry)
@@ -221,6 +227,7 @@ primary:
     config_file: /etc/registry/config.yml
     settings_file: /etc/registry/supervisor.json
     env_file: /etc/registry/proxy.env
+    socket: /run/registry/docker-hub.sock
 tier_names:
   description:
     - C(registry_mirror_tier_names) as a list (a comma-separated string split, each part trimmed, empty ones dropped).

@@ -18,6 +18,7 @@ tmp=$(mktemp -d)
 trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$tmp"' EXIT
 env -i PATH=/usr/bin:/bin OTEL_TRACES_EXPORTER=none \
     REGISTRY_LOG_LEVEL=info \
+    REGISTRY_HTTP_NET=tcp \
     REGISTRY_HTTP_ADDR=127.0.0.1:0 \
     REGISTRY_HTTP_DEBUG_ADDR= \
     REGISTRY_HTTP_TLS_CERTIFICATE="$3" \

@@ -16,7 +16,12 @@ in-flight requests in the background. With `listen` set (distribution 3.x), the 
 listening socket itself and hands it to each registry by systemd's socket-activation protocol (LISTEN_FDS): while one
 registry replaces another, new connections wait in a socket's queue for the next one instead of being refused; a
 switch first steers them to a second socket and gives the old process switch_drain seconds to answer what it already
-accepted (Supervisor.replace), and says "switch done" once the next one takes them.
+accepted (Supervisor.replace), and says "switch done" once the next one takes them. listen may also name a unix
+socket (unix:/run/registry/NAME.sock: the registry then serves plain HTTP to a caching front, nginx, on the same host):
+the supervisor binds it (mode 0660; a stale socket at the path is replaced, anything else there is refused and left
+alone), hands it to each registry the same way (LISTEN_FDS), probes the registry's health through it in plain HTTP,
+and removes it at stop. A unix socket has no SO_REUSEPORT group: a switch replaces the registry on the same socket,
+where new connections wait in the queue while the next registry starts.
 
 SETTINGS is a JSON object written by the role (no secrets: the upstream credentials come from the environment,
 REGISTRY_PROXY_USERNAME / REGISTRY_PROXY_PASSWORD, as for the registry itself). Required: binary, config, upstream,
@@ -66,6 +71,9 @@ without a plain Content-Length within MAX_EVENTS_BODY (4xx, unread), and ignores
 digest distribution could not have sent; each is counted in the metrics. It keeps those times in the cache directory
 (registry_cache.USAGE_FILE). The same port serves, without a secret, its Prometheus metrics (/metrics), followed by
 distribution's own when registry_metrics_url names them. A connection to the port gets listener_timeout seconds in all.
+With front_log, the same port number over UDP receives the caching front's per-request log (nginx's syslog output, a
+datagram per request, from 127.0.0.1 only; see parse_front_line), counted into the registry_mirror_front_* metrics:
+cache hits and misses, blobs the front served from the registry's storage, errors.
 
 Health (with listen): every probe_interval the supervisor sends GET /v2/ to its own registry; after health_failures
 misses in a row (health_timeout each, confirm_after apart) it kills it and starts another in the same mode on the same
@@ -91,6 +99,7 @@ import base64
 import contextlib
 import ctypes
 import dataclasses
+import errno
 import gzip
 import hmac
 import http.client
@@ -114,6 +123,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from stat import S_ISSOCK
 from typing import Any
 
 import registry_cache
@@ -149,6 +159,11 @@ LAUNCHER = ('fd=$1; shift; [ "$fd" = 3 ] || { eval "exec 3<&$fd $fd<&-"; }; '
             'LISTEN_PID=$$ LISTEN_FDS=1; export LISTEN_PID LISTEN_FDS; exec "$@"')
 # The listening socket's queue: connections that arrive while one registry replaces another wait there.
 LISTEN_BACKLOG = 1024
+# A listen on a unix socket: "unix:" and the socket's absolute path, shorter than sun_path (108 bytes with the
+# terminating NUL). The socket's mode: the front (nginx, the same user) connects, nobody else.
+UNIX_LISTEN = "unix:"
+SUN_PATH_MAX = 108
+UNIX_SOCKET_MODE = 0o660
 # A switch hands the port over (Supervisor.hand_over): the next registry gets a new socket in the SO_REUSEPORT group
 # of the mirror's address, and this classic BPF program, attached to the group (socket(7),
 # SO_ATTACH_REUSEPORT_CBPF), sends every new connection to the group's second socket: the newest, while the old one
@@ -195,6 +210,29 @@ CREDENTIALS_PREFIX = re.compile(r"REGISTRY_MIRROR_[A-Z0-9_]+")
 MIRROR_CREDENTIAL_ENV = re.compile(r"REGISTRY_MIRROR_[A-Z0-9_]+_(USERNAME|PASSWORD)")
 # The most fallbacks a settings file may name: each costs a probe per tick while a preferred upstream is away.
 MAX_FALLBACKS = 8
+# The caching front's per-request log (front_log): nginx's syslog datagrams with nohostname, one per request,
+# "<PRI>Mmm dd hh:mm:ss registry_front: MESSAGE" with MESSAGE the front's log_format,
+# "cache=$upstream_cache_status kind=$kind status=$status upstream=$upstream_addr" (nginx writes "-" for an empty
+# variable). A datagram longer than FRONT_LOG_MAX is none of these. A hostname before the tag is tolerated (a front
+# configured without nohostname).
+FRONT_LOG_MAX = 2048
+FRONT_LOG_LINE = re.compile(r"<[0-9]{1,3}>[A-Z][a-z]{2} [ 0-9][0-9] [0-9]{2}:[0-9]{2}:[0-9]{2} (?:[^\s:]+ )?"
+                            r"registry_front: cache=(\S*) kind=(\S+) status=([0-9]{3}) upstream=(\S.*)")
+FRONT_CACHE_STATUSES = ("MISS", "BYPASS", "EXPIRED", "STALE", "UPDATING", "REVALIDATED", "HIT", "-")
+FRONT_KINDS = ("manifest", "blob", "other")
+# Which counter each cache status adds to, besides registry_mirror_front_requests_total ("-": not cached by the front).
+FRONT_CACHE_COUNTERS = {
+    "HIT": "registry_mirror_front_cache_hits_total",
+    "MISS": "registry_mirror_front_cache_misses_total",
+    "STALE": "registry_mirror_front_cache_stale_total",
+    "UPDATING": "registry_mirror_front_cache_stale_total",
+    "REVALIDATED": "registry_mirror_front_cache_revalidated_total",
+    "EXPIRED": "registry_mirror_front_cache_revalidated_total",
+    "BYPASS": "registry_mirror_front_cache_bypass_total",
+}
+# The receive buffer asked for: a burst of requests (a cluster pulling at once) sends a datagram each, and a datagram
+# that finds the buffer full is lost, uncounted. The kernel caps it at net.core.rmem_max.
+FRONT_LOG_BUFFER = 1 << 20
 # Lines of the journal are written whole: group mode writes its children's from several threads.
 OUTPUT_LOCK = threading.Lock()
 
@@ -216,7 +254,8 @@ class Settings:
     upstream: str
     version: str
     # The mirror's address (host:port) when the supervisor holds its socket (distribution 3.x reads it by socket
-    # activation); "": each registry binds the configured address itself.
+    # activation); "": each registry binds the configured address itself. unix:PATH (an absolute path shorter than
+    # SUN_PATH_MAX bytes): a unix socket for a caching front on the same host, plain HTTP (listen_tls must be false).
     listen: str = ""
     offline_fallback: bool = True
     metrics: bool = False
@@ -294,6 +333,9 @@ class Settings:
     # The loopback listener: a connection that has not been answered after this long is cut (a client that sends
     # nothing, or a byte at a time, holds no thread longer).
     listener_timeout: float = 10.0
+    # With port: read the caching front's per-request log (nginx's syslog datagrams) on UDP 127.0.0.1:port and export
+    # its counts (the registry_mirror_front_* metrics). Without port, nothing.
+    front_log: bool = False
 
     @classmethod
     def load(cls, path: str) -> Settings:
@@ -359,6 +401,28 @@ def check_values(path: str, values: dict[str, Any]) -> None:
         raise SettingsError(f"{path}: ca_dir needs ca_upstreams, the upstreams its CAs are trusted for")
     if values.get("listener_timeout", 1) <= 0 or values.get("health_timeout", 1) <= 0:
         raise SettingsError(f"{path}: listener_timeout and health_timeout must be more than 0")
+    check_listen(path, values)
+
+
+def check_listen(path: str, values: dict[str, Any]) -> None:
+    """Check the settings VALUES' listen (of the file PATH) when it names a unix socket."""
+    listen = values.get("listen", "")
+    if listen.startswith(UNIX_LISTEN):
+        socket_path = unix_path(listen)
+        if not os.path.isabs(socket_path) or socket_path.endswith("/") or "\x00" in socket_path:
+            raise SettingsError(f"{path}: listen {listen!r}: a unix socket must be unix: followed by an absolute path "
+                                "of a file, without NUL")
+        if len(os.fsencode(socket_path)) >= SUN_PATH_MAX:
+            raise SettingsError(f"{path}: listen {listen!r}: a unix socket's path must be shorter than "
+                                f"{SUN_PATH_MAX} bytes, not {len(os.fsencode(socket_path))}")
+        if values.get("listen_tls", True):
+            raise SettingsError(f"{path}: listen_tls must be false with a unix socket in listen (the registry serves "
+                                "plain HTTP to the front on it)")
+
+
+def unix_path(listen: str) -> str:
+    """The path of the unix socket LISTEN (a listen setting) names; "" when it names no unix socket."""
+    return listen[len(UNIX_LISTEN):] if listen.startswith(UNIX_LISTEN) else ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -744,15 +808,33 @@ class Metrics:
                                                     "stopped answering."),
         "registry_mirror_registry_drain_kills_total": ("counter", "Replaced registries killed because they still ran "
                                                        "stop_timeout seconds after their SIGTERM."),
+        "registry_mirror_front_requests_total": ("counter", "Requests the caching front answered, as its log says (a "
+                                                 "log datagram lost is a request not counted)."),
+        "registry_mirror_front_cache_hits_total": ("counter", "Front requests answered from its cache (HIT)."),
+        "registry_mirror_front_cache_misses_total": ("counter", "Front requests not in its cache, fetched from the "
+                                                     "registry (MISS)."),
+        "registry_mirror_front_cache_stale_total": ("counter", "Front requests answered from an expired copy in its "
+                                                    "cache while the registry failed or a refresh ran (STALE, "
+                                                    "UPDATING)."),
+        "registry_mirror_front_cache_revalidated_total": ("counter", "Front requests whose expired copy was asked of "
+                                                          "the registry again (EXPIRED, REVALIDATED)."),
+        "registry_mirror_front_cache_bypass_total": ("counter", "Front requests passed to the registry past its cache "
+                                                     "(BYPASS)."),
+        "registry_mirror_front_blobs_from_disk_total": ("counter", "Blobs the front served from the registry's storage "
+                                                        "itself, without the registry (200 or 206)."),
+        "registry_mirror_front_errors_total": ("counter", "Front requests answered with a 5xx status."),
     }
 
     # Exported only when the settings name fallbacks.
     FALLBACKS_ONLY = ("registry_mirror_upstream_index",)
+    # Exported only when the supervisor reads the front's log (front_log and port).
+    FRONT_ONLY = tuple(name for name in HELP if name.startswith("registry_mirror_front_"))
 
-    def __init__(self, fallbacks: bool = False) -> None:
+    def __init__(self, fallbacks: bool = False, front: bool = False) -> None:
         self.lock = threading.Lock()
         self.values: dict[str, float] = dict.fromkeys(self.HELP, 0.0)
-        self.names = [name for name in self.HELP if fallbacks or name not in self.FALLBACKS_ONLY]
+        self.names = [name for name in self.HELP if (fallbacks or name not in self.FALLBACKS_ONLY)
+                      and (front or name not in self.FRONT_ONLY)]
 
     def set(self, **values: float) -> None:
         """Set gauges."""
@@ -931,6 +1013,86 @@ def valid_event_target(repository: object, digest: object) -> bool:
             and isinstance(digest, str) and EVENT_DIGEST.fullmatch(digest) is not None)
 
 
+# --- The caching front's per-request log -----------------------------------------------------------------------------
+
+def parse_front_line(datagram: bytes) -> tuple[str, str, int, str] | None:
+    """The cache status ("-": none), kind, HTTP status and upstream address ("-": none) of a request the front logged
+    (DATAGRAM: one nginx syslog message, FRONT_LOG_LINE); None for anything else."""
+    if len(datagram) > FRONT_LOG_MAX:
+        return None
+    try:
+        text = datagram.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    match = FRONT_LOG_LINE.fullmatch(text.rstrip("\r\n\x00"))
+    if match is None:
+        return None
+    cache, kind, status, upstream = match.groups()
+    cache = cache or "-"
+    if cache not in FRONT_CACHE_STATUSES or kind not in FRONT_KINDS:
+        return None
+    return cache, kind, int(status), upstream.strip() or "-"
+
+
+def front_counters(cache: str, kind: str, status: int, upstream: str) -> list[str]:
+    """The counters a request the front logged adds 1 to (parse_front_line's answer). A blob the front served from
+    the registry's storage has no cache status and no upstream; one the registry served has its address."""
+    names = ["registry_mirror_front_requests_total"]
+    if cache in FRONT_CACHE_COUNTERS:
+        names.append(FRONT_CACHE_COUNTERS[cache])
+    if kind == "blob" and cache == "-" and upstream == "-" and status in (200, 206):
+        names.append("registry_mirror_front_blobs_from_disk_total")
+    if status >= 500:
+        names.append("registry_mirror_front_errors_total")
+    return names
+
+
+class FrontLog:
+    """The front's log port (UDP 127.0.0.1:PORT, the listener's number): a thread counts each request logged into
+    METRICS. Only datagrams from 127.0.0.1 count (the front sends from there); anything that is not a front's log line
+    is ignored. OSError when the port cannot be bound."""
+
+    def __init__(self, port: int, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.closed = False
+        self.failed = False  # a datagram could not be counted: said once
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            with contextlib.suppress(OSError):  # the default buffer then: fewer requests in a burst are counted
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, FRONT_LOG_BUFFER)
+            self.sock.bind(("127.0.0.1", port))
+        except OSError:
+            self.sock.close()
+            raise
+        threading.Thread(target=self.read, daemon=True).start()
+
+    def read(self) -> None:
+        """Count each datagram until the socket is closed; a datagram's trouble never ends the thread."""
+        while not self.closed:
+            try:
+                datagram, sender = self.sock.recvfrom(FRONT_LOG_MAX + 1)  # a longer one arrives cut: longer still
+            except OSError:  # closed at stop
+                return
+            if self.closed:  # woken up by close()
+                return
+            try:
+                loopback = isinstance(sender, tuple) and sender[0] == "127.0.0.1"
+                parsed = parse_front_line(datagram) if loopback else None
+                if parsed is not None:
+                    self.metrics.add(**dict.fromkeys(front_counters(*parsed), 1))
+            except Exception as exc:  # one datagram's trouble must not end the counting
+                if not self.failed:
+                    say(f"cannot count a line of the front's log ({exc!r}); said once")
+                self.failed = True
+
+    def close(self) -> None:
+        """Stop reading: the thread, woken up, ends."""
+        self.closed = True
+        with contextlib.suppress(OSError):  # ENOTCONN, but a blocked receive wakes up all the same
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
 @dataclasses.dataclass(frozen=True)
 class Candidate:
     """An upstream the registry may pull through: the settings' upstream (credentials None: the environment's
@@ -980,10 +1142,15 @@ class Supervisor:
         # Read-only, and the free space is what keeps it so: the upstream answered at the last probe (or was not
         # probed since the switch for space).
         self.held_for_space = False
-        self.metrics = Metrics(fallbacks=len(self.candidates) > 1)
+        self.metrics = Metrics(fallbacks=len(self.candidates) > 1, front=settings.front_log and bool(settings.port))
         self.usage = Usage(os.path.join(self.storage, registry_cache.USAGE_FILE)) if self.storage else None
         self.listener: Listener | None = None
+        self.front_log: FrontLog | None = None
+        self.front_log_refused = False  # the front's log port could not be bound: said once, retried
         self.socket: socket.socket | None = None  # the mirror's listening socket, when the supervisor holds it
+        # A unix socket's path, and the file the supervisor bound there (device, inode): removed at stop if still so.
+        self.unix_path = unix_path(settings.listen)
+        self.unix_file: tuple[int, int] | None = None
         self.collect_requested = False  # SIGUSR1
         self.next_cache_check = time.monotonic() + settings.cache_check_interval  # not while the registry starts
         self.next_collection = time.monotonic() + settings.collect_interval
@@ -1232,8 +1399,17 @@ class Supervisor:
         return env
 
     def bind(self) -> socket.socket:
-        """A socket listening on the mirror's address (settings.listen), in its SO_REUSEPORT group; OSError or
-        ValueError when that fails."""
+        """A socket listening on the mirror's address (settings.listen), in its SO_REUSEPORT group, or on its unix
+        socket (bind_unix); OSError or ValueError when that fails."""
+        if self.unix_path:
+            sock = bind_unix(self.unix_path)
+            try:
+                info = os.lstat(self.unix_path)
+            except OSError:
+                sock.close()
+                raise
+            self.unix_file = info.st_dev, info.st_ino
+            return sock
         host, _colon, port = self.settings.listen.rpartition(":")
         host = host.strip("[]")
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -1261,8 +1437,11 @@ class Supervisor:
     def hand_over(self) -> socket.socket | None:
         """A new socket on the mirror's address that every new connection goes to from now on (they wait in its queue
         for the next registry), while the registry on self.socket serves those it already accepted; None (said) when
-        the supervisor holds no socket or the kernel refuses."""
-        if self.socket is None:
+        the supervisor holds no socket or the kernel refuses. None, quietly, for a unix socket: it has no SO_REUSEPORT
+        group (and binding its path again would take it from the serving registry). The registry is then replaced on
+        the same socket, which the supervisor keeps open: new connections wait in its queue while the next registry
+        starts, and a request the old one accepted right before its SIGTERM may be dropped."""
+        if self.socket is None or self.unix_path:
             return None
         try:
             sock = self.bind()
@@ -1286,14 +1465,14 @@ class Supervisor:
         """Replace CHILD with the registry read-only (LOCAL) or pulling through the active upstream. When CHILD is
         SERVING, new connections go to a new socket at once (hand_over) and wait there while CHILD serves what it
         accepted for settings.switch_drain seconds; one still starting may never accept, and what waits in its socket's
-        queue would be reset with it: the next registry takes that socket over instead. CHILD then stops (it lets go of
-        the port at once); the new registry starts once CHILD has exited or GRACE seconds have passed (a CHILD still
-        draining requests stays in self.draining)."""
+        queue would be reset with it: the next registry takes that socket over instead, as it always does on a unix
+        socket. CHILD then stops (it lets go of the port at once); the new registry starts once CHILD has exited or
+        GRACE seconds have passed (a CHILD still draining requests stays in self.draining)."""
         self.reap_draining()
         # A registry still draining may hold an older socket of the group (one that does not close its listener when
         # it stops, or is wedged): the steering program's "second socket" could then be CHILD's, and the group's
         # order changes as sockets leave it. The next registry then takes CHILD's socket over, as at start.
-        if serving and self.socket is not None and self.draining and child.poll() is None:
+        if serving and self.socket is not None and self.draining and child.poll() is None and not self.unix_path:
             say(f"a previous registry (pid {', '.join(str(old.pid) for old in self.draining)}) still drains: the "
                 "registry is replaced on the same socket, and a connection it accepted just before may be dropped")
             serving = False
@@ -1339,19 +1518,21 @@ class Supervisor:
 
     def registry_answers(self) -> tuple[bool, str]:
         """Whether the current registry answers GET /v2/ on the mirror's address (settings.listen, over TLS unless
-        listen_tls is false) with anything within health_timeout seconds; why not. SIGTERM ends the wait (an
-        answer, then: nothing is decided on it)."""
+        listen_tls is false; a unix socket in plain HTTP) with anything within health_timeout seconds; why not.
+        SIGTERM ends the wait (an answer, then: nothing is decided on it)."""
         host, _colon, port = self.settings.listen.rpartition(":")
         host = host.strip("[]")
-        if host in ("", "0.0.0.0", "::"):  # an address the registry binds: connect to loopback instead
+        if self.unix_path:
+            host = "localhost"
+        elif host in ("", "0.0.0.0", "::"):  # an address the registry binds: connect to loopback instead
             host = "::1" if host == "::" else "127.0.0.1"
         timeout = self.settings.health_timeout
         deadline = time.monotonic() + timeout
         self.interruptible = True
         try:
-            with socket.create_connection((host, int(port)), timeout=timeout) as raw:
+            with self.connect_registry(host, port, timeout) as raw:
                 conn: socket.socket = raw
-                if self.settings.listen_tls:  # its own registry: the certificate is not what is checked
+                if self.settings.listen_tls and not self.unix_path:  # its own registry: the certificate is not checked
                     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
                     context.check_hostname = False
                     context.verify_mode = ssl.CERT_NONE
@@ -1369,6 +1550,19 @@ class Supervisor:
             return False, str(exc) or type(exc).__name__
         finally:
             self.interruptible = False
+
+    def connect_registry(self, host: str, port: str, timeout: float) -> socket.socket:
+        """A connection to the mirror's address (HOST and PORT), or to its unix socket, within TIMEOUT seconds."""
+        if not self.unix_path:
+            return socket.create_connection((host, int(port)), timeout=timeout)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)  # a full queue makes connect wait
+            sock.connect(self.unix_path)
+        except BaseException:  # Stopping too
+            sock.close()
+            raise
+        return sock
 
     def check_health(self) -> None:
         """Probe the current registry when due (settings.health_*); after health_failures misses in a row, kill it
@@ -1429,16 +1623,26 @@ class Supervisor:
         except Stopping:  # SIGTERM right at the end of an upstream request
             return 0
         finally:
-            self.stop_all()
-            if self.listener is not None:
-                self.listener.shutdown()
-            if self.socket is not None:
-                self.socket.close()
-            if self.usage is not None:
-                self.usage.save()
+            self.shut_down()
+
+    def shut_down(self) -> None:
+        """At the end: stop the registries, close the ports, remove the unix socket, save the usage times."""
+        self.stop_all()
+        if self.listener is not None:
+            self.listener.shutdown()
+        if self.front_log is not None:
+            self.front_log.close()
+        if self.socket is not None:
+            self.socket.close()
+        if self.unix_file is not None:  # the registries are gone: nothing listens there any more
+            remove_unix_socket(self.unix_path, self.unix_file)
+        if self.usage is not None:
+            self.usage.save()
 
     def listen(self) -> None:
-        """Open the loopback port for distribution's notifications and the metrics (retried at each cache check)."""
+        """Open the loopback port for distribution's notifications and the metrics, and the front's log port (each
+        retried at each cache check)."""
+        self.open_front_log()
         if not self.settings.port or self.listener is not None or self.usage is None:
             return
         try:
@@ -1449,6 +1653,23 @@ class Supervisor:
             return
         threading.Thread(target=self.listener.serve_forever, kwargs={"poll_interval": 0.5}, daemon=True).start()
 
+    def open_front_log(self) -> None:
+        """Read the front's log on UDP 127.0.0.1:port (settings.front_log), unless it is read already; a refusal is
+        said once (the front's datagrams are lost meanwhile) and when it ends."""
+        if not self.settings.front_log or not self.settings.port or self.front_log is not None:
+            return
+        try:
+            self.front_log = FrontLog(self.settings.port, self.metrics)
+        except OSError as exc:
+            if not self.front_log_refused:
+                say(f"ERROR: cannot read the front's log on UDP 127.0.0.1:{self.settings.port} ({exc}): its requests "
+                    "are not counted; retrying at each cache check")
+            self.front_log_refused = True
+            return
+        if self.front_log_refused:
+            say(f"reading the front's log on UDP 127.0.0.1:{self.settings.port} now")
+            self.front_log_refused = False
+
     def begin(self) -> None:
         """Most starts find the upstream answering: start in pull-through mode at once and probe meanwhile, so that
         VMs do not wait for the probe as well as for the registry's own start; when it does not answer, the first
@@ -1458,6 +1679,8 @@ class Supervisor:
                 "free space is not checked")
         if (self.settings.budget_mb or self.settings.budget_percent) and not self.storage:
             say(f"a disk budget is set but no storage directory (storage, {STORAGE_ENV}): the cache is not collected")
+        if self.settings.front_log and not self.settings.port:
+            say("front_log is set but port is 0: the front's log is not read")
         for fallback in self.settings.fallbacks:
             names = [f"{fallback.credentials}_{part}" for part in ("USERNAME", "PASSWORD")] if fallback.credentials \
                 else []
@@ -1773,6 +1996,38 @@ def cert_dirs(current: str, ca_dir: str, tier: bool) -> str:
     dirs = [entry for entry in current.split(":") if entry
             and not (ca_dir and os.path.normpath(entry) == os.path.normpath(ca_dir))]
     return ":".join(([ca_dir] if tier and ca_dir else []) + dirs)
+
+
+def bind_unix(path: str) -> socket.socket:
+    """A unix stream socket listening at PATH, mode UNIX_SOCKET_MODE. A socket already there (a stale one: a
+    supervisor that was killed leaves its own) is replaced; anything else there (a file, a directory, a symbolic link,
+    never followed) is left as it is: OSError, as distribution does."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        pass
+    else:
+        if not S_ISSOCK(mode):
+            raise FileExistsError(errno.EEXIST, "exists and is not a socket (left as it is)", path)
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        # Before listen: until then a connection is refused whatever the mode (bind's follows the umask).
+        os.chmod(path, UNIX_SOCKET_MODE)
+        sock.listen(LISTEN_BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def remove_unix_socket(path: str, bound: tuple[int, int]) -> None:
+    """Remove the socket file at PATH if it is still the one the supervisor bound (device and inode BOUND)."""
+    with contextlib.suppress(OSError):  # gone already, or its directory
+        info = os.lstat(path)
+        if S_ISSOCK(info.st_mode) and (info.st_dev, info.st_ino) == bound:
+            os.unlink(path)
 
 
 def relay_redacted(stream: typing.IO[bytes], secret: str) -> None:

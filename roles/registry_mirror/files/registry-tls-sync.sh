@@ -2,12 +2,14 @@
 # Copyright (c) actuated.registry contributors
 # SPDX-License-Identifier: MIT
 #
-# Usage: registry-tls-sync [--renew] CERT KEY DIR USER GROUP
+# Usage: registry-tls-sync [--renew | --keep-mark] CERT KEY DIR USER GROUP
 # Copies actuated's certificate CERT and key KEY into DIR for the registry's USER and GROUP, and only when they form a
 # valid pair: a key that does not belong to the certificate, or an expired certificate, keeps the previous copy (the
 # mirror keeps serving) and says why. Run as root by registry.service (ExecStartPre=+) and by registry-cert-reload.
 #   registry-tls-sync ...          sync; exit 0 when the runtime copy is usable afterwards. Touches DIR/.started, which
 #                                  the role compares with its files to restart a registry that predates them.
+#   registry-tls-sync --keep-mark ...  the same without touching DIR/.started (the caching front, registry-front:
+#                                  the marker is the registry's start, not the front's)
 #   registry-tls-sync --renew ...  sync; exit 0 if a valid new pair was copied (the registry must restart to serve it),
 #                                  2 if nothing changed, 1 if the pair is invalid (the previous copy stays)
 #
@@ -17,10 +19,13 @@
 # or to a directory) and writes nothing through it. What it reads there, it reads only when it is a regular file (not a
 # link, not a FIFO that would hold the start up).
 set -eu
-renew=false
-if [ "${1:-}" = --renew ]; then renew=true; shift; fi
+renew=false mark=true
+case ${1:-} in
+    --renew) renew=true; shift ;;
+    --keep-mark) mark=false; shift ;;
+esac
 if [ "$#" -ne 5 ]; then
-    echo "usage: registry-tls-sync [--renew] CERT KEY DIR USER GROUP" >&2
+    echo "usage: registry-tls-sync [--renew | --keep-mark] CERT KEY DIR USER GROUP" >&2
     exit 64
 fi
 cert=$1 key=$2 dir=$3 user=$4 group=$5
@@ -38,6 +43,7 @@ stage() {
 }
 # Mark the start, for the role (it compares the mtime with its files'): a new empty file renamed over DIR/.started.
 started() {
+    [ "$mark" = true ] || return 0
     stage
     : > "$staging/.started"
     mv -fT "$staging/.started" "$dir/.started"

@@ -137,7 +137,8 @@ GHCR_NORMALISED = {"name": "ghcr", "url": "https://ghcr.io", "registry": "ghcr.i
                    "cache_budget_percent": 10, "allow_http": False, "credentials": True, "credentials_env": "REGISTRY_MIRROR_GHCR",
                    "index": 1, "fallbacks": [], "config_file": "/etc/registry/upstreams/ghcr/config.yml",
                    "settings_file": "/etc/registry/upstreams/ghcr/supervisor.json",
-                   "env_file": "/etc/registry/upstreams/ghcr/proxy.env"}
+                   "env_file": "/etc/registry/upstreams/ghcr/proxy.env",
+                   "socket": "/run/registry/ghcr.sock"}
 
 
 def test_upstreams_are_returned_normalised_without_secrets() -> None:
@@ -149,7 +150,8 @@ def test_upstreams_are_returned_normalised_without_secrets() -> None:
         "ttl": "168h", "storage_dir": "/var/lib/registry-quay", "cache_budget_mb": 40960, "cache_budget_percent": 10,
         "allow_http": False, "credentials": False, "credentials_env": "REGISTRY_MIRROR_QUAY", "index": 2, "fallbacks": [],
         "config_file": "/etc/registry/upstreams/quay/config.yml", "settings_file": "/etc/registry/upstreams/quay/supervisor.json",
-        "env_file": "/etc/registry/upstreams/quay/proxy.env"}]
+        "env_file": "/etc/registry/upstreams/quay/proxy.env",
+        "socket": "/run/registry/quay.sock"}]
     dumped = json.dumps(result)
     assert UP_USER not in dumped and UP_PASSWORD not in dumped
 

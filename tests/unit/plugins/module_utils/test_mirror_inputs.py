@@ -157,6 +157,7 @@ BAD_INPUT: dict[str, tuple[dict[str, t.Any], str, str]] = {
     "collection interval negative": ({"registry_mirror_cache_collect_interval": -24}, "registry_mirror_cache_collect_interval",
                                      "between 0 and 8760 hours"),
     "supervisor port privileged": ({"registry_mirror_supervisor_port": 80}, "registry_mirror_supervisor_port", "below 1024"),
+    "tag cache over a day": ({"registry_mirror_tag_cache_seconds": 86401}, "registry_mirror_tag_cache_seconds", "86400"),
     # --- addresses
     "bind address out of range": ({"registry_mirror_bind_address": "192.168.129.300"}, "registry_mirror_bind_address",
                                   "not an IPv4 address"),
@@ -682,7 +683,7 @@ DEFAULT_PRIMARY = {
     "supervisor_port": 5002, "ttl": "168h", "storage_dir": "/var/lib/registry", "cache_budget_mb": 40960,
     "cache_budget_percent": 25, "allow_http": False, "credentials": False, "credentials_env": "", "index": 0, "fallbacks": [],
     "config_file": "/etc/registry/config.yml", "settings_file": "/etc/registry/supervisor.json",
-    "env_file": "/etc/registry/proxy.env"}
+    "env_file": "/etc/registry/proxy.env", "socket": "/run/registry/docker-hub.sock"}
 DEFAULT_PATHS = {"upstreams_dir": "/etc/registry/upstreams",
                  "release_base_url": "https://github.com/distribution/distribution/releases/download",
                  "bridge_addresses": ["192.168.128.1", "192.168.129.1"]}
@@ -866,18 +867,21 @@ def test_upstreams_are_normalised_with_every_default() -> None:
          "supervisor_port": 5012, "ttl": "24h", "storage_dir": "/srv/hub-ghcr", "cache_budget_mb": 2048,
          "cache_budget_percent": 10, "allow_http": False, "credentials": True, "credentials_env": "REGISTRY_MIRROR_GHCR",
          "index": 1, "fallbacks": [], "config_file": "/etc/registry/upstreams/ghcr/config.yml",
-         "settings_file": "/etc/registry/upstreams/ghcr/supervisor.json", "env_file": "/etc/registry/upstreams/ghcr/proxy.env"},
+         "settings_file": "/etc/registry/upstreams/ghcr/supervisor.json", "env_file": "/etc/registry/upstreams/ghcr/proxy.env",
+         "socket": "/run/registry/ghcr.sock"},
         {"name": "k8s-io", "url": "https://registry.k8s.io:443", "registry": "registry.k8s.io", "port": 5030,
          "metrics_port": 6031, "supervisor_port": 6032, "ttl": "72h", "storage_dir": "/srv/k8s", "cache_budget_mb": 100,
          "cache_budget_percent": 5, "allow_http": False, "credentials": False, "credentials_env": "REGISTRY_MIRROR_K8S_IO",
          "index": 2, "fallbacks": [], "config_file": "/etc/registry/upstreams/k8s-io/config.yml",
          "settings_file": "/etc/registry/upstreams/k8s-io/supervisor.json",
-         "env_file": "/etc/registry/upstreams/k8s-io/proxy.env"},
+         "env_file": "/etc/registry/upstreams/k8s-io/proxy.env",
+         "socket": "/run/registry/k8s-io.sock"},
     ]
     # Every key, in the same order, whatever the entry sets; never a secret.
     for entry in report.upstreams:
         assert list(entry) == [key for key in entry_rules.UPSTREAM_OPTIONS if key not in entry_rules.UPSTREAM_SECRETS] + [
-            "credentials", "credentials_env", "index", "fallbacks", "config_file", "settings_file", "env_file"]
+            "credentials", "credentials_env", "index", "fallbacks", "config_file", "settings_file", "env_file",
+            "socket"]
     # The Docker Hub mirror has the same keys, in the same order.
     assert list(report.primary) == list(report.upstreams[0])
     assert UP_USER not in repr(report) and UP_PASSWORD not in repr(report)
@@ -1032,7 +1036,8 @@ def test_the_docker_hub_mirror_is_an_entry_like_the_upstreams() -> None:
     assert report.errors == []
     assert report.primary == {**DEFAULT_PRIMARY, "url": "https://Hub.Example.TEST:8443", "port": 5005, "cache_budget_mb": 100,
                               "credentials": True, "config_file": "/srv/etc/registry/config.yml",
-                              "settings_file": "/srv/etc/registry/supervisor.json", "env_file": "/srv/etc/registry/proxy.env"}
+                              "settings_file": "/srv/etc/registry/supervisor.json", "env_file": "/srv/etc/registry/proxy.env",
+                              "socket": "/run/registry/docker-hub.sock"}
     assert report.paths == {**DEFAULT_PATHS, "upstreams_dir": "/srv/etc/registry/upstreams",
                             "release_base_url": "https://releases.example.test/dist"}
     assert report.upstreams[0]["settings_file"] == "/srv/etc/registry/upstreams/ghcr/supervisor.json"
