@@ -6,9 +6,12 @@ assertions, never timings. The front is the same nginx configuration on every ar
 from __future__ import annotations
 
 import concurrent.futures
+import subprocess
+import time
 
 import pytest
-from conftest import ADDRESS, GHCR_MIRROR, MIRROR, Client, amd64_only, reconverge
+from conftest import ADDRESS, GHCR_MIRROR, MIRROR, REPO, Client, amd64_only, reconverge, world
+from test_w_cert_rotation import CERTS, issue, now, starts, wait_for
 
 # The host fixture keeps the tests in file order (testinfra's parametrized `host` makes pytest group by it otherwise).
 pytestmark = [amd64_only, pytest.mark.usefixtures("host")]
@@ -123,6 +126,90 @@ def test_cached_blobs_are_sent_from_the_registrys_storage(vm, host):
 def test_catalog_is_refused_to_vms(vm):
     answer = fetch(vm, "/v2/_catalog")
     assert answer["status"] == "404", answer
+
+
+def skopeo_loop(vm: Client, rounds: int) -> list[int]:
+    """Pulls of the cached alpine back to back by skopeo, which never retries: each one's exit status."""
+    return [vm.pull(f"{MIRROR}/library/alpine:latest", "amd64", f"/tmp/front-loop{i}").returncode for i in range(rounds)]
+
+
+def test_registry_restarts_fail_no_pull_of_a_cached_image(vm, host):
+    """actuated's `systemctl restart registry` (its renewal), twice, under pulls by a client that never retries."""
+    assert vm.pull(f"{MIRROR}/library/alpine:latest", "amd64", "/tmp/front-warm").returncode == 0
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        loop = pool.submit(skopeo_loop, vm, 16)
+        for _restart in range(2):
+            time.sleep(1)
+            host.check_output("systemctl restart registry")
+        codes = loop.result()
+    assert codes == [0] * 16, codes
+
+
+def test_a_renewal_reaches_clients_by_a_reload_and_fails_no_pull(vm, host):
+    """The certificate watch reloads the front (graceful): the registry is not restarted, and pulls go on."""
+    fingerprint = issue(host)
+    time.sleep(1.1)  # journalctl --since counts whole seconds: not the second of the last restart above
+    since = now(host)
+    time.sleep(1)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        loop = pool.submit(skopeo_loop, vm, 12)
+        time.sleep(1)
+        host.check_output(f"cat /tmp/renewed/server.crt > {CERTS}/server.crt && cat /tmp/renewed/server.key > {CERTS}/server.key")
+        wait_for(vm, fingerprint)
+        codes = loop.result()
+    assert codes == [0] * 12, codes
+    assert starts(host, since) == 0
+    assert "Reloaded registry-front.service" in host.check_output(f"journalctl --no-pager -o cat -u registry-front --since '{since}'")
+
+
+def test_a_real_docker_pulling_across_registry_restarts_fails_nothing_and_never_falls_back(vm, host, hub):
+    """Docker (world-docker-vm's daemon) pointed at the mirror by the collection's client script: across two restarts
+    of the registry every pull succeeds, and none went to Docker Hub directly (Docker's own fallback: anonymous)."""
+    dvm = Client(world.DOCKER_VM_CONTAINER)
+    script = "/usr/local/bin/registry-mirror-client"
+    subprocess.run(["docker", "cp", str(REPO / "clients" / "registry-mirror-client.py"), f"{dvm.name}:{script}"], check=True)
+    dvm.sh(f"python3 {script} --registry docker.io")
+    try:
+        assert dvm.sh("docker pull -q alpine", check=False).returncode == 0
+        before = hub.pulls().get("anonymous", 0)
+        loop = ("ok=0; for i in $(seq 10); do docker rmi -f alpine >/dev/null 2>&1; "
+                "docker pull -q alpine >/dev/null 2>&1 && ok=$((ok + 1)); done; echo $ok")
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pulled = pool.submit(dvm.sh, loop)
+            for _restart in range(2):
+                time.sleep(2)
+                host.check_output("systemctl restart registry")
+            assert pulled.result().stdout.strip() == "10"
+        assert hub.pulls().get("anonymous", 0) == before
+    finally:
+        dvm.sh("docker rmi -f alpine >/dev/null 2>&1; true")
+
+
+def test_a_cached_tag_is_served_while_docker_hub_is_away_and_an_uncached_one_fails(vm):
+    """With the fake Docker Hub stopped, the front answers a cached tag (from its cache, fresh or stale), and a tag it
+    never cached fails (the client falls back)."""
+    assert fetch(vm, "/v2/library/alpine/manifests/latest")["status"] == "200"
+    subprocess.run(world.command("hub-stop"), check=True, capture_output=True)
+    try:
+        cached = fetch(vm, "/v2/library/alpine/manifests/latest")
+        assert cached["status"] == "200" and cached["x-registry-mirror-cache"] in ("HIT", "STALE", "UPDATING"), cached
+        never = fetch(vm, "/v2/library/fill2/manifests/latest")
+        assert never["status"] != "200", never
+    finally:
+        subprocess.run(world.command("hub-start"), check=True, capture_output=True)
+
+
+def test_front_metrics_count_cache_hits_and_blobs_sent_from_disk(vm, host):
+    """The supervisor counts the front's per-request log (since its last start: the restarts above reset it)."""
+    assert vm.pull(f"{MIRROR}/library/small1:latest", "amd64", "/tmp/front-metrics").returncode == 0
+    assert vm.pull(f"{MIRROR}/library/small1:latest", "amd64", "/tmp/front-metrics").returncode == 0
+    time.sleep(1)
+    page = host.check_output("curl -s http://127.0.0.1:5002/metrics")
+    values = {line.split()[0]: float(line.split()[1]) for line in page.splitlines()
+              if line.startswith("registry_mirror_front_")}
+    assert values["registry_mirror_front_cache_hits_total"] >= 1, values
+    assert values["registry_mirror_front_blobs_from_disk_total"] >= 1, values
+    assert values["registry_mirror_front_requests_total"] >= values["registry_mirror_front_cache_hits_total"]
 
 
 def test_the_ghcr_mirror_is_served_by_the_front_too(vm):
