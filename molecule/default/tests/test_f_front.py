@@ -111,11 +111,11 @@ def test_a_burst_of_first_pulls_costs_one_docker_hub_pull_per_manifest(vm, hub):
 
 
 def test_cached_blobs_are_sent_from_the_registrys_storage(vm, host):
-    pulled = vm.pull(f"{MIRROR}/library/small1:latest", "amd64", "/tmp/front-small1")
+    pulled = vm.pull(f"{MIRROR}/library/small3:latest", "amd64", "/tmp/front-small3")
     assert pulled.returncode == 0, pulled.stderr
-    layer = vm.sh("jq -r '.layers[0].digest' /tmp/front-small1/blobs/sha256/$(jq -r '.manifests[0].digest' "
-                  "/tmp/front-small1/index.json | cut -d: -f2)").stdout.strip()
-    answer = fetch(vm, f"/v2/library/small1/blobs/{layer}")
+    layer = vm.sh("jq -r '.layers[0].digest' /tmp/front-small3/blobs/sha256/$(jq -r '.manifests[0].digest' "
+                  "/tmp/front-small3/index.json | cut -d: -f2)").stdout.strip()
+    answer = fetch(vm, f"/v2/library/small3/blobs/{layer}")
     assert answer["status"] == "200" and answer["docker-content-digest"] == layer, answer
     assert "x-registry-mirror-cache" not in answer  # not a proxied answer
     # A repository that does not hold the blob does not get it from the disk (distribution answers for it).
@@ -201,8 +201,8 @@ def test_a_cached_tag_is_served_while_docker_hub_is_away_and_an_uncached_one_fai
 
 def test_front_metrics_count_cache_hits_and_blobs_sent_from_disk(vm, host):
     """The supervisor counts the front's per-request log (since its last start: the restarts above reset it)."""
-    assert vm.pull(f"{MIRROR}/library/small1:latest", "amd64", "/tmp/front-metrics").returncode == 0
-    assert vm.pull(f"{MIRROR}/library/small1:latest", "amd64", "/tmp/front-metrics").returncode == 0
+    assert vm.pull(f"{MIRROR}/library/small3:latest", "amd64", "/tmp/front-metrics").returncode == 0
+    assert vm.pull(f"{MIRROR}/library/small3:latest", "amd64", "/tmp/front-metrics").returncode == 0
     time.sleep(1)
     page = host.check_output("curl -s http://127.0.0.1:5002/metrics")
     values = {line.split()[0]: float(line.split()[1]) for line in page.splitlines()
