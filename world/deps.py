@@ -15,7 +15,16 @@ import time
 from pathlib import Path
 
 from . import sources
-from .config import APT_PACKAGES, DOCKERD_PIDFILE, LOGS, PROMTOOL, PROMTOOL_PACKAGE, SOURCE_VERSION
+from .config import (
+    APT_PACKAGES,
+    DOCKERD_PIDFILE,
+    LOGS,
+    NGINX_PACKAGE,
+    NGINX_TOOL,
+    PROMTOOL,
+    PROMTOOL_PACKAGE,
+    SOURCE_VERSION,
+)
 from .util import WorldError, log, ok, out, read_text, run, step, tail, warn, write_text
 
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
@@ -96,40 +105,57 @@ def promtool() -> Path | None:
 def ensure_promtool() -> None:
     """promtool (`promtool check rules` and `test rules` in `make lint`) out of Debian's prometheus package, which is
     not installed: its postinst enables and starts a Prometheus server (prometheus.service, or its init script where
-    systemd does not run) that neither a developer's machine nor CI should be left running. `apt-get download` (apt's
-    package lists refreshed only when it fails), then only usr/bin/promtool of the package's files, into the world's
-    cache. The Debian binary needs libc only."""
+    systemd does not run) that neither a developer's machine nor CI should be left running. The Debian binary needs
+    libc only."""
     if promtool() is not None:
         return
-    with tempfile.TemporaryDirectory(prefix="promtool-") as tmp:
-        download = ["apt-get", "download", "-q", PROMTOOL_PACKAGE]
+    extract_tool(PROMTOOL_PACKAGE, "usr/bin/promtool", PROMTOOL)
+    log(f"{out([str(PROMTOOL), '--version']).splitlines()[0]} in {PROMTOOL} (not installed)")
+
+
+def ensure_nginx_tool() -> None:
+    """nginx for `make unit` (tests/unit/roles/test_front_conf.py: `nginx -t` of the front's rendered configuration),
+    out of Debian's nginx package, which is not installed: its postinst would start an nginx on port 80. The binary
+    needs libraries every Debian host has (libc, libcrypt, libpcre2, libssl, zlib)."""
+    if os.access(NGINX_TOOL, os.X_OK):
+        return
+    extract_tool(NGINX_PACKAGE, "usr/sbin/nginx", NGINX_TOOL)
+    version = subprocess.run([str(NGINX_TOOL), "-v"], capture_output=True, text=True, check=False).stderr.strip()
+    log(f"{version} in {NGINX_TOOL} (not installed)")
+
+
+def extract_tool(package: str, member_path: str, dest: Path) -> None:
+    """The file MEMBER_PATH of Debian's PACKAGE (`apt-get download`; apt's package lists refreshed only when it
+    fails), and nothing else of the package, as the executable DEST."""
+    with tempfile.TemporaryDirectory(prefix=f"{dest.name}-") as tmp:
+        download = ["apt-get", "download", "-q", package]
         if run(download, env=APT_ENV, cwd=Path(tmp), logfile=LOGS / "apt.log", check=False).returncode != 0:
             run(["apt-get", "update", "-q"], env=APT_ENV, logfile=LOGS / "apt.log")
             run(download, env=APT_ENV, cwd=Path(tmp), logfile=LOGS / "apt.log")
-        deb = next(Path(tmp).glob(f"{PROMTOOL_PACKAGE}_*.deb"))
-        PROMTOOL.parent.mkdir(parents=True, exist_ok=True)
-        partial = PROMTOOL.with_name(f"{PROMTOOL.name}.partial")
+        deb = next(Path(tmp).glob(f"{package}_*.deb"))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        partial = dest.with_name(f"{dest.name}.partial")
         found = False
         with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE) as proc:
             assert proc.stdout is not None
             with tarfile.open(fileobj=proc.stdout, mode="r|") as archive:
                 for member in archive:  # read to the end: dpkg-deb must not die of a closed pipe
-                    source = archive.extractfile(member) if member.name.lstrip("./") == "usr/bin/promtool" else None
+                    source = archive.extractfile(member) if member.name.lstrip("./") == member_path else None
                     if source is not None:
                         partial.write_bytes(source.read())
                         found = True
         if proc.returncode != 0 or not found:
             partial.unlink(missing_ok=True)
-            raise WorldError(f"no usr/bin/promtool in {deb.name} (dpkg-deb exited with {proc.returncode})")
+            raise WorldError(f"no {member_path} in {deb.name} (dpkg-deb exited with {proc.returncode})")
         partial.chmod(0o755)
-        partial.replace(PROMTOOL)
-    log(f"{out([str(PROMTOOL), '--version']).splitlines()[0]} in {PROMTOOL} (from {deb.name}, not installed)")
+        partial.replace(dest)
 
 
 def cmd_promtool() -> None:
     """promtool only (CI's static job, which needs nothing else of the world)."""
     with step("promtool"):
         ensure_promtool()
+        ensure_nginx_tool()
         log(f"promtool: {promtool()}")
 
 
@@ -156,6 +182,7 @@ def cmd_deps() -> None:
             start_dockerd()
         ensure_binfmt()
         ensure_promtool()
+        ensure_nginx_tool()
 
 
 def cmd_stop_deps() -> None:

@@ -3,7 +3,8 @@
 
 """The settings files the role renders pass the checks of the program that reads them - the validate steps of
 tasks/configure.yml: each supervisor.json with ``registry-supervisor --check-settings``, each proxy.env with
-``--check-env``. Rendered by one ansible-playbook run (no target: connection local, files written under a temporary
+``--check-env``; the caching front's nginx configuration with ``nginx -t`` (nginx 1.22 out of Debian's package,
+extracted by ``make deps``), its branch for nginx 1.23 and later too. Rendered by one ansible-playbook run (no target: connection local, files written under a temporary
 directory) from the role's own preflight model, templates and loops, for a Docker Hub mirror with a further upstream,
 an edge with tiers and a tier."""
 
@@ -11,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
 import typing as t
@@ -38,6 +41,10 @@ HOSTS = {
              "registry_mirror_dockerhub_username": "hubuser", "registry_mirror_dockerhub_token": "dckr_pat_hub",
              "registry_mirror_tier_users": [{"username": "site-a-edges", "password": "fleet-test-A"}]},
 }
+# Every host with the caching front; the nginx version front.yml would read on the host (the edge's takes the branch
+# for nginx 1.23 and later, which nginx 1.22 parses the same).
+FRONT = {"hub": "1.22", "edge": "1.24", "tier": "1.22"}
+NGINX = Path(os.environ.get("WORLD_CACHE", "/var/cache/actuated-world")) / "tools" / "nginx"
 
 
 def _tasks(path: Path) -> t.Iterator[dict]:
@@ -75,17 +82,20 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tuple[P
             continue
         # The files of the task that one of the supervisor's checks validates, each under out/HOST/CHECK-OPTION/.
         keep = {key: task[key] for key in ("vars", "when") if key in task}
-        keep["loop"] = ("{{ (" + written.strip().removeprefix("{{").removesuffix("}}")
-                        + ") | selectattr('validate', 'defined') | selectattr('validate', 'search', ' --check-') }}")
+        files = written.strip().removeprefix("{{").removesuffix("}}")
+        keep["loop"] = ("{{ ((" + files + ") | selectattr('validate', 'defined') | selectattr('validate', 'search', ' --check-')"
+                        " | list) + ((" + files + ") | selectattr('path', 'search', 'front[.]conf$') | list) }}")
         keep["loop_control"] = {"label": "{{ item.path }}"}
         keep["vars"] = {**keep.get("vars", {}), "__test_dest": (
-            f"{out}/{{{{ inventory_hostname }}}}/{{{{ item.validate | regex_search('--check-[a-z]+') }}}}{{{{ item.path }}}}")}
+            f"{out}/{{{{ inventory_hostname }}}}/{{{{ item.validate | default('--nginx') | regex_search('--(check-[a-z]+|nginx)') }}}}"
+            "{{ item.path }}")}
         tasks.append({**keep, "name": f"directory of {task['name']}",
                       "ansible.builtin.file": {"path": "{{ __test_dest | dirname }}", "state": "directory"}})
         tasks.append({**keep, "name": f"render {task['name']}",
                       "ansible.builtin.copy": {"content": "{{ item.content }}", "dest": "{{ __test_dest }}"}})
     (collection / "roles" / "registry_mirror" / "tasks" / "zz_test_render.yml").write_text(yaml.safe_dump(tasks, sort_keys=False))
-    hosts = {name: {**variables, "_registry_mirror_address": variables.get("registry_mirror_bind_address", "192.168.128.1")}
+    hosts = {name: {**variables, "_registry_mirror_address": variables.get("registry_mirror_bind_address", "192.168.128.1"),
+                    "registry_mirror_front": True, "_registry_mirror_nginx_version": FRONT[name]}
              for name, variables in HOSTS.items()}
     (tmp / "inventory.yml").write_text(yaml.safe_dump({"all": {
         "vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable, "_registry_mirror_arch": "amd64",
@@ -95,7 +105,9 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tuple[P
         {"ansible.builtin.include_role": {"name": "actuated.registry.registry_mirror", "tasks_from": "zz_test_render.yml"}}]}]))
     env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(tmp), "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOCAL_TEMP": str(tmp / "tmp"),
            "ANSIBLE_REMOTE_TEMP": str(tmp / "rtmp"), "ANSIBLE_RETRY_FILES_ENABLED": "0", "ANSIBLE_CONFIG": str(tmp / "none.cfg")}
-    proc = subprocess.run([str(playbook), "-i", str(tmp / "inventory.yml"), str(tmp / "playbook.yml")], cwd=tmp, env=env,
+    # The front's runtime and cache directories under the temporary directory (role variables: extra variables win).
+    front = ["-e", f"_registry_mirror_runtime_dir={tmp}/run", "-e", f"_registry_mirror_front_dir={tmp}/front"]
+    proc = subprocess.run([str(playbook), "-i", str(tmp / "inventory.yml"), *front, str(tmp / "playbook.yml")], cwd=tmp, env=env,
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return {host: [(path, path.relative_to(out / host).parts[0]) for path in sorted((out / host).rglob("*")) if path.is_file()]
@@ -113,6 +125,8 @@ def test_every_rendered_file_passes_its_readers_check(rendered: dict, host: str,
     found = rendered[host]
     assert {name: sum(path.name == name for path, _o in found) for name in files} == files
     for path, option in found:
+        if option == "--nginx":
+            continue  # test_the_fronts_configuration_passes_nginx_t
         if option == "--check-settings" and json.loads(path.read_text()).get("ca_file"):
             # An edge's supervisor trusts the tiers' CA, installed before its settings: here a CA of the test's.
             settings = json.loads(path.read_text())
@@ -149,3 +163,71 @@ def test_a_broken_credentials_file_is_refused_without_its_values(tmp_path: Path,
     path.write_text("# comment\n" + text)
     proc = check("--check-env", path)
     assert proc.returncode == 2 and reason in proc.stderr and "S3CRET" not in proc.stderr
+
+
+def front_conf(rendered: dict, host: str) -> Path:
+    """HOST's rendered front configuration."""
+    return next(path for path, option in rendered[host] if option == "--nginx")
+
+
+@pytest.mark.parametrize("host", sorted(FRONT))
+def test_the_fronts_configuration_passes_nginx_t(rendered: dict, host: str, pki: t.Any) -> None:
+    if not os.access(NGINX, os.X_OK):
+        if os.environ.get("CI"):
+            pytest.fail(f"{NGINX} is missing: `make deps` extracts it")
+        pytest.skip(f"{NGINX} is missing: `make deps` extracts it")
+    conf = front_conf(rendered, host)
+    text = conf.read_text()
+    run = Path(re.search(r"^pid (.+)/front[.]pid;$", text, re.MULTILINE).group(1))
+    run.mkdir(parents=True, exist_ok=True)
+    shutil.copy(pki.server_crt, run / "server.crt")
+    shutil.copy(pki.server_key, run / "server.key")
+    front = Path(re.search(r"client_body_temp_path (.+)/tmp/body;", text).group(1))
+    for sub in ("tmp", "cache"):
+        (front / sub).mkdir(parents=True, exist_ok=True)
+    # nginx -t binds the listening sockets: the mirrors' addresses are not this machine's, free loopback ports are.
+    ports = iter(free_ports(text.count(" ssl;")))
+    checked = conf.with_name("front-loopback.conf")
+    checked.write_text(re.sub(r"listen \S+ ssl;", lambda _m: f"listen 127.0.0.1:{next(ports)} ssl;", text))
+    proc = subprocess.run([str(NGINX), "-t", "-q", "-e", "stderr", "-p", str(front), "-c", str(checked)],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
+def free_ports(count: int) -> list[int]:
+    """COUNT loopback ports free right now."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+@pytest.mark.parametrize("host", sorted(FRONT))
+def test_the_front_keys_its_cache_on_the_method_and_the_accepted_types_and_keeps_heads(rendered: dict, host: str) -> None:
+    text = front_conf(rendered, host).read_text()
+    assert "proxy_cache_convert_head off;" in text
+    keys = re.findall(r"proxy_cache_key (.+);", text)
+    assert keys and all(key == '"$request_method $uri $registry_front_accept"' for key in keys), keys
+    assert "proxy_cache_lock on;" in text and "proxy_cache_background_update on;" in text
+    assert ("the catalog is not served" in text) and "location = /v2/_catalog" in text  # registry_mirror_catalog false
+    first_header_only = 'default "?";' in text
+    assert first_header_only == (FRONT[host] == "1.22")
+
+
+def test_a_tiers_front_checks_the_edges_accounts_before_serving_anything(rendered: dict) -> None:
+    text = front_conf(rendered, "tier").read_text()
+    server = text[text.index("    server {"):]
+    assert re.search(r"^        auth_basic_user_file .+/htpasswd;$", server, re.MULTILINE)
+    assert server.index("auth_basic ") < server.index("location ")
+    assert "auth_basic" not in front_conf(rendered, "hub").read_text()
+
+
+def test_each_mirror_has_a_server_on_its_port_with_its_socket(rendered: dict) -> None:
+    text = front_conf(rendered, "hub").read_text()
+    assert re.findall(r"listen (\S+) ssl;", text) == ["192.168.128.1:5000", "192.168.128.1:5010", "192.168.128.1:5020"]
+    assert re.findall(r"server unix:(\S+) ", text) == [
+        "/run/registry/docker-hub.sock", "/run/registry/ghcr.sock", "/run/registry/quay.sock"]
