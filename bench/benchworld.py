@@ -54,6 +54,8 @@ BENCH_CACHE = world.CACHE / "bench"
 MIRROR_PORT = 5000
 STORAGE = "/var/lib/registry"
 BLOBS = f"{STORAGE}/docker/registry/v2/blobs/sha256"
+FRONT_UNIT = "registry-front.service"  # the caching front (registry_mirror_front) and its manifest cache
+FRONT_CACHE = "/var/cache/registry-front/cache"
 DROPIN = "/etc/systemd/system/registry.service.d/zz-bench.conf"
 SHAPER_STATS = "/tmp/shaper-stats.json"  # bench/shaper.py writes its counters there on SIGUSR1
 BENCH_CONFIG = "/etc/registry/bench-config.yml"
@@ -417,9 +419,12 @@ class BenchWorld:  # pylint: disable=too-many-instance-attributes
             raise BenchError(f"the mirror on {target_name(n)} does not answer after {timeout:.0f}s:\n{journal}")
 
     def mirror_clear(self, n: int = 1) -> None:
-        """Empty the mirror's storage and restart it: the next pull is cold."""
+        """Empty the mirror's storage (and the caching front's, when it has one) and restart it: the next pull is
+        cold."""
         dexec(target_name(n),
-              f"systemctl stop registry && find {STORAGE} -mindepth 1 -delete && systemctl start registry")
+              f"systemctl stop registry && find {STORAGE} -mindepth 1 -delete && "
+              f"if systemctl -q is-active {FRONT_UNIT}; then systemctl stop {FRONT_UNIT} && "
+              f"find {FRONT_CACHE} -mindepth 2 -delete && systemctl start {FRONT_UNIT}; fi && systemctl start registry")
         self.wait_mirror(n)
 
     def mirrors_clear(self, edges: Sequence[int], tier: bool = False) -> None:

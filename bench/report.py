@@ -291,8 +291,43 @@ def section_compared(res: dict[str, Any], earlier: dict[str, Any] | None) -> str
                    f"{then_v} run is kept in `results/distribution-{then_v}/`.\n")
 
 
+def section_front(res: dict[str, Any]) -> str:
+    """The caching front (bench.run --only front): the pulls and the upstream cost again, with registry_mirror_front,
+    beside the same measurements without it."""
+    front = res.get("front")
+    if not front:
+        return ""
+    before = res.get("pulls") or {}
+    rows = []
+    for image, d in front["pulls"].items():
+        sec = d["seconds"]
+        old = before.get(image)
+        rows.append([f"library/{image}", fmt(sec["direct"]), fmt(sec["mirror_warm"]), fmt(sec["mirror_warm_digest"]),
+                     fmt(sec["nginx"]), f"**{d['warm_speedup_vs_direct']}x**"
+                     + (f" ({old['warm_speedup_vs_direct']}x)" if old else ""),
+                     f"**{d['warm_vs_nginx']}**" + (f" ({old['warm_vs_nginx']})" if old else ""),
+                     f"**{d['warm_digest_vs_nginx']}**" + (f" ({old['warm_digest_vs_nginx']})" if old else ""),
+                     fmt(sec["mirror_cold"])])
+    text = "\n## 8. The caching front (registry_mirror_front): the same pulls through nginx in front of the mirror\n\n"
+    text += table(["image", "direct", "warm (tag)", "warm (digest)", "nginx, static files",
+                   "warm / direct (without the front)", "tag / nginx (without)", "digest / nginx (without)", "cold"],
+                  rows)
+    up = front["upstream_cost"]
+    plain = res.get("upstream_cost") or {}
+    text += (f"\n{up['pulls']} pulls of {up['image']} from {up['parallel']} parallel clients, starting empty: "
+             f"**{up['mirror_cold_start']['manifest_get']}** Docker Hub pulls with the front"
+             + (f" ({plain['mirror_cold_start']['manifest_get']} without it)" if plain else "")
+             + f", {up['mirror_cached']['manifest_get']} once cached; every pull succeeded: "
+             f"{up['mirror_cold_start']['succeeded']}/{up['pulls']} and "
+             f"{up['mirror_cached']['succeeded']}/{up['pulls']}. "
+             "A cached tag is answered by the front without a token or HEAD over the link (for "
+             "registry_mirror_tag_cache_seconds, 60 by default); concurrent first requests of a manifest wait for "
+             "the first one.\n")
+    return text
+
+
 def render(res: dict[str, Any], chart: str | None, earlier: dict[str, Any] | None = None) -> str:
     """The whole report; EARLIER: a committed run of another distribution version, for the comparison."""
     return "".join((section_machine(res), section_pulls(res), section_compared(res, earlier), section_upstream(res),
                     section_role(res), section_tuning(res), collection.section(res), fleet_tiers.section(res),
-                    section_checks(res, chart)))
+                    section_front(res), section_checks(res, chart)))

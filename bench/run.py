@@ -54,7 +54,8 @@ COLLECTIONS = REPO / ".cache" / "collections"
 MIRROR = f"{target_ip(1)}:5000"
 UPSTREAM = world.HUB_NAME  # on the bench network this name is the emulated link in front of the hub
 MODES = ("direct", "mirror_cold", "mirror_warm", "mirror_warm_digest", "nginx", "client_alone")
-ONLY = ("collections", "fleet-tiers", "role")  # --only SECTION: that section alone, merged into the last run's results
+# --only SECTION: that section alone, merged into the last run's results
+ONLY = ("collections", "fleet-tiers", "role", "front")
 TIER_USER = {"username": "bench-edges", "password": "bench-tier-8c1f5d"}  # the tier's one account (Basic auth)
 
 
@@ -141,12 +142,14 @@ class Bench:  # pylint: disable=too-many-instance-attributes
     # ---------------------------------------------------------------------------------------------------------------
 
     def converge(self, hosts: dict[str, str], label: str, cache: Path, *, pipelining: bool = True,
-                 tier: dict[str, str] | None = None, tiered: Collection[str] = ()) -> dict[str, Any]:
+                 tier: dict[str, str] | None = None, tiered: Collection[str] = (),
+                 front: bool = False) -> dict[str, Any]:
         """ansible-playbook playbooks/site.yml on HOSTS ({container: bind address}); wall time and recap per host.
 
         TIER ({container: address}): converged first as the site's tier (group registry_tiers: the fleet CA issues its
         certificate; the Docker Hub token and one account for the edges); the hosts of HOSTS named in TIERED are edges
         pulling from it, without the token (README "Fleets"). The others pull Docker Hub with the token, as always.
+        FRONT: with the caching front (registry_mirror_front).
         """
         hub = {"registry_mirror_dockerhub_username": world.HUB_USERNAME,
                "registry_mirror_dockerhub_token": world.HUB_TOKEN}
@@ -166,6 +169,7 @@ class Bench:  # pylint: disable=too-many-instance-attributes
             "registry_mirror_release_base_url": f"http://127.0.0.1:{self.bw.release_port}",
             "registry_mirror_upstream_url": world.HUB_URL,
             "registry_mirror_local_cache_dir": str(cache),
+            "registry_mirror_front": front,
         }
         groups: dict[str, Any] = {"actuated_agents": {"hosts": edges}}
         if tier:
@@ -212,7 +216,7 @@ class Bench:  # pylint: disable=too-many-instance-attributes
                 if path.endswith(".tar.gz") and c.get("GET")}
 
     def first_converge(self, hosts: dict[str, str], arch: str, label: str, *, pipelining: bool = True,
-                       idempotent: bool = True) -> dict[str, Any]:
+                       idempotent: bool = True, front: bool = False) -> dict[str, Any]:
         """Fresh targets (made by world.target_up), a fresh controller cache: first converge, then a re-run."""
         start = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(hosts)) as pool:
@@ -223,7 +227,7 @@ class Bench:  # pylint: disable=too-many-instance-attributes
         boot = time.monotonic() - start
         cache = self.work / f"release-cache-{label}"
         self.bw.release_reset()
-        first = self.converge(hosts, f"{label}-first", cache, pipelining=pipelining)
+        first = self.converge(hosts, f"{label}-first", cache, pipelining=pipelining, front=front)
         downloads = self.tarball_gets()
         changed = sum(r.get("changed", 0) for r in first["recap"].values())
         log(f"   {label}: first converge {first['seconds']:.1f}s on {len(hosts)} {arch} host(s) ({changed} changes), "
@@ -234,7 +238,7 @@ class Bench:  # pylint: disable=too-many-instance-attributes
                                "target_boot_s": round(boot, 1), "first": first, "tarball_downloads": downloads,
                                "loadavg": loadavg()}
         if idempotent:
-            again = self.converge(hosts, f"{label}-again", cache, pipelining=pipelining)
+            again = self.converge(hosts, f"{label}-again", cache, pipelining=pipelining, front=front)
             changed = {h: r.get("changed", 0) for h, r in again["recap"].items()}
             log(f"   {label}: idempotent re-run {again['seconds']:.1f}s, changed {changed}")
             self.check(f"{label}: re-run changes nothing", not any(changed.values()), f"changed={changed}")
@@ -326,6 +330,22 @@ class Bench:  # pylint: disable=too-many-instance-attributes
                 "cold_vs_direct": round(med["mirror_cold"] / med["direct"], 2),
             }
         self.results["pulls"] = out
+
+    def front(self) -> None:
+        """The pulls and upstream cost measurements against a mirror converged with the caching front (its first
+        converge and re-run measured too); under results["front"], their checks named "front: ..."."""
+        first_check = len(self.results["checks"])
+        role = self.first_converge({target_name(1): target_ip(1)}, "amd64", "front-amd64", front=True)
+        self.plain = {1}
+        self.pulls()
+        self.upstream_cost()
+        cost = self.results["upstream_cost"]
+        self.check("a burst of first pulls costs one Docker Hub pull per manifest (the index and amd64's)",
+                   cost["mirror_cold_start"]["manifest_get"] == 2, f"{cost['mirror_cold_start']['manifest_get']} GETs")
+        self.results["front"] = {"role": role, "pulls": self.results.pop("pulls"),
+                                 "upstream_cost": self.results.pop("upstream_cost")}
+        for check in self.results["checks"][first_check:]:
+            check["name"] = "front: " + check["name"]
 
     def tuning(self) -> None:
         """Warm pulls with the role's config against variants of it (a drop-in; the role is not changed)."""
@@ -425,6 +445,10 @@ class Bench:  # pylint: disable=too-many-instance-attributes
             elif self.args.only == "fleet-tiers":
                 with self.step(fleet_tiers.title(plan)):
                     fleet_tiers.run(self)
+            elif self.args.only == "front":
+                with self.step(f"caching front: pulls of {', '.join(plan.images)} x{plan.runs} and the upstream cost "
+                               f"of {plan.upstream_total} pulls, through a mirror with registry_mirror_front"):
+                    self.front()
             elif self.args.only == "role":
                 with self.step(f"role: first converge + re-run on one amd64 target x{plan.converge_runs}"):
                     self.role_single()
@@ -501,7 +525,7 @@ class Bench:  # pylint: disable=too-many-instance-attributes
             if passed and results:
                 results[key] = self.results.get(key)
                 prefix = {"collections": "collection of ", "fleet_tiers": "fleet tiers",
-                          "role": "single-amd64-"}[key]  # its checks' names begin so
+                          "role": "single-amd64-", "front": "front: "}[key]  # its checks' names begin so
                 results["checks"] = [c for c in results.get("checks", [])
                                      if c.get("section") != key and not c["name"].startswith(prefix)] + [
                     {**c, "section": key} for c in self.results["checks"]]
