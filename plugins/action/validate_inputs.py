@@ -50,10 +50,12 @@ class ActionModule(ActionBase):
         if not errors:
             # The model the role renders from: registry_mirror_upstreams with every default filled in and without its
             # secrets, registry_mirror_tiers without its secrets, the user names of registry_mirror_tier_users and
-            # (the input checks) the Docker Hub mirror in the upstreams' shape, the tier's names and the role's paths.
+            # (the input checks) the Docker Hub mirror in the upstreams' shape, the tier's names, the images the Docker
+            # Hub mirror keeps warm (registry_mirror_prefetch normalised) and the role's paths.
             result.update(upstreams=list(found.upstreams), tiers=list(found.tiers), tier_users=list(found.tier_users))
             if what == "input":
-                result.update(primary=dict(found.primary), tier_names=list(found.tier_names), **found.paths)
+                result.update(primary=dict(found.primary), tier_names=list(found.tier_names),
+                              prefetch=list(found.prefetch), **found.paths)
         if errors:
             result["failed"] = True
             result["msg"] = (f"{len(errors)} problem{'s' if len(errors) > 1 else ''} with the registry_mirror "

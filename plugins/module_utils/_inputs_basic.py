@@ -91,6 +91,7 @@ RANGES = {
     "registry_mirror_cache_collect_interval": (0, 8760, "hours"),
     "registry_mirror_supervisor_port": (LOWEST_UNPRIVILEGED_PORT, 65535, "port"),
     "registry_mirror_tag_cache_seconds": (0, 86400, "seconds"),
+    "registry_mirror_prefetch_interval": (5, 1440, "minutes"),
 }
 _TRUE = frozenset(("true", "yes", "on", "1", "y", "t"))
 _FALSE = frozenset(("false", "no", "off", "0", "n", "f"))

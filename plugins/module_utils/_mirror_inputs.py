@@ -13,7 +13,8 @@ that needs only the input and returns the model the role renders from; ``validat
 the host has (accounts, directories). The rules live by concern: ``_inputs_basic`` (characters, types, paths, URLs,
 numbers, versions, secrets, unknown variables), ``_inputs_htpasswd`` (tier users, shared with the registry_htpasswd
 module), ``_inputs_entries`` (the lists of dictionaries), ``_inputs_upstreams`` (registry_mirror_upstreams and each
-mirror's entry of the model), ``_inputs_fleet`` (tiers and edges), ``_inputs_host`` (what the host has).
+mirror's entry of the model), ``_inputs_fleet`` (tiers and edges), ``_inputs_prefetch`` (the images the Docker Hub
+mirror keeps warm), ``_inputs_host`` (what the host has).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ansible_collections.actuated.registry.plugins.module_utils._inputs_entries 
 from ansible_collections.actuated.registry.plugins.module_utils._inputs_fleet import (
     ACTUATED_BRIDGES, check_tier_names, fleet_conflicts, normalise_tier_users, normalise_tiers)
 from ansible_collections.actuated.registry.plugins.module_utils._inputs_host import HostReport, check_host, parse_host_report
+from ansible_collections.actuated.registry.plugins.module_utils._inputs_prefetch import normalise_prefetch, prefetch_conflicts
 from ansible_collections.actuated.registry.plugins.module_utils._inputs_upstreams import (
     normalise_upstreams, primary_mirror, upstreams_dir)
 
@@ -45,7 +47,8 @@ class Report(t.NamedTuple):
     (controller_path()), keyed by variable name; PRIMARY: the Docker Hub mirror in the shape of an upstream
     (primary_mirror()); TIER_NAMES: registry_mirror_tier_names as a list; PATHS: upstreams_dir (where each further
     upstream's directory is), release_base_url (without a trailing /) and bridge_addresses (actuated's VM bridges, which
-    registry_mirror_bind_address auto chooses from)."""
+    registry_mirror_bind_address auto chooses from); PREFETCH: registry_mirror_prefetch normalised (normalise_prefetch()),
+    filled, as PRIMARY, only without errors."""
 
     errors: list
     warnings: list
@@ -56,6 +59,7 @@ class Report(t.NamedTuple):
     primary: dict = {}
     tier_names: list = []
     paths: dict = {}
+    prefetch: list = []
 
 
 def effective(raw: t.Mapping[str, t.Any], spec: t.Mapping[str, t.Mapping[str, t.Any]]) -> tuple[dict, list]:
@@ -135,6 +139,8 @@ def validate(raw: t.Mapping[str, t.Any], spec: t.Mapping[str, t.Mapping[str, t.A
     fleet_errors, fleet_warnings = fleet_conflicts(values, valid, tiers.entries)
     errors.extend(fleet_errors)
     warnings.extend(fleet_warnings)
+    prefetch = normalise_prefetch(valid)
+    errors.extend(prefetch.errors + prefetch_conflicts(values))
     unknown = unknown_variables(defined, spec)
     if values.get("registry_mirror_unknown_variables", "fail") == "warn":
         warnings.extend(unknown)
@@ -152,7 +158,7 @@ def validate(raw: t.Mapping[str, t.Any], spec: t.Mapping[str, t.Mapping[str, t.A
              "release_base_url": valid["registry_mirror_release_base_url"].rstrip("/"),
              "bridge_addresses": list(ACTUATED_BRIDGES)}
     return Report(errors, warnings, upstreams.upstreams, tiers.entries, tier_users.entries, controller_dirs,
-                  primary_mirror(valid, tiers.entries), list(valid["registry_mirror_tier_names"]), paths)
+                  primary_mirror(valid, tiers.entries), list(valid["registry_mirror_tier_names"]), paths, prefetch.entries)
 
 
 def validate_host(raw: t.Mapping[str, t.Any], spec: t.Mapping[str, t.Mapping[str, t.Any]], host: HostReport) -> Report:

@@ -22,6 +22,9 @@ description:
     address other than actuated's bridge or C(auto) without C(registry_mirror_bind_any_private_address), or one
     that is not private (RFC 1918, link-local) with it; a tier's address that is not private without
     C(registry_mirror_tier_users).
+  - Checks C(registry_mirror_prefetch) - Docker Hub repositories (each once, C(alpine) meaning C(library/alpine)),
+    their tags and platforms - and refuses it on an edge with C(registry_mirror_tiers) (the tiers prefetch; the edges
+    pull through them) and, for now, on a tier with C(registry_mirror_tier_users).
   - Warns when a user name looks like a token (C(registry_mirror_dockerhub_username), an upstream's or a tier's
     C(username), a C(registry_mirror_tier_users) name), naming the variable and never showing the value.
   - Fails on a C(registry_mirror_*) variable that the role does not know, naming the closest known one; with
@@ -40,7 +43,8 @@ description:
   - Returns the model the role renders from, without secrets - C(registry_mirror_upstreams) normalised
     (RV(upstreams)), the Docker Hub mirror in the same shape (RV(primary)), C(registry_mirror_tiers) (RV(tiers)), the
     user names of C(registry_mirror_tier_users) (RV(tier_users)), C(registry_mirror_tier_names) as a list
-    (RV(tier_names)) and the paths the role derives (RV(upstreams_dir), RV(release_base_url), RV(controller_dirs)).
+    (RV(tier_names)), C(registry_mirror_prefetch) normalised (RV(prefetch)) and the paths the role derives
+    (RV(upstreams_dir), RV(release_base_url), RV(controller_dirs)).
     A secret stays in its variable; an entry says where it is (RV(upstreams[].index), RV(tiers[].index)).
   - Used by the C(actuated.registry.registry_mirror) role as the first task of its preflight; it reads the variables
     from the host's variables, not from its arguments.
@@ -235,6 +239,34 @@ tier_names:
   type: list
   elements: str
   sample: [tier1.site.example, 10.20.0.5]
+prefetch:
+  description:
+    - C(registry_mirror_prefetch) normalised, in the order given - the Docker Hub images the Docker Hub mirror keeps
+      warm. Empty without prefetch.
+  returned: when the input checks pass (not with O(host_report))
+  type: list
+  elements: dict
+  contains:
+    repository:
+      description:
+        - The repository as Docker Hub names it - an official image with its namespace (C(alpine) is
+          C(library/alpine)), without a leading C(docker.io/).
+      type: str
+    tags:
+      description: The tags to keep warm, each once, in the order given; C([latest]) when the entry gives none.
+      type: list
+      elements: str
+    platforms:
+      description: The platforms to pull (C(os/arch) or C(os/arch/variant)), each once; empty for the host's own.
+      type: list
+      elements: str
+  sample:
+    - repository: library/alpine
+      tags: ["3.20", latest]
+      platforms: []
+    - repository: bitnami/redis
+      tags: [latest]
+      platforms: [linux/amd64, linux/arm64/v8]
 upstreams_dir:
   description: The directory of the further upstreams' directories (C(<registry_mirror_config_dir>/upstreams)).
   returned: when the input checks pass (not with O(host_report))

@@ -86,19 +86,21 @@ def basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
-def certificates(directory: Path) -> tuple[Path, Path, Path]:
-    """A CA (its certificate) and a server certificate and key for 127.0.0.1 that it signed, made by openssl."""
+def certificates(directory: Path, dns: tuple[str, ...] = ()) -> tuple[Path, Path, Path]:
+    """A CA (its certificate) and a server certificate and key for 127.0.0.1 (and the names DNS) that it signed, made
+    by openssl."""
     if shutil.which("openssl") is None:
         pytest.skip("no openssl to make certificates")
     names = ("ca.key", "ca.pem", "key.pem", "req.csr", "cert.pem")
     ca_key, ca, key, request, cert = (directory / name for name in names)
     extensions = directory / "server.ext"
+    alt_names = "".join(f",DNS:{name}" for name in dns)
     extensions.write_text("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
-                          "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n"
+                          f"extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1{alt_names}\n"
                           "authorityKeyIdentifier=keyid\nsubjectKeyIdentifier=hash\n", encoding="utf-8")
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     for command in (
-            ["req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/CN=fleet test CA",
+            ["req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/CN=test CA",
              "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
             ["req", "-new", *ec, "-keyout", key, "-out", request, "-subj", "/CN=127.0.0.1"],
             ["x509", "-req", "-in", request, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,

@@ -4,9 +4,9 @@
 """The settings files the role renders pass the checks of the program that reads them - the validate steps of
 tasks/configure.yml: each supervisor.json with ``registry-supervisor --check-settings``, each proxy.env with
 ``--check-env``; the caching front's nginx configuration with ``nginx -t`` (nginx 1.22 out of Debian's package,
-extracted by ``make deps``), its branch for nginx 1.23 and later too. Rendered by one ansible-playbook run (no target: connection local, files written under a temporary
-directory) from the role's own preflight model, templates and loops, for a Docker Hub mirror with a further upstream,
-an edge with tiers and a tier."""
+extracted by ``make deps``), its branch for nginx 1.23 and later too. Rendered by one ansible-playbook run (no target:
+connection local, files written under a temporary directory) from the role's own preflight model, templates and
+loops, for a Docker Hub mirror with a further upstream, an edge with tiers and a tier."""
 
 from __future__ import annotations
 
@@ -196,7 +196,7 @@ def test_the_fronts_configuration_passes_nginx_t(rendered: dict, host: str, pki:
 
 def free_ports(count: int) -> list[int]:
     """COUNT loopback ports free right now."""
-    socks = [socket.socket() for _ in range(count)]
+    socks = [socket.socket() for _number in range(count)]
     try:
         for sock in socks:
             sock.bind(("127.0.0.1", 0))

@@ -22,15 +22,18 @@ from ansible_collections.actuated.registry.plugins.module_utils import _mirror_i
 ROLE = Path(__file__).resolve().parents[3] / "roles" / "registry_mirror"
 SPEC = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())["argument_specs"]["main"]["options"]
 ABSENT = yaml.safe_load((ROLE / "tasks" / "absent.yml").read_text())[0]
-UNITS = ["/etc/systemd/system/registry-cert.path", "/etc/systemd/system/registry-cert-reload.service",
+UNITS = ["/etc/systemd/system/registry-prefetch.timer", "/etc/systemd/system/registry-prefetch.service",
+         "/etc/systemd/system/registry-cert.path", "/etc/systemd/system/registry-cert-reload.service",
          "/etc/systemd/system/registry.service", "/etc/systemd/system/registry-front.service"]
 # Always removed (nothing else is in them): the install root (helpers, every version), the fact, the rollback
 # snapshot's directory, the runtime copy of the certificate.
 ALWAYS = ["/usr/local/lib/registry-mirror"]
-AFTER = ["/etc/ansible/facts.d/registry_mirror.fact", "/var/lib/registry-mirror", "/run/registry", "/var/cache/registry-front"]
+AFTER = ["/etc/ansible/facts.d/registry_mirror.fact", "/var/lib/registry-mirror", "/run/registry", "/var/cache/registry-front",
+         "/var/lib/registry-prefetch"]
 CONFIG_FILES = ["/etc/registry/config.yml", "/etc/registry/proxy.env", "/etc/registry/cert-state.json",
                 "/etc/registry/supervisor.json", "/etc/registry/upstreams", "/etc/registry/tier-tls", "/etc/registry/tier-ca",
-                "/etc/registry/htpasswd", "/etc/registry/front.conf"]
+                "/etc/registry/htpasswd", "/etc/registry/front.conf",
+                "/etc/registry/prefetch.json"]
 GHCR = {"name": "ghcr", "url": "https://ghcr.io", "port": 5010}
 
 

@@ -360,6 +360,46 @@ def test_fleet_problems_fail_with_every_one_named() -> None:
     assert TU_PASSWORD not in json.dumps(result)
 
 
+# ---- registry_mirror_prefetch -------------------------------------------------------------------------------------
+
+
+def test_prefetch_is_returned_normalised() -> None:
+    result = run({"registry_mirror_prefetch": [{"repository": "alpine"},
+                                               {"repository": "bitnami/redis", "tags": ["7.2"], "platforms": ["linux/arm64/v8"]}],
+                  "registry_mirror_prefetch_interval": "30"})
+    assert not result.get("failed") and result["errors"] == []
+    assert result["prefetch"] == [{"repository": "library/alpine", "tags": ["latest"], "platforms": []},
+                                  {"repository": "bitnami/redis", "tags": ["7.2"], "platforms": ["linux/arm64/v8"]}]
+    assert run({})["prefetch"] == []
+    assert "prefetch" not in run({}, {"host_report": HOST_REPORT})  # the input checks' model, as primary
+
+
+def test_prefetch_problems_fail_without_the_list() -> None:
+    result = run({"registry_mirror_prefetch": [{"repository": "alpine:3.20"}, {"repository": "redis", "tags": ["a b"]}],
+                  "registry_mirror_tiers": [{"url": "https://tier1.site.test"}]})
+    assert result["failed"] and "prefetch" not in result
+    assert result["errors"] == [
+        "registry_mirror_prefetch[0].repository is 'alpine:3.20', with a tag: give the repository alone ('alpine') and the tag "
+        "in tags (['3.20'])",
+        "registry_mirror_prefetch[1].tags[0] is 'a b', which is not a tag (a letter, digit or _, then up to 127 letters, "
+        "digits, _, . or -)",
+        "registry_mirror_prefetch is set while registry_mirror_tiers names the site's tiers: set registry_mirror_prefetch on "
+        "the site's tiers (registry_mirror_mode: tier): an edge pulls through them"]
+
+
+@pytest.mark.parametrize("prefetch,errors", [
+    ([{"repository": "alpine", "tags": "{{ broken }}"}],
+     ["registry_mirror_prefetch[0].tags could not be evaluated: 'broken' is undefined: {{ broken }}"]),
+    ([{"repository": "alpine"}, {"repository": "{{ broken }}"}],
+     ["registry_mirror_prefetch[1].repository could not be evaluated: 'broken' is undefined: {{ broken }}"]),
+    ("{{ broken }}", ["registry_mirror_prefetch could not be evaluated: 'broken' is undefined: {{ broken }}"]),
+], ids=["tags", "repository", "the whole list"])
+def test_a_prefetch_value_that_cannot_be_templated_is_named(prefetch: t.Any, errors: list[str]) -> None:
+    """Nothing in registry_mirror_prefetch is secret: the templating error is shown."""
+    result = run({"registry_mirror_prefetch": prefetch})
+    assert result["failed"] and result["errors"] == errors
+
+
 # ---- Through the role, without a target ---------------------------------------------------------------------------
 
 # host name: (variables, variable the error names, problem); the variables are YAML (a vaulted value is added below).
@@ -444,6 +484,17 @@ E2E: dict[str, tuple[dict[str, t.Any], str, str]] = {
     "tier-misspelt": ({"registry_mirror_tiers": [{"url": "https://tier1.site.test", "username": TIER_LOGIN,
                                                   "passwrod": "misspelt-S3CRET-tier"}]},
                       "registry_mirror_tiers.passwrod", "Supported parameters include"),
+    # registry_mirror_prefetch: argument_specs accept these, then validate_inputs names the entry and the key ...
+    "prefetch-tag": ({"registry_mirror_prefetch": [{"repository": "alpine:3.20"}]}, "registry_mirror_prefetch[0].repository",
+                     "with a tag: give the repository alone"),
+    "prefetch-edge-tiers": ({"registry_mirror_prefetch": [{"repository": "alpine", "tags": ["3.20", 3]}],
+                             "registry_mirror_tiers": [{"url": "https://tier1.site.test"}]}, "registry_mirror_prefetch",
+                            "set registry_mirror_prefetch on the site's tiers"),
+    "prefetch-interval": ({"registry_mirror_prefetch_interval": 2}, "registry_mirror_prefetch_interval",
+                          "between 5 and 1440 minutes"),
+    # ... and this ansible refuses itself.
+    "prefetch-no-repository": ({"registry_mirror_prefetch": [{"tags": ["latest"]}]}, "registry_mirror_prefetch",
+                               "missing required arguments: repository"),
 }
 VAULTED_TOKEN = TOKEN + " with a space"
 VAULTED_UP_PASSWORD = UP_PASSWORD + " with a space"
@@ -454,7 +505,8 @@ SECRETS = (TOKEN, VAULTED_TOKEN, "someone", UP_USER, UP_PASSWORD, "misspelt-S3CR
 # The hosts whose role run must get past argument_specs and fail at validate_inputs (ok=1).
 PAST_ARGUMENT_SPECS = ("upstream-name", "upstreams-port", "upstream-storage", "upstream-vaulted", "tier-on-bridge",
                        "tier-users-on-edge", "tiers-with-token", "tier-vaulted", "tier-user-vaulted", "bind-public",
-                       "edge-off-bridge", "metrics-off-same-port", "open-tier-shared")
+                       "edge-off-bridge", "metrics-off-same-port", "open-tier-shared", "prefetch-tag", "prefetch-edge-tiers",
+                       "prefetch-interval")
 # A valid list with a vaulted password, through the action alone: what the role's tasks get.
 UPSTREAMS_OK = {"name": "ghcr", "url": "https://GHCR.io/", "port": "5010", "username": UP_USER, "allow_http": "false"}
 TIERS_OK = {"url": "https://Tier1.site.test:5000/", "username": TIER_LOGIN}

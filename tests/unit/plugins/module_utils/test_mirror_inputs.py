@@ -672,6 +672,37 @@ FLEET_BAD_INPUT: dict[str, tuple[dict[str, t.Any], str, str]] = {
                            "did you mean registry_mirror_fleet_ca_dir?"),
 }
 BAD_INPUT.update(FLEET_BAD_INPUT)
+
+# ---- registry_mirror_prefetch (tests/unit/plugins/module_utils/test_inputs_prefetch.py has every case) ---------------
+
+P = "registry_mirror_prefetch"
+PREFETCH_BAD_INPUT: dict[str, tuple[dict[str, t.Any], str, str]] = {
+    "prefetch not a list": ({P: {"repository": "alpine"}}, P, "must be a list (got dict)"),
+    "prefetch with a tag in the repository": ({P: [{"repository": "alpine:3.20"}]}, f"{P}[0].repository",
+                                              "with a tag: give the repository alone ('alpine') and the tag in tags"),
+    "prefetch of another registry": ({P: [{"repository": "ghcr.io/actuated/app"}]}, f"{P}[0].repository",
+                                     "an image of the registry 'ghcr.io'"),
+    "prefetch tag not a tag": ({P: [{"repository": "alpine", "tags": ["latest", "-rc"]}]}, f"{P}[0].tags[1]", "which is not a tag"),
+    "prefetch platform in capitals": ({P: [{"repository": "alpine", "platforms": ["Linux/AMD64"]}]}, f"{P}[0].platforms[0]",
+                                      "write 'linux/amd64'"),
+    "prefetch the same repository twice": ({P: [{"repository": "alpine"}, {"repository": "library/alpine"}]},
+                                           f"{P}[1].repository", "the same as registry_mirror_prefetch[0].repository"),
+    "prefetch a misspelt key": ({P: [{"repository": "alpine", "tag": ["3.20"]}]}, f"{P}[0]",
+                                "has the key 'tag', which is not an option of an image to prefetch; did you mean tags?"),
+    "prefetch on an edge with tiers": ({P: [{"repository": "alpine"}], T: [TIER]}, P,
+                                       "set registry_mirror_prefetch on the site's tiers (registry_mirror_mode: tier): an edge "
+                                       "pulls through them"),
+    "prefetch on a tier with accounts": ({P: [{"repository": "alpine"}], **tier_users(EDGE_USER)}, P,
+                                         "is not supported yet on a tier whose registry asks for accounts "
+                                         "(registry_mirror_tier_users)"),
+    "prefetch interval below 5 minutes": ({"registry_mirror_prefetch_interval": 4}, "registry_mirror_prefetch_interval",
+                                          "is 4: it must be between 5 and 1440 minutes"),
+    "prefetch interval over a day": ({"registry_mirror_prefetch_interval": 1441}, "registry_mirror_prefetch_interval",
+                                     "between 5 and 1440 minutes"),
+    "prefetch interval with a unit": ({"registry_mirror_prefetch_interval": "1h"}, "registry_mirror_prefetch_interval",
+                                      "must be an integer"),
+}
+BAD_INPUT.update(PREFETCH_BAD_INPUT)
 SECRETS = (TOKEN, USER, UP_USER, UP_PASSWORD, TIER_LOGIN, TIER_PASSWORD, TU_PASSWORD)
 
 
@@ -742,6 +773,12 @@ def test_a_controller_directory_written_with_dots_is_resolved_by_the_controller(
     {"registry_mirror_state": "absent", "registry_mirror_purge_cache": True},
     {"registry_mirror_state": "absent", "registry_mirror_purge_cache": "yes"},
     {"registry_mirror_state": "present", "registry_mirror_purge_cache": False},
+    {"registry_mirror_prefetch": [{"repository": "alpine"}], "registry_mirror_prefetch_interval": 5},
+    {"registry_mirror_prefetch": [{"repository": "alpine"}], "registry_mirror_prefetch_interval": "1440"},
+    {"registry_mirror_prefetch": [{"repository": "alpine"}], "registry_mirror_mode": "tier",
+     "registry_mirror_bind_address": "10.20.0.5"},
+    {"registry_mirror_prefetch": [], "registry_mirror_tiers": [{"url": "https://tier1.site.test"}]},
+    {"registry_mirror_prefetch": None},
 ], ids=",".join)
 def test_good_input_passes(overrides: dict[str, t.Any]) -> None:
     assert run(overrides).errors == []
@@ -762,8 +799,10 @@ def test_bad_input_names_the_variable_and_the_problem(case: str) -> None:
         first = error.split(" ", 1)[0]
         # An upstream's problem names the entry (by name, or by index without a valid one of its own) and the key.
         # A tier's by index, a tier user's by user name or index.
+        # An image to prefetch by index, and a tag or platform by its index in the entry's list.
         assert first in known or re.fullmatch(r"registry_mirror_upstreams\[([a-z][a-z0-9-]*|[0-9]+)\](\.[a-z_]+)?", first) or (
-            re.fullmatch(r"registry_mirror_(tiers\[[0-9]+\]|tier_users\[[A-Za-z0-9._@+-]+\])(\.[a-z_]+)?", first)), (
+            re.fullmatch(r"registry_mirror_(tiers\[[0-9]+\]|tier_users\[[A-Za-z0-9._@+-]+\])(\.[a-z_]+)?", first)) or (
+            re.fullmatch(r"registry_mirror_prefetch\[[0-9]+\](\.(repository|tags|platforms)(\[[0-9]+\])?)?", first)), (
             f"an error that does not start with a variable's name: {error}")
 
 
