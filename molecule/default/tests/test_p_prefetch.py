@@ -7,6 +7,7 @@ later into a cache of its own); library/alpine has."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from conftest import MIRROR, amd64_only, reconverge, world
@@ -23,6 +24,7 @@ def account(hub) -> dict[str, int]:
 
 def a_round(host) -> str:
     """One round of the timer's service (oneshot: systemctl returns when it ends); its journal lines."""
+    time.sleep(1.1)  # journalctl --since counts whole seconds: not the second the previous round ended in
     since = host.check_output("date '+%Y-%m-%d %H:%M:%S'")
     host.check_output("systemctl start registry-prefetch.service")
     return host.check_output(f"journalctl --no-pager -o cat -u registry-prefetch --since '{since}'")
