@@ -2,6 +2,7 @@
 #   make demo   - the main job end to end on the built-in local example (an actuated-like host, a VM, a fake Docker Hub)
 #   make test   - every test: lint, sanity, unit, Molecule on amd64 and arm64 (installs and starts what it needs)
 # Sub-targets: make deps | venv | world | lint | sanity | unit | molecule [SCENARIO=x] [ARCHES="amd64 arm64"] | bench
+#   | dashboard
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 ROOT := $(CURDIR)
@@ -53,7 +54,7 @@ SCENARIO ?=
 ARCHES ?= amd64 arm64
 TIMED := $(PY) $(ROOT)/tests/tools/timed.py
 
-.PHONY: molecule-newest-core test static venvs demo deps venv world world-down lint typecheck rules sanity unit build docs molecule bench bench-smoke clean stop
+.PHONY: molecule-newest-core test static venvs demo deps venv world world-down lint typecheck rules sanity unit build docs dashboard molecule bench bench-smoke clean stop
 
 ## Every test, with the time each stage took; stops what it started even when a stage fails. The static stages (lint,
 ## sanity and unit tests with every ansible-core, the Galaxy build) need no test world: they run beside the world and
@@ -146,6 +147,18 @@ rules:
 
 docs: venv
 	$(BIN)/python tests/tools/readme_vars.py
+
+## The README's picture of the dashboard (docs/dashboard/dashboard.png and .json, which say where it comes from),
+## drawn from the committed capture of a test-world run (world/metrics_capture.py made it) without Grafana: promtool
+## backfills the capture, Debian's Prometheus serves it on a loopback port while each panel's own queries are asked,
+## matplotlib draws the panels where the dashboard puts them. Both tools come out of Debian's prometheus package as
+## promtool does (`python3 -m world promtool`, run here when they are missing). DASHBOARD_OPTS: e.g. --min-interval 60.
+DASHBOARD_CAPTURE ?= docs/dashboard/capture.om.gz
+DASHBOARD_OPTS ?=
+PROMETHEUS = $(firstword $(shell command -v prometheus) $(wildcard $(WORLD_CACHE)/tools/prometheus))
+dashboard: venv
+	@[ -n "$(PROMETHEUS)" ] && [ -n "$(PROMTOOL)" ] || $(PY) -m world promtool
+	$(BIN)/python -m world.dashboard --capture $(DASHBOARD_CAPTURE) --out docs/dashboard/dashboard.png $(DASHBOARD_OPTS)
 
 ## ansible-test keeps its cache and per-test venvs under HOME: give it one in the test world's cache.
 sanity: venv

@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (
         ("deps", "install apt packages, start dockerd, enable arm64 emulation"),
         ("stop-deps", "stop dockerd if the world started it"),
-        ("promtool", "extract promtool from Debian's prometheus package (not installed) for make lint"),
+        ("promtool", "extract promtool (make lint) and prometheus (make dashboard) from Debian's prometheus package"),
         ("images", "build actuated-world/target:{amd64,arm64} and actuated-world/client:amd64"),
         ("debs", "download docker-registry and busybox-static .debs (amd64, arm64)"),
         ("releases", "build the upstream-layout release fixtures"),

@@ -28,6 +28,9 @@ DOCKERD_PIDFILE = CACHE / "dockerd.pid"
 # promtool for `make lint`, taken out of Debian's prometheus package by `deps` (world/deps.py says why not installed).
 PROMTOOL = CACHE / "tools" / "promtool"
 PROMTOOL_PACKAGE = "prometheus"
+# The Prometheus server of the same package, the same way: world/dashboard.py evaluates the dashboard's queries with it
+# (docs/dashboard/) and the unit tests of that drawing start one on a loopback port.
+PROMETHEUS_TOOL = CACHE / "tools" / "prometheus"
 # nginx for the unit tests that check the caching front's configuration (`nginx -t`), out of Debian's nginx package the
 # same way (installing it would start an nginx on port 80).
 NGINX_TOOL = CACHE / "tools" / "nginx"

@@ -1,7 +1,8 @@
 # Copyright (c) actuated.registry contributors
 # SPDX-License-Identifier: MIT
 """What the world needs on the machine: apt packages, a running dockerd (stopped again only if the world started
-it), arm64 emulation (binfmt_misc + qemu-aarch64), and promtool for `make lint`."""
+it), arm64 emulation (binfmt_misc + qemu-aarch64), promtool for `make lint` and the Prometheus server that draws the
+dashboard's picture (`make dashboard`)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from .config import (
     LOGS,
     NGINX_PACKAGE,
     NGINX_TOOL,
+    PROMETHEUS_TOOL,
     PROMTOOL,
     PROMTOOL_PACKAGE,
     SOURCE_VERSION,
@@ -113,6 +115,24 @@ def ensure_promtool() -> None:
     log(f"{out([str(PROMTOOL), '--version']).splitlines()[0]} in {PROMTOOL} (not installed)")
 
 
+def prometheus() -> Path | None:
+    """The Prometheus server world/dashboard.py queries: one on PATH, else the one `deps` extracted; None: neither."""
+    found = shutil.which("prometheus")
+    if found:
+        return Path(found)
+    return PROMETHEUS_TOOL if os.access(PROMETHEUS_TOOL, os.X_OK) else None
+
+
+def ensure_prometheus() -> None:
+    """The Prometheus server (`make dashboard`, and the unit tests of world/dashboard.py) out of the same Debian package
+    as promtool, not installed for the same reason. Only the binary: the dashboard's drawing asks its HTTP API, never
+    its web pages, and gives it a configuration of its own."""
+    if prometheus() is not None:
+        return
+    extract_tool(PROMTOOL_PACKAGE, "usr/bin/prometheus", PROMETHEUS_TOOL)
+    log(f"{out([str(PROMETHEUS_TOOL), '--version']).splitlines()[0]} in {PROMETHEUS_TOOL} (not installed)")
+
+
 def ensure_nginx_tool() -> None:
     """nginx for `make unit` (tests/unit/roles/test_front_conf.py: `nginx -t` of the front's rendered configuration),
     out of Debian's nginx package, which is not installed: its postinst would start an nginx on port 80. The binary
@@ -152,10 +172,12 @@ def extract_tool(package: str, member_path: str, dest: Path) -> None:
 
 
 def cmd_promtool() -> None:
-    """promtool only (CI's static job, which needs nothing else of the world)."""
+    """promtool only (CI's static job, which needs nothing else of the world), and the tools of the unit tests: nginx,
+    the Prometheus server."""
     with step("promtool"):
         ensure_promtool()
         ensure_nginx_tool()
+        ensure_prometheus()
         log(f"promtool: {promtool()}")
 
 
@@ -183,6 +205,7 @@ def cmd_deps() -> None:
         ensure_binfmt()
         ensure_promtool()
         ensure_nginx_tool()
+        ensure_prometheus()
 
 
 def cmd_stop_deps() -> None:
