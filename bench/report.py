@@ -323,6 +323,17 @@ def section_front(res: dict[str, Any]) -> str:
              "A cached tag is answered by the front without a token or HEAD over the link (for "
              "registry_mirror_tag_cache_seconds, 60 by default); concurrent first requests of a manifest wait for "
              "the first one.\n")
+    outage = front.get("outage")
+    if outage:
+        def secs(values: list[float | None]) -> str:
+            return ", ".join("failed" if v is None else f"{v:.3f}" for v in values)
+        text += (f"\nDocker Hub away (the emulated link frozen: connections hang): cached pulls of "
+                 f"library/{outage['image']} took **{secs(outage['first_cached_s'])} s** right after it vanished, and "
+                 f"**{secs(outage['after_tag_expiry_s'])} s** once the tag's cache entry had expired "
+                 f"({outage['tag_cache_seconds']} s; the front answers with its stale copy and asks again in the "
+                 "background). Without the front a cached pull by tag waits for distribution's upstream timeout until the "
+                 "supervisor has switched to read-only (`cached_pull_right_after_outage_s` in "
+                 "`results/resilience-summary-amd64.json`).\n")
     return text
 
 

@@ -39,11 +39,13 @@ from bench.benchworld import (
     BENCH_CACHE,
     NGINX_IP,
     REPO,
+    SHAPER,
     BenchError,
     BenchWorld,
     loadavg,
     log,
     median_counts,
+    sh,
     summary,
     target_ip,
     target_name,
@@ -57,6 +59,7 @@ MODES = ("direct", "mirror_cold", "mirror_warm", "mirror_warm_digest", "nginx", 
 # --only SECTION: that section alone, merged into the last run's results
 ONLY = ("collections", "fleet-tiers", "role", "front")
 TIER_USER = {"username": "bench-edges", "password": "bench-tier-8c1f5d"}  # the tier's one account (Basic auth)
+FRONT_TAG_CACHE_S = 60  # registry_mirror_tag_cache_seconds: the role's default, which front() converges with
 
 
 @dataclasses.dataclass(frozen=True)
@@ -342,10 +345,40 @@ class Bench:  # pylint: disable=too-many-instance-attributes
         cost = self.results["upstream_cost"]
         self.check("a burst of first pulls costs one Docker Hub pull per manifest (the index and amd64's)",
                    cost["mirror_cold_start"]["manifest_get"] == 2, f"{cost['mirror_cold_start']['manifest_get']} GETs")
+        outage = self.front_outage()
+        self.check("an outage of Docker Hub fails no cached pull through the front",
+                   None not in outage["first_cached_s"] + outage["after_tag_expiry_s"], json.dumps(outage))
         self.results["front"] = {"role": role, "pulls": self.results.pop("pulls"),
-                                 "upstream_cost": self.results.pop("upstream_cost")}
+                                 "upstream_cost": self.results.pop("upstream_cost"), "outage": outage}
         for check in self.results["checks"][first_check:]:
             check["name"] = "front: " + check["name"]
+
+    def front_outage(self) -> dict[str, Any]:
+        """Docker Hub vanishes under a warm mirror with the front: the emulated link is frozen (docker pause: every
+        connection hangs, as with a host that stops answering, the slowest way to fail). Timed: the first cached pulls
+        at once, and again once the tag's cache entry has expired (the front answers with its stale copy while it asks
+        distribution in the background). None: a pull that failed."""
+        name = self.plan.images[0]
+        self.bw.pull(MIRROR, name)
+
+        def timed() -> float | None:
+            try:
+                return round(self.bw.pull(MIRROR, name, timeout=120), 3)
+            except BenchError as exc:
+                log(f"   cached pull of {name} during the outage failed: {exc}")
+                return None
+
+        out: dict[str, Any] = {"image": name, "tag_cache_seconds": FRONT_TAG_CACHE_S}
+        sh(["docker", "pause", SHAPER])
+        try:
+            out["first_cached_s"] = [timed() for _ in range(3)]
+            time.sleep(FRONT_TAG_CACHE_S + 2)
+            out["after_tag_expiry_s"] = [timed() for _ in range(3)]
+        finally:
+            sh(["docker", "unpause", SHAPER])
+        log(f"   Docker Hub away: cached pulls of {name} {out['first_cached_s']} s at once, "
+            f"{out['after_tag_expiry_s']} s once the tag's cache entry expired")
+        return out
 
     def tuning(self) -> None:
         """Warm pulls with the role's config against variants of it (a drop-in; the role is not changed)."""

@@ -109,7 +109,11 @@ def demo() -> int:
               f"{len(manifest['layers'])} layer(s), {size} bytes")
 
     step("What the mirror now caches")
-    print("GET /v2/_catalog ->", vm(f"curl -sS https://{MIRROR}/v2/_catalog").strip())
+    refused = vm(f"curl -sS -o /dev/null -w '%{{http_code}}' https://{MIRROR}/v2/_catalog").strip()
+    print(f"GET /v2/_catalog from the VM -> {refused} (registry_mirror_catalog is false: jobs do not see what others pulled)")
+    listed = sh(["docker", "exec", HOST, "curl", "-sS", "--unix-socket", "/run/registry/docker-hub.sock",
+                 "http://registry/v2/_catalog"], capture_output=True).stdout.strip()
+    print(f"GET /v2/_catalog on {HOST}, from distribution's socket behind the caching front -> {listed}")
     cached = sh(["docker", "exec", HOST, "sh", "-c",
                  "du -sh /var/lib/registry | cut -f1; find /var/lib/registry -path '*/blobs/*' -name data | wc -l"],
                 capture_output=True).stdout.split()

@@ -84,8 +84,12 @@ def test_vm_pulls_alpine_through_the_mirror_with_upstream_digests(vm, host, arch
         assert host.file(f"{repo}/repositories/{ALPINE}/_layers/sha256/{hexdigest}/link").exists
 
 
-def test_catalog_lists_the_cached_image(vm):
-    catalog = json.loads(vm.sh(f"curl -sS https://{MIRROR}/v2/_catalog").stdout)
+def test_catalog_is_refused_to_vms_and_listed_on_the_host(vm, host):
+    """registry_mirror_catalog is false: what other jobs pulled is not listed to a VM (the front answers 404); the
+    host's root still reads it from distribution's unix socket."""
+    refused = vm.sh(f"curl -sS -o /dev/null -w '%{{http_code}}' https://{MIRROR}/v2/_catalog").stdout
+    assert refused == "404"
+    catalog = json.loads(host.check_output("curl -sS --unix-socket /run/registry/docker-hub.sock http://registry/v2/_catalog"))
     assert ALPINE in catalog["repositories"]
 
 

@@ -35,7 +35,8 @@ def test_each_upstream_runs_its_own_registry_port_and_storage_under_the_one_unit
         assert host.check_output(f"cat /proc/{pid}/cgroup") == cgroup  # the same unit
         assert host.check_output(f"stat -c %U /proc/{pid}") == "registry"
     config = host.file("/etc/registry/upstreams/ghcr/config.yml").content_string
-    assert f'"{world.GHCR_URL}"' in config and '"/var/lib/registry-ghcr"' in config and f'"{ADDRESS}:5010"' in config
+    assert f'"{world.GHCR_URL}"' in config and '"/var/lib/registry-ghcr"' in config and '"/run/registry/ghcr.sock"' in config
+    assert f"{ADDRESS}:5010" not in config  # the caching front serves the port
     storage = host.file("/var/lib/registry-ghcr")
     assert storage.is_directory and storage.user == "registry" and storage.mode == 0o750
     settings = json.loads(host.file(GHCR_SETTINGS).content_string)
@@ -50,7 +51,7 @@ def counted(registry) -> dict[str, int]:
     return {name: count for name, count in registry.pulls().items() if count}
 
 
-def test_pulls_through_each_mirror_reach_its_own_upstream_with_its_own_account(vm, hub, ghcr):
+def test_pulls_through_each_mirror_reach_its_own_upstream_with_its_own_account(vm, host, hub, ghcr):
     hub.reset()
     ghcr.reset()
     # Each test of this scenario pulls images no other test pulls through the same mirror (testinfra may reorder
@@ -64,7 +65,7 @@ def test_pulls_through_each_mirror_reach_its_own_upstream_with_its_own_account(v
     assert pulled.returncode == 0, pulled.stderr
     assert set(counted(hub)) == {world.HUB_USERNAME}
     assert counted(ghcr) == {}
-    catalog = json.loads(vm.sh(f"curl -sS https://{GHCR_MIRROR}/v2/_catalog").stdout)["repositories"]
+    catalog = json.loads(host.check_output("curl -sS --unix-socket /run/registry/ghcr.sock http://registry/v2/_catalog"))["repositories"]
     assert "library/alpine" in catalog and "library/fill5" not in catalog
 
 
