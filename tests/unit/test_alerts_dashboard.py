@@ -8,7 +8,7 @@ Renaming or dropping a metric in the supervisor fails this test until the rules 
 from __future__ import annotations
 
 import copy
-import importlib.util
+import importlib
 import json
 import re
 import sys
@@ -104,18 +104,11 @@ def metric_names(expr: str) -> set[str]:
     return names
 
 
-def load_supervisor() -> types.ModuleType:
-    """registry-supervisor as a module, as tests/unit/files loads it (one module for both)."""
-    name = "registry_supervisor"
+def load_listener() -> types.ModuleType:
+    """registry_listener, the module of registry-supervisor that holds its metrics, as tests/unit/files imports it."""
     if str(FILES) not in sys.path:
-        sys.path.insert(0, str(FILES))  # registry_cache, which it imports
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, FILES / "registry-supervisor.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while the class is created
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+        sys.path.insert(0, str(FILES))  # registry_cache and the supervisor's other modules, which it imports
+    return importlib.import_module("registry_listener")
 
 
 def declared_types(exposition: str) -> dict[str, str]:
@@ -125,7 +118,7 @@ def declared_types(exposition: str) -> dict[str, str]:
 
 def supervisor_metrics() -> dict[str, str]:
     """What the supervisor's /metrics declares, rendered by its own code (fallbacks set: every metric it has)."""
-    metrics = load_supervisor().Metrics(fallbacks=True)
+    metrics = load_listener().Metrics(fallbacks=True)
     return declared_types(metrics.text())
 
 

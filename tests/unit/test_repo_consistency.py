@@ -6,11 +6,14 @@ development file, no references to files outside the repository or to issue numb
 
 from __future__ import annotations
 
+import ast
 import importlib.util
+import json
 import re
 import subprocess
 from pathlib import Path
 
+import jinja2
 import pytest
 import yaml
 
@@ -170,3 +173,38 @@ def test_the_readme_table_of_registries_is_the_client_scripts_catalogue():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     rows = re.findall(r"^\| ([a-z0-9.-]+) \| `(https://[^`]+)` \| (\d+) \|", readme, re.MULTILINE)
     assert {name: (int(port), url) for name, url, port in rows} == dict(client.CATALOGUE)
+
+
+def test_every_module_the_host_programs_import_is_installed_beside_them():
+    """Each module of roles/registry_mirror/files/ that a program or module there imports (they import each other
+    from their own directory) is in _registry_mirror_modules, which tasks/configure.yml installs into libexec with its
+    name, not executable, while the programs lose their extension and are executable; tasks/service.yml restarts the
+    registry when one changed, and files/README.md lists each. The list names nothing else."""
+    files = REPO / "roles" / "registry_mirror" / "files"
+    local = {path.stem for path in files.glob("*.py")}
+    imported = set()
+    for path in files.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names} & local
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                imported |= {node.module.split(".")[0]} & local
+    role_vars = yaml.safe_load((REPO / "roles/registry_mirror/vars/main.yml").read_text(encoding="utf-8"))
+    modules = role_vars["_registry_mirror_modules"]
+    assert sorted(modules) == sorted(f"{name}.py" for name in imported)
+    tasks = yaml.safe_load((REPO / "roles/registry_mirror/tasks/configure.yml").read_text(encoding="utf-8"))
+    install = next(task for task in tasks if task.get("name") == "Install the helper scripts")
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    env.filters["to_json"] = json.dumps
+    env.filters["regex_replace"] = lambda value, pattern, replacement: re.sub(pattern, replacement, value)
+    rendered = env.from_string(install["vars"]["__registry_mirror_files"]).render(
+        _registry_mirror_libexec="/libexec", _registry_mirror_modules=modules, lookup=lambda *_args, **_kw: "")
+    installed = {entry["path"]: entry["mode"] for entry in json.loads(rendered)}
+    for module in modules:
+        assert installed.get(f"/libexec/{module}") == "0644", module
+    for program in ("registry-supervisor", "registry-prefetch"):
+        assert installed.get(f"/libexec/{program}") == "0755", program
+    service = (REPO / "roles/registry_mirror/tasks/service.yml").read_text(encoding="utf-8")
+    assert "_registry_mirror_modules | map('regex_replace', '^', _registry_mirror_libexec ~ '/')" in service
+    table = (files / "README.md").read_text(encoding="utf-8")
+    assert not [module for module in modules if f"| `{module}` | `{module}` |" not in table]

@@ -37,14 +37,18 @@ def validate(**overrides: t.Any) -> rules.Report:
 
 def supervisor_constant(name: str) -> t.Any:
     """The value of the supervisor's module-level constant NAME (a literal, or the pattern of re.compile(literal)),
-    read from its source: the program runs alone on hosts and cannot import the collection."""
-    for node in ast.parse(SUPERVISOR.read_text(encoding="utf-8")).body:
-        if isinstance(node, ast.Assign) and any(isinstance(target, ast.Name) and target.id == name for target in node.targets):
-            value = node.value
-            if isinstance(value, ast.Call) and getattr(value.func, "attr", "") == "compile":
-                value = value.args[0]
-            return ast.literal_eval(value)
-    raise AssertionError(f"{SUPERVISOR.name} has no constant {name}")
+    read from its source or its modules' (registry_*.py beside it, which it imports), where it is defined once: the
+    program runs alone on hosts and cannot import the collection."""
+    found = []
+    for path in [SUPERVISOR, *sorted(SUPERVISOR.parent.glob("registry_*.py"))]:
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.Assign) and any(isinstance(target, ast.Name) and target.id == name for target in node.targets):
+                value = node.value
+                if isinstance(value, ast.Call) and getattr(value.func, "attr", "") == "compile":
+                    value = value.args[0]
+                found.append(ast.literal_eval(value))
+    assert len(found) == 1, f"{SUPERVISOR.name} and its modules define {name} {len(found)} times"
+    return found[0]
 
 
 # ---- copies a host program keeps ------------------------------------------------------------------------------------

@@ -36,7 +36,8 @@ SETTINGS is a JSON object written by the role (no secrets; keys starting with "_
                  account ("" or absent: anonymous). They are sent only over https: to the upstream itself when it asks
                  for Basic authentication, and to a bearer token realm on the upstream's host, or on a DNS name under
                  the upstream host's parent domain when that is no public suffix (auth.docker.io for
-                 registry-1.docker.io); any other realm gets an anonymous token request.
+                 registry-1.docker.io); any other realm gets an anonymous token request (registry_realm.py,
+                 next to this program, a module shared with the supervisor, holds this rule and distribution's).
     metrics_url  the supervisor's loopback metrics (http://127.0.0.1:5002/metrics)
     images       [{"repository": "library/alpine", "tags": ["latest"], "platforms": ["linux/amd64"]}, ...]: a name
                  without "/" means library/NAME (as docker pull says); platforms default to this host's
@@ -56,10 +57,8 @@ import base64
 import contextlib
 import dataclasses
 import email.message
-import gzip
 import hashlib
 import http.client
-import ipaddress
 import json
 import os
 import platform
@@ -76,8 +75,9 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from registry_realm import PUBLIC_SUFFIX_LIST, PublicSuffixList, credentials_allowed, parse_challenge
+
 PROG = "registry-prefetch"
-PUBLIC_SUFFIX_LIST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "public_suffix_list.dat.gz")
 MIB = 1024 * 1024
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -550,73 +550,13 @@ def select_children(index: Manifest, wanted: Sequence[Platform]) -> tuple[list[D
 
 # --- Authentication ---------------------------------------------------------------------------------------------------
 
-def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
-    """The scheme (lower case) and parameters of one WWW-Authenticate header value."""
-    scheme, _space, rest = header.strip().partition(" ")
-    params = {key.lower(): value[1:-1].replace('\\"', '"') if value.startswith('"') else value
-              for key, value in re.findall(r'([\w-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^,\s]*)', rest)}
-    return scheme.lower(), params
-
-
-def load_public_suffixes(path: str = PUBLIC_SUFFIX_LIST) -> frozenset[str] | None:
-    """The rules of the Public Suffix List (gzip-compressed, as the supervisor reads it): plain, "*." wildcard and
-    "!" exception rules, in ASCII; None when it cannot be read."""
+def load_public_suffixes(path: str = PUBLIC_SUFFIX_LIST) -> PublicSuffixList | None:
+    """The Public Suffix List (gzip-compressed, as the supervisor reads it); None when it cannot be read: token realms
+    are then compared by the upstream's parent domain alone (credentials_allowed)."""
     try:
-        with gzip.open(path, "rt", encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
+        return PublicSuffixList.read(path)
     except (OSError, EOFError, ValueError):
         return None
-    rules = set()
-    for line in lines:
-        rule = line.strip().split(" ")[0].lower() if line.strip() else ""
-        if rule and not rule.startswith("//"):
-            with contextlib.suppress(UnicodeError):
-                rules.add(rule.encode("idna").decode("ascii") if not rule.isascii() else rule)
-    return frozenset(rules)
-
-
-def is_public_suffix(name: str, rules: frozenset[str]) -> bool:
-    """Whether the DNS NAME is a public suffix (co.uk, github.io, test): anyone may register names under it."""
-    if "." not in name:
-        return True  # the list's default rule, "*"
-    if f"!{name}" in rules:
-        return False  # an exception to a wildcard (city.kawasaki.jp under *.kawasaki.jp)
-    return name in rules or f"*.{name.split('.', 1)[1]}" in rules
-
-
-def literal_or_local(host: str) -> bool:
-    """Whether HOST is an IP address or localhost: no domain to share."""
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def credentials_allowed(upstream: str, realm: str, suffixes: frozenset[str] | None) -> bool:
-    """Whether the upstream credentials may go to the token REALM that UPSTREAM named: only over https, and only to
-    the upstream's own host and port, or to a DNS name under the upstream host's parent domain (auth.docker.io for
-    registry-1.docker.io), when that parent is no public suffix (SUFFIXES, the Public Suffix List's rules; without
-    them, a parent of at least two labels)."""
-    try:
-        remote, target = urllib.parse.urlsplit(upstream), urllib.parse.urlsplit(realm)
-        remote_host, realm_host = (remote.hostname or "").lower(), (target.hostname or "").lower()
-        remote_port = remote.port or (443 if remote.scheme == "https" else 80)
-        realm_port = target.port or 443
-    except ValueError:
-        return False
-    if target.scheme.lower() != "https" or not remote_host or not realm_host or "@" in target.netloc:
-        return False
-    if (remote_host, remote_port) == (realm_host, realm_port):
-        return True
-    if literal_or_local(remote_host) or literal_or_local(realm_host) or remote_host.count(".") < 2:
-        return False
-    parent = remote_host.split(".", 1)[1]
-    if suffixes is not None and is_public_suffix(parent, suffixes):
-        return False
-    return realm_host == parent or realm_host.endswith(f".{parent}")
 
 
 def read_credentials(prefix: str, environ: Mapping[str, str]) -> tuple[str, str] | None:
@@ -756,7 +696,7 @@ class Upstream:
     repository (fetched once per round), or Basic authentication when it asks for that."""
 
     def __init__(self, settings: Settings, account: tuple[str, str] | None,
-                 suffixes: frozenset[str] | None) -> None:
+                 suffixes: PublicSuffixList | None) -> None:
         self.base = settings.upstream
         self.allow_http = settings.allow_http
         self.timeout = settings.timeout

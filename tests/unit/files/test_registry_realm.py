@@ -6,18 +6,17 @@
 (never an IP address or localhost), and to Basic challenges. Before 3.1.0: to any bearer realm, never to Basic."""
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
-from registry_fakes import FakeUpstream, SupervisorRun, load_supervisor, wait_for
+from registry_fakes import FILES, FakeUpstream, SupervisorRun, wait_for
 
-
-@pytest.fixture(name="sup", scope="module")
-def fixture_sup() -> ModuleType:
-    return load_supervisor()
+if str(FILES) not in sys.path:
+    sys.path.insert(0, str(FILES))
+import registry_realm
 
 
 @pytest.mark.parametrize(("upstream", "realm", "allowed"), [
@@ -52,22 +51,22 @@ def fixture_sup() -> ModuleType:
     # Hosts without a registrable domain compare equal (distribution compares the empty results of its errors).
     ("https://registry:5000", "https://auth:5001/token", True),
 ])
-def test_realm_rule_of_distribution_3_1(sup: ModuleType, upstream: str, realm: str, allowed: bool) -> None:
-    assert sup.realm_allowed(upstream, realm) is allowed
-    assert sup.sends_credentials("3.1.1", "bearer", upstream, realm) is allowed
+def test_realm_rule_of_distribution_3_1(upstream: str, realm: str, allowed: bool) -> None:
+    assert registry_realm.realm_allowed(upstream, realm) is allowed
+    assert registry_realm.sends_credentials("3.1.1", "bearer", upstream, realm) is allowed
 
 
 @pytest.mark.parametrize("version", ["2.8.2", "2.8.3", "v2.8.2+ds1", "3.0.0"])
-def test_before_3_1_any_bearer_realm_gets_the_credentials_and_basic_none(sup: ModuleType, version: str) -> None:
-    assert sup.sends_credentials(version, "bearer", "http://127.0.0.1:5000", "http://127.0.0.1:5001/token")
-    assert sup.sends_credentials(version, "bearer", "https://registry.example.co.uk", "https://auth.evil.co.uk/t")
-    assert not sup.sends_credentials(version, "basic", "http://127.0.0.1:5000", "")
+def test_before_3_1_any_bearer_realm_gets_the_credentials_and_basic_none(version: str) -> None:
+    assert registry_realm.sends_credentials(version, "bearer", "http://127.0.0.1:5000", "http://127.0.0.1:5001/token")
+    assert registry_realm.sends_credentials(version, "bearer", "https://registry.example.co.uk", "https://auth.evil.co.uk/t")
+    assert not registry_realm.sends_credentials(version, "basic", "http://127.0.0.1:5000", "")
 
 
 @pytest.mark.parametrize("version", ["3.1.0", "3.1.1", "3.2.0", "4.0.0"])
-def test_from_3_1_basic_challenges_get_the_credentials(sup: ModuleType, version: str) -> None:
-    assert sup.sends_credentials(version, "basic", "http://127.0.0.1:5000", "")
-    assert not sup.sends_credentials(version, "bearer", "http://127.0.0.1:5000", "http://127.0.0.1:5001/token")
+def test_from_3_1_basic_challenges_get_the_credentials(version: str) -> None:
+    assert registry_realm.sends_credentials(version, "basic", "http://127.0.0.1:5000", "")
+    assert not registry_realm.sends_credentials(version, "bearer", "http://127.0.0.1:5000", "http://127.0.0.1:5001/token")
 
 
 # The Public Suffix List project's own test vectors (checkPublicSuffix; public domain): host -> registrable domain.
@@ -102,20 +101,104 @@ PSL_VECTORS = [
 ]
 
 
-def test_registrable_domains_of_the_public_suffix_list_test_vectors(sup: ModuleType) -> None:
-    psl = sup.public_suffix_list()
+def test_registrable_domains_of_the_public_suffix_list_test_vectors() -> None:
+    psl = registry_realm.public_suffix_list()
     wrong = {host: (psl.registrable_domain(host), expected) for host, expected in PSL_VECTORS
-             if psl.registrable_domain(host) != sup.to_ascii(expected or "")}
+             if psl.registrable_domain(host) != registry_realm.to_ascii(expected or "")}
     assert not wrong, wrong
 
 
-def test_rule_kinds_on_a_small_list(sup: ModuleType) -> None:
-    psl = sup.PublicSuffixList("// comment\ncom\nco.uk\n*.ck\n!www.ck\n\nuk\n")
+def test_rule_kinds_on_a_small_list() -> None:
+    psl = registry_realm.PublicSuffixList("// comment\ncom\nco.uk\n*.ck\n!www.ck\n\nuk\n")
     assert psl.registrable_domain("a.b.example.co.uk") == "example.co.uk"  # the longest rule wins
     assert psl.registrable_domain("a.b.test.ck") == "b.test.ck"  # wildcard
     assert psl.registrable_domain("a.www.ck") == "www.ck"  # the exception beats the wildcard
     assert psl.registrable_domain("a.b.example.org") == "example.org"  # the default rule "*"
     assert psl.registrable_domain("co.uk") == ""
+
+
+# --- registry-prefetch's own rule (credentials_allowed): stricter than distribution's --------------------------
+
+@pytest.mark.parametrize(("upstream", "realm", "allowed"), [
+    ("https://registry-1.docker.io", "https://auth.docker.io/token", True),
+    ("https://registry-1.docker.io", "https://docker.io/token", True),
+    ("https://registry-1.docker.io", "https://registry-1.docker.io/token", True),
+    ("https://registry-1.docker.io", "https://a.b.docker.io/token", True),
+    ("https://hub.actuated.test", "https://auth.actuated.test/token", True),
+    ("https://registry.example.co.uk", "https://auth.example.co.uk/token", True),
+    ("https://127.0.0.1:5000", "https://127.0.0.1:5000/token", True),
+    ("https://Registry-1.Docker.IO", "https://AUTH.docker.io/token", True),
+    # Never over plain http, never elsewhere.
+    ("https://registry-1.docker.io", "http://auth.docker.io/token", False),
+    ("http://127.0.0.1:5000", "http://127.0.0.1:5000/token", False),
+    ("https://registry-1.docker.io", "https://auth.evil.io/token", False),
+    ("https://registry-1.docker.io", "https://evildocker.io/token", False),
+    ("https://registry-1.docker.io", "https://docker.io.evil.com/token", False),
+    ("https://registry-1.docker.io", "https://user@auth.docker.io/token", False),
+    ("https://docker.io", "https://auth.docker.io/token", False),  # the parent, io, is a public suffix
+    ("https://example.co.uk", "https://evil.co.uk/token", False),
+    ("https://foo.github.io", "https://bar.github.io/token", False),
+    ("https://127.0.0.1:5000", "https://127.0.0.1:5001/token", False),
+    ("https://10.0.0.1", "https://10.0.0.2/token", False),
+    ("https://registry.localhost", "https://auth.localhost/token", False),
+    ("https://registry-1.docker.io", "not a url", False),
+    ("https://registry-1.docker.io", "https://[::1/token", False),
+])
+def test_credentials_allowed(upstream: str, realm: str, allowed: bool) -> None:
+    assert registry_realm.credentials_allowed(upstream, realm, registry_realm.PublicSuffixList.read()) is allowed
+
+
+def test_public_suffixes() -> None:
+    rules = registry_realm.PublicSuffixList.read()
+    assert rules.is_public_suffix("io")
+    assert rules.is_public_suffix("co.uk")
+    assert rules.is_public_suffix("github.io")
+    assert not rules.is_public_suffix("docker.io")
+    assert not rules.is_public_suffix("actuated.test")
+    assert rules.is_public_suffix("anything.kawasaki.jp")  # *.kawasaki.jp
+    assert not rules.is_public_suffix("city.kawasaki.jp")  # !city.kawasaki.jp
+
+
+def test_parse_challenge() -> None:
+    assert registry_realm.parse_challenge('Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
+                              'scope="repository:library/alpine:pull"') == (
+        "bearer", {"realm": "https://auth.docker.io/token", "service": "registry.docker.io",
+                   "scope": "repository:library/alpine:pull"})
+    assert registry_realm.parse_challenge('Basic realm="a \\"b\\" c"') == ("basic", {"realm": 'a "b" c'})
+    assert registry_realm.parse_challenge("Bearer realm=https://x/token, service=x") == (
+        "bearer", {"realm": "https://x/token", "service": "x"})
+
+
+def test_localhost_subdomains_are_local_for_the_prefetch_s_rule_only() -> None:
+    assert registry_realm.literal_or_local("localhost") and registry_realm.literal_or_local("::1")
+    assert registry_realm.literal_or_local("10.0.0.1", localhost_subdomains=True)
+    assert not registry_realm.literal_or_local("registry.localhost")
+    assert registry_realm.literal_or_local("registry.localhost", localhost_subdomains=True)
+    assert not registry_realm.literal_or_local("registry.example.com", localhost_subdomains=True)
+
+
+@pytest.mark.parametrize(("upstream", "realm", "distribution", "prefetch"), [
+    ("https://registry-1.docker.io", "https://auth.docker.io/token", True, True),
+    ("http://127.0.0.1:5000", "http://127.0.0.1:5000/token", True, False),  # the prefetch: https only
+    ("https://127.0.0.1", "https://127.0.0.1:443/token", False, True),  # as written, or with the default port
+    ("https://registry:5000", "https://auth:5001/token", True, False),  # no registrable domain, or no parent
+    ("https://docker.io", "https://auth.docker.io/token", True, False),  # the prefetch: under the parent, io
+])
+def test_distribution_s_rule_and_the_prefetch_s_share_the_list_but_differ(upstream: str, realm: str,
+                                                                         distribution: bool, prefetch: bool) -> None:
+    psl = registry_realm.public_suffix_list()
+    assert registry_realm.realm_allowed(upstream, realm, psl) is distribution
+    assert registry_realm.credentials_allowed(upstream, realm, psl) is prefetch
+
+
+def test_an_unreadable_list_is_said_and_leaves_the_default_rule(tmp_path: Path) -> None:
+    said: list[str] = []
+    psl = registry_realm.PublicSuffixList.load(str(tmp_path / "missing.dat.gz"), said.append)
+    assert said and said[0].startswith("cannot read the public suffix list (")
+    assert said[0].endswith("): comparing domains by their last two labels")
+    assert psl.registrable_domain("registry.example.co.uk") == "co.uk"
+    with pytest.raises(OSError):
+        registry_realm.PublicSuffixList.read(str(tmp_path / "missing.dat.gz"))
 
 
 # --- What the supervisor says at start -----------------------------------------------------------------------------

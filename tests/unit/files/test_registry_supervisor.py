@@ -268,38 +268,3 @@ def test_without_offline_fallback_the_registry_runs_alone(tmp_path: Path, upstre
     assert "registry exited with status 2" in supervisor.journal()
     assert len(supervisor.starts()) == 1 and not upstream.probes()
 
-
-@pytest.mark.parametrize(("content", "error"), [
-    ({"binary": "/r", "config": "/c", "upstream": "https://u"}, "missing version"),
-    ({"binary": "/r", "config": "/c", "upstream": "https://u", "version": "3.1.1", "probe_intervall": 3},
-     "unknown setting 'probe_intervall'"),
-    ({"binary": "/r", "config": "/c", "upstream": "https://u", "version": "3.1.1", "metrics": "yes"},
-     "metrics must be true or false"),
-    ({"binary": "/r", "config": "/c", "upstream": "https://u", "version": "3.1.1", "min_free_mb": -1},
-     "min_free_mb must be a whole number >= 0"),
-    ({"binary": "/r", "config": "/c", "upstream": "https://u", "version": "3.1.1", "storage": ""},
-     "storage must be a non-empty string"),
-    ({"binary": "/r", "config": "/c", "upstream": "https://u", "version": "latest"}, "not a distribution version"),
-])
-def test_invalid_settings_are_refused_naming_the_problem(tmp_path: Path, content: dict[str, object],
-                                                         error: str) -> None:
-    supervisor = load_supervisor()
-    path = tmp_path / "supervisor.json"
-    path.write_text(json.dumps(content), encoding="utf-8")
-    with pytest.raises(supervisor.SettingsError, match=error):
-        supervisor.Settings.load(str(path))
-
-
-def test_settings_as_the_role_writes_them(tmp_path: Path) -> None:
-    supervisor = load_supervisor()
-    path = tmp_path / "supervisor.json"
-    path.write_text(json.dumps({"_comment": "Ansible managed", "binary": "/usr/local/bin/registry",
-                                "config": "/etc/registry/config.yml", "upstream": "https://registry-1.docker.io/",
-                                "version": "3.1.1", "offline_fallback": True, "metrics": False,
-                                "probe_interval": 15, "storage": "/var/lib/registry", "min_free_mb": 2048}),
-                    encoding="utf-8")
-    settings = supervisor.Settings.load(str(path))
-    assert settings.upstream == "https://registry-1.docker.io"
-    assert (settings.probe_interval, settings.probe_timeout, settings.confirm_after) == (15, 3.0, 1.0)
-    assert (settings.start_probe_timeout, settings.failures_before_fallback, settings.stop_timeout) == (2.0, 2, 70.0)
-    assert (settings.storage, settings.min_free_mb) == ("/var/lib/registry", 2048)

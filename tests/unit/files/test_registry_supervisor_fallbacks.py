@@ -354,38 +354,6 @@ def test_group_mode_a_further_mirror_pulls_through_its_fallback_with_that_fallba
 
 # --- Without processes ------------------------------------------------------------------------------------------------
 
-def test_group_mode_environments_carry_the_fallbacks_variables_to_their_own_child_only(tmp_path: Path) -> None:
-    module = load_supervisor()
-    parent = {"PATH": "/usr/bin", "REGISTRY_PROXY_USERNAME": "hub", "REGISTRY_PROXY_PASSWORD": "hub-secret",
-              "REGISTRY_LOG_LEVEL": "debug", **ENV,
-              "REGISTRY_MIRROR_GHCR_USERNAME": "ghcr", "REGISTRY_MIRROR_GHCR_PASSWORD": "ghcr-secret",
-              "REGISTRY_MIRROR_TIER2_USERNAME": "tier2", "REGISTRY_MIRROR_TIER2_PASSWORD": "tier2-secret"}
-
-    def settings(name: str, **values: Any) -> Any:
-        path = tmp_path / f"{name}.json"
-        path.write_text(json.dumps({"binary": "/r", "config": "/c", "upstream": f"https://{name}.example",
-                                    "version": "3.1.1", **values}), encoding="utf-8")
-        return module.Settings.load(str(path))
-
-    primary = settings("docker-hub", fallbacks=[{"url": "https://tier2.example:5000", "credentials":
-                                                 "REGISTRY_MIRROR_TIER2"}, {"url": "https://other.example"}])
-    env, note = module.child_environment(parent, primary, primary=True)
-    assert note == ""
-    assert {name for name in env if name.startswith("REGISTRY_MIRROR_")} == {
-        "REGISTRY_MIRROR_TIER2_USERNAME", "REGISTRY_MIRROR_TIER2_PASSWORD"}
-    assert env["REGISTRY_PROXY_PASSWORD"] == "hub-secret" and env["REGISTRY_LOG_LEVEL"] == "debug"
-    further = settings("ghcr", credentials="REGISTRY_MIRROR_GHCR",
-                       fallbacks=[{"url": "https://tierb.example", "credentials": TIERB}])
-    env, note = module.child_environment(parent, further, primary=False)
-    assert note == ""
-    assert {name: value for name, value in env.items() if name.startswith("REGISTRY_")} == {
-        "REGISTRY_PROXY_USERNAME": "ghcr", "REGISTRY_PROXY_PASSWORD": "ghcr-secret",
-        f"{TIERB}_USERNAME": TIERB_USER, f"{TIERB}_PASSWORD": TIERB_SECRET}
-    without = settings("quay")
-    env, _note = module.child_environment(parent, without, primary=False)
-    assert not [name for name in env if name.startswith("REGISTRY_")]
-
-
 VALID = {"binary": "/r", "config": "/c", "upstream": "https://tier-a.example:5000", "version": "3.1.1"}
 
 

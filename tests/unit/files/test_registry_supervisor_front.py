@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import stat
+import sys
 import tempfile
 import threading
 import time
@@ -22,6 +23,7 @@ from typing import Any
 
 import pytest
 from registry_fakes import (
+    FILES,
     STARTUP,
     FakeUpstream,
     SupervisorRun,
@@ -31,6 +33,10 @@ from registry_fakes import (
     wait_for,
 )
 from test_registry_supervisor_cache import value
+
+if str(FILES) not in sys.path:
+    sys.path.insert(0, str(FILES))
+import registry_listener
 
 # The longest any wait here may take before the test fails: a guard against a hang, not a figure under test.
 HANG_GUARD = 20.0
@@ -84,46 +90,6 @@ def stale_socket(path: Path) -> int:
 
 
 # --- Settings ---------------------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("listen", [SOCKET, "unix:/" + "s" * 106])  # 107 bytes: the longest sun_path takes
-def test_a_unix_socket_with_an_absolute_path_and_plain_http_is_a_valid_listen(tmp_path: Path, listen: str) -> None:
-    module = load_supervisor()
-    settings = module.Settings.load(str(settings_file(tmp_path, listen=listen, listen_tls=False, front_log=True,
-                                                      port=5001)))
-    assert (settings.listen, settings.listen_tls, settings.front_log) == (listen, False, True)
-    assert module.unix_path(settings.listen) == listen[len("unix:"):]
-    assert module.unix_path("127.0.0.1:5000") == ""
-
-
-@pytest.mark.parametrize(("values", "error"), [
-    ({"listen": "unix:run/registry/dockerhub.sock"}, "a unix socket must be unix: followed by an absolute path"),
-    ({"listen": "unix:"}, "a unix socket must be unix: followed by an absolute path"),
-    ({"listen": "unix:/run/registry/"}, "a unix socket must be unix: followed by an absolute path"),
-    ({"listen": "unix:/run/registry/a\u0000b.sock"}, "without NUL"),
-    ({"listen": "unix:/" + "s" * 107}, "a unix socket's path must be shorter than 108 bytes, not 108"),
-    ({"listen": "unix:/run/" + "\u00e9" * 52}, "must be shorter than 108 bytes, not 109"),  # bytes, not characters
-])
-def test_an_invalid_unix_socket_is_refused_naming_the_key(tmp_path: Path, values: dict[str, Any], error: str) -> None:
-    module = load_supervisor()
-    with pytest.raises(module.SettingsError, match=f"listen .*{error}"):
-        module.Settings.load(str(settings_file(tmp_path, listen_tls=False, **values)))
-
-
-@pytest.mark.parametrize("tls", [{"listen_tls": True}, {}])  # said, or left at its default
-def test_tls_on_a_unix_socket_is_refused(tmp_path: Path, tls: dict[str, bool]) -> None:
-    module = load_supervisor()
-    with pytest.raises(module.SettingsError, match="listen_tls must be false with a unix socket in listen"):
-        module.Settings.load(str(settings_file(tmp_path, listen=SOCKET, **tls)))
-    # A TCP listen keeps its TLS.
-    assert module.Settings.load(str(settings_file(tmp_path, listen="0.0.0.0:5000", listen_tls=True))).listen_tls
-
-
-def test_front_log_must_be_a_boolean(tmp_path: Path) -> None:
-    module = load_supervisor()
-    with pytest.raises(module.SettingsError, match="front_log must be true or false"):
-        module.Settings.load(str(settings_file(tmp_path, front_log="yes")))
-    assert not module.Settings.load(str(settings_file(tmp_path))).front_log
-
 
 # --- The socket itself ------------------------------------------------------------------------------------------------
 
@@ -401,62 +367,6 @@ def front_line(cache: str, kind: str, status: int | str, upstream: str = "-", he
 REGISTRY = "unix:/run/registry/dockerhub.sock"
 
 
-@pytest.mark.parametrize(("datagram", "parsed"), [
-    (front_line("HIT", "manifest", 200), ("HIT", "manifest", 200, "-")),
-    (front_line("MISS", "manifest", 200, REGISTRY), ("MISS", "manifest", 200, REGISTRY)),
-    (front_line("-", "blob", 206), ("-", "blob", 206, "-")),
-    (front_line("", "other", 404), ("-", "other", 404, "-")),
-    (front_line("REVALIDATED", "manifest", 304, REGISTRY) + b"\n", ("REVALIDATED", "manifest", 304, REGISTRY)),
-    (front_line("MISS", "blob", 502, f"{REGISTRY}, {REGISTRY}"), ("MISS", "blob", 502, f"{REGISTRY}, {REGISTRY}")),
-    (front_line("STALE", "manifest", 200, header="<190>Dec 31 23:59:59 mirror-1 registry_front: "),
-     ("STALE", "manifest", 200, "-")),  # a front configured without nohostname
-])
-def test_the_front_s_log_lines_are_parsed(datagram: bytes, parsed: tuple[str, str, int, str]) -> None:
-    assert load_supervisor().parse_front_line(datagram) == parsed
-
-
-@pytest.mark.parametrize("datagram", [
-    b"",
-    b"hello",
-    front_line("HIT", "manifest", 200).replace(b"registry_front", b"nginx"),  # another tag
-    front_line("HIT", "manifest", 200)[len(b"<190>Mar  7 09:05:01 "):],  # no syslog header
-    front_line("WARM", "manifest", 200),
-    front_line("hit", "manifest", 200),
-    front_line("HIT", "layer", 200),
-    front_line("HIT", "manifest", "20"),
-    front_line("HIT", "manifest", "2000"),
-    front_line("HIT", "manifest", 200, ""),
-    front_line("HIT", "manifest", 200) + b" extra=1\x00" + b"\xff",  # not ASCII
-    front_line("HIT", "manifest", 200, "-" + " " * 3000),  # longer than a log line can be
-    b"cache=HIT kind=manifest status=200 upstream=-",
-])
-def test_anything_else_is_not_a_front_log_line(datagram: bytes) -> None:
-    assert load_supervisor().parse_front_line(datagram) is None
-
-
-@pytest.mark.parametrize(("request_", "counters"), [
-    (("HIT", "manifest", 200, "-"), ["cache_hits"]),
-    (("MISS", "manifest", 200, REGISTRY), ["cache_misses"]),
-    (("STALE", "manifest", 200, "-"), ["cache_stale"]),
-    (("UPDATING", "manifest", 200, "-"), ["cache_stale"]),
-    (("EXPIRED", "manifest", 200, REGISTRY), ["cache_revalidated"]),
-    (("REVALIDATED", "manifest", 304, REGISTRY), ["cache_revalidated"]),
-    (("BYPASS", "other", 200, REGISTRY), ["cache_bypass"]),
-    (("-", "blob", 200, "-"), ["blobs_from_disk"]),
-    (("-", "blob", 206, "-"), ["blobs_from_disk"]),
-    (("-", "blob", 404, "-"), []),
-    (("-", "blob", 200, REGISTRY), []),  # the registry served it
-    (("HIT", "blob", 200, "-"), ["cache_hits"]),  # from the front's cache, not from the storage
-    (("-", "other", 500, "-"), ["errors"]),
-    (("MISS", "manifest", 503, REGISTRY), ["cache_misses", "errors"]),
-    (("-", "manifest", 499, "-"), []),
-])
-def test_each_request_counts_where_it_belongs(request_: tuple[str, str, int, str], counters: list[str]) -> None:
-    names = load_supervisor().front_counters(*request_)
-    assert names == ["registry_mirror_front_requests_total"] + [f"registry_mirror_front_{name}_total"
-                                                                for name in counters]
-
-
 def front_metrics(text: str) -> dict[str, float]:
     """The front's counters in a Prometheus exposition, by short name."""
     return {name: value(text, f"registry_mirror_front_{name}_total") for name in FRONT_COUNTERS}
@@ -550,8 +460,8 @@ def test_the_front_s_log_port_taken_is_said_once_and_retried(
 def test_front_log_without_a_port_exports_nothing(tmp_path: Path) -> None:
     module = load_supervisor()
     settings = module.Settings.load(str(settings_file(tmp_path, front_log=True)))
-    assert "registry_mirror_front_" not in module.Metrics(front=False).text()
-    assert module.Supervisor(settings).metrics.names == module.Metrics().names
-    exported = module.Metrics(front=True).names
+    assert "registry_mirror_front_" not in registry_listener.Metrics(front=False).text()
+    assert module.Supervisor(settings).metrics.names == registry_listener.Metrics().names
+    exported = registry_listener.Metrics(front=True).names
     assert [name for name in exported if name.startswith("registry_mirror_front_")] == [
         f"registry_mirror_front_{name}_total" for name in FRONT_COUNTERS]

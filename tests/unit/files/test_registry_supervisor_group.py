@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import time
-import types
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ from registry_fakes import (
     GroupRun,
     Mirror,
     basic,
-    load_supervisor,
     pull_through,
     read_only,
     wait_for,
@@ -331,94 +329,3 @@ def test_one_settings_file_is_single_mode_whatever_credentials_says(
     assert run.stop() == 0
     assert run.journal() == "", run.journal()
 
-
-def test_back_off_doubles_up_to_60_s_and_starts_again_at_2_s_after_a_run_of_60_s(tmp_path: Path) -> None:
-    module = load_supervisor()
-    path = tmp_path / "supervisor.json"
-    path.write_text(json.dumps({"binary": "/r", "config": "/c", "upstream": "https://u", "version": "3.1.1"}),
-                    encoding="utf-8")
-    member = module.Member(str(path), module.Settings.load(str(path)), {}, primary=False)
-    group = module.Group([member])
-    delays = []
-    for _exit in range(8):
-        member.started = time.monotonic() - 1
-        delays.append(group.schedule(member))
-    assert delays == [2, 4, 8, 16, 32, 60, 60, 60]
-    member.started = time.monotonic() - 60
-    assert group.schedule(member) == 2
-    assert member.label == str(path)
-
-
-class GroupClock:
-    """The group's time: it stands still but for the group's own sleeps, and stops the group once it reaches STOP_AT
-    (as SIGTERM would)."""
-
-    def __init__(self, group: Any, stop_at: float) -> None:
-        self.now, self.group, self.stop_at = 0.0, group, stop_at
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now = round(self.now + seconds, 6)
-        if self.now >= self.stop_at:
-            self.group.stopping = True
-
-
-class FailingChild:
-    """A child supervisor that has exited with status 1 (a mirror that cannot start)."""
-
-    returncode = 1
-
-    def poll(self) -> int:
-        return 1
-
-    def send_signal(self, _signum: int) -> None:
-        pass
-
-    def wait(self, timeout: float | None = None) -> int:
-        return 1
-
-
-def clocked_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                  stop_at: float) -> tuple[Any, GroupClock, list[float]]:
-    """Group mode with one mirror whose supervisor always exits at once, on a GroupClock; the times it was started."""
-    module = load_supervisor()
-    path = tmp_path / "supervisor.json"
-    path.write_text(json.dumps({"binary": "/r", "config": "/c", "upstream": "https://u", "version": "3.1.1"}),
-                    encoding="utf-8")
-    group = module.Group([module.Member(str(path), module.Settings.load(str(path)), {}, primary=False)])
-    clock = GroupClock(group, stop_at)
-    starts: list[float] = []
-
-    def start(member: Any) -> None:
-        member.started = clock.now
-        member.proc = FailingChild()
-        starts.append(clock.now)
-
-    monkeypatch.setattr(module, "time", types.SimpleNamespace(monotonic=clock.monotonic, sleep=clock.sleep))
-    monkeypatch.setattr(module, "kill_group", lambda _proc: None)
-    monkeypatch.setattr(group, "start", start)
-    return group, clock, starts
-
-
-def test_a_mirror_is_started_again_only_once_its_back_off_has_passed(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    group, _clock, starts = clocked_group(tmp_path, monkeypatch, stop_at=40)
-    tick = load_supervisor().GROUP_TICK
-    assert group.run() == 0
-    # Each exit is seen at the group's next tick, and the next start waits for the whole back-off: 2, 4, 8, 16 s.
-    expected = [0.0]
-    for delay in (2, 4, 8, 16):
-        expected.append(round(expected[-1] + tick + delay, 6))
-    assert starts == expected
-    said = [line.rsplit(" restarting in ", 1)[1] for line in capsys.readouterr().err.splitlines()
-            if " restarting in " in line]
-    assert said == ["2 s", "4 s", "8 s", "16 s", "32 s"]
-
-
-def test_sigterm_during_a_back_off_ends_the_group_without_waiting_for_it(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    group, clock, starts = clocked_group(tmp_path, monkeypatch, stop_at=1.0)  # SIGTERM 1 s into the first back-off
-    assert group.run() == 0
-    assert starts == [0.0] and clock.now < group.members[0].restart_at

@@ -236,24 +236,6 @@ def test_without_another_directory_a_registry_pulling_elsewhere_has_no_ssl_cert_
     assert hub["env"]["REGISTRY_PROXY_REMOTEURL"] == other.url and "SSL_CERT_DIR" not in hub["env"]
 
 
-@pytest.mark.parametrize(("values", "error"), [
-    ({"ca_dir": "/etc/registry/tier-ca"}, "ca_dir needs ca_upstreams"),
-    ({"ca_dir": "tier-ca", "ca_upstreams": ["https://tier-a.example:5000"]}, "ca_dir must be an absolute path"),
-    ({"ca_dir": "/a:/b", "ca_upstreams": ["https://tier-a.example:5000"]}, "ca_dir must be an absolute path"),
-    ({"ca_upstreams": "https://tier-a.example:5000"}, "ca_upstreams must be a list of upstream URLs"),
-    ({"ca_upstreams": ["https://elsewhere.example"]},
-     r"ca_upstreams\[0\] https://elsewhere.example is neither the upstream nor a fallback's url"),
-    ({"listener_timeout": 0}, "listener_timeout and health_timeout must be more than 0"),
-])
-def test_invalid_ca_dir_and_health_settings_are_refused(tmp_path: Path, values: dict[str, Any], error: str) -> None:
-    module = load_supervisor()
-    path = tmp_path / "supervisor.json"
-    path.write_text(json.dumps({"binary": "/r", "config": "/c", "upstream": "https://tier-a.example:5000",
-                                "version": "3.1.1", **values}), encoding="utf-8")
-    with pytest.raises(module.SettingsError, match=error):
-        module.Settings.load(str(path))
-
-
 def test_the_supervisor_s_own_requests_trust_ca_file_for_the_tiers_only(tmp_path: Path) -> None:
     module = load_supervisor()
     path = tmp_path / "supervisor.json"
