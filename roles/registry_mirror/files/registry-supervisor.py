@@ -728,7 +728,7 @@ class Supervisor:
         if not self.settings.front_log or not self.settings.port or self.front_log is not None:
             return
         try:
-            self.front_log = FrontLog(self.settings.port, self.metrics)
+            self.front_log = FrontLog(self.settings.port, self.metrics, self.usage)
         except OSError as exc:
             if not self.front_log_refused:
                 say(f"ERROR: cannot read the front's log on UDP 127.0.0.1:{self.settings.port} ({exc}): its requests "

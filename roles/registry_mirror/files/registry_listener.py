@@ -51,12 +51,17 @@ REPOSITORY_NAME = re.compile(rf"(?:(?:{_DOMAIN_LABEL}(?:\.{_DOMAIN_LABEL})*|\[[a
 REPOSITORY_MAX = 255
 # The caching front's per-request log (front_log): nginx's syslog datagrams with nohostname, one per request,
 # "<PRI>Mmm dd hh:mm:ss registry_front: MESSAGE" with MESSAGE the front's log_format,
-# "cache=$upstream_cache_status kind=$kind status=$status upstream=$upstream_addr" (nginx writes "-" for an empty
-# variable). A datagram longer than FRONT_LOG_MAX is none of these. A hostname before the tag is tolerated (a front
-# configured without nohostname).
+# "cache=$upstream_cache_status kind=$kind status=$status upstream=$upstream_addr method=$request_method
+# repo=$repo digest=$sent_http_docker_content_digest" (nginx writes "-" for an empty variable; a front of an earlier
+# release sends no method, repo and digest). A datagram longer than FRONT_LOG_MAX is none of these. A hostname before
+# the tag is tolerated (a front configured without nohostname).
 FRONT_LOG_MAX = 2048
 FRONT_LOG_LINE = re.compile(r"<[0-9]{1,3}>[A-Z][a-z]{2} [ 0-9][0-9] [0-9]{2}:[0-9]{2}:[0-9]{2} (?:[^\s:]+ )?"
-                            r"registry_front: cache=(\S*) kind=(\S+) status=([0-9]{3}) upstream=(\S.*)")
+                            r"registry_front: cache=(\S*) kind=(\S+) status=([0-9]{3}) upstream=(\S.*?)"
+                            r"(?: method=([A-Z]+) repo=(\S+) digest=(\S+))?")
+# The front's answers from its own cache, which distribution never sees (nor notifies as pulls): a manifest pulled so
+# counts as a use for the cache's eviction, as distribution's notification of a pull would.
+FRONT_CACHED_ANSWERS = ("HIT", "STALE", "UPDATING")
 FRONT_CACHE_STATUSES = ("MISS", "BYPASS", "EXPIRED", "STALE", "UPDATING", "REVALIDATED", "HIT", "-")
 FRONT_KINDS = ("manifest", "blob", "other")
 # Which counter each cache status adds to, besides registry_mirror_front_requests_total ("-": not cached by the front).
@@ -359,19 +364,37 @@ def valid_event_target(repository: object, digest: object) -> bool:
 
 # --- The caching front's per-request log -----------------------------------------------------------------------------
 
-def parse_front_line(datagram: bytes) -> tuple[str, str, int, str] | None:
-    """The cache status ("-": none), kind, HTTP status and upstream address ("-": none) of a request the front logged
-    (DATAGRAM: one nginx syslog message, FRONT_LOG_LINE); None for anything else."""
+def front_match(datagram: bytes) -> re.Match[str] | None:
+    """DATAGRAM matched as one line of the front's log (FRONT_LOG_LINE); None: not one."""
     if len(datagram) > FRONT_LOG_MAX:
         return None
     try:
         text = datagram.decode("ascii")
     except UnicodeDecodeError:
         return None
-    match = FRONT_LOG_LINE.fullmatch(text.rstrip("\r\n\x00"))
+    return FRONT_LOG_LINE.fullmatch(text.rstrip("\r\n\x00"))
+
+
+def front_use(datagram: bytes) -> tuple[str, str] | None:
+    """The repository and manifest digest of a pull the front answered from its own cache (DATAGRAM: a line of its
+    log): a GET of a manifest, 200, HIT or stale; None for anything else, distribution's own answers included (it
+    notifies those itself)."""
+    match = front_match(datagram)
     if match is None:
         return None
-    cache, kind, status, upstream = match.groups()
+    cache, kind, status, _upstream, method, repository, digest = match.groups()
+    if (cache, kind, status, method) not in {(answer, "manifest", "200", "GET") for answer in FRONT_CACHED_ANSWERS}:
+        return None
+    return (repository, digest) if valid_event_target(repository, digest) else None
+
+
+def parse_front_line(datagram: bytes) -> tuple[str, str, int, str] | None:
+    """The cache status ("-": none), kind, HTTP status and upstream address ("-": none) of a request the front logged
+    (DATAGRAM: one nginx syslog message, FRONT_LOG_LINE); None for anything else."""
+    match = front_match(datagram)
+    if match is None:
+        return None
+    cache, kind, status, upstream = match.groups()[:4]
     cache = cache or "-"
     if cache not in FRONT_CACHE_STATUSES or kind not in FRONT_KINDS:
         return None
@@ -393,11 +416,13 @@ def front_counters(cache: str, kind: str, status: int, upstream: str) -> list[st
 
 class FrontLog:
     """The front's log port (UDP 127.0.0.1:PORT, the listener's number): a thread counts each request logged into
-    METRICS. Only datagrams from 127.0.0.1 count (the front sends from there); anything that is not a front's log line
-    is ignored. OSError when the port cannot be bound."""
+    METRICS, and records in USAGE (if any) each manifest pulled from the front's cache (front_use). Only datagrams from
+    127.0.0.1 count (the front sends from there); anything that is not a front's log line is ignored. OSError when the
+    port cannot be bound."""
 
-    def __init__(self, port: int, metrics: Metrics) -> None:
+    def __init__(self, port: int, metrics: Metrics, usage: Usage | None = None) -> None:
         self.metrics = metrics
+        self.usage = usage
         self.closed = False
         self.failed = False  # a datagram could not be counted: said once
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -424,6 +449,9 @@ class FrontLog:
                 parsed = parse_front_line(datagram) if loopback else None
                 if parsed is not None:
                     self.metrics.add(**dict.fromkeys(front_counters(*parsed), 1))
+                    used = front_use(datagram) if self.usage is not None else None
+                    if used is not None and self.usage is not None:
+                        self.usage.record(*used, time.time())
             except Exception as exc:  # one datagram's trouble must not end the counting
                 if not self.failed:
                     say(f"cannot count a line of the front's log ({exc!r}); said once")

@@ -6,11 +6,13 @@ test_registry_supervisor_cache.py, test_registry_supervisor_hardening.py and tes
 from __future__ import annotations
 
 import json
+import socket
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from registry_fakes import FILES
+from registry_fakes import FILES, free_port
 from test_registry_supervisor_front import REGISTRY, front_line
 
 if str(FILES) not in sys.path:
@@ -116,3 +118,65 @@ def test_metrics_export_the_upstream_index_only_with_fallbacks() -> None:
     text = metrics.text()
     assert "# TYPE registry_mirror_upstream_index gauge\nregistry_mirror_upstream_index 2\n" in text
     assert "# TYPE registry_mirror_events_invalid_total counter\nregistry_mirror_events_invalid_total 4\n" in text
+
+
+# --- Uses of the cache the front answered itself ----------------------------------------------------------------------
+
+DIGEST = "sha256:" + "c" * 64
+
+
+def used(cache: str, **fields: str | int) -> bytes:
+    """A line of the front's log with the method, repository and digest of the request (FIELDS: kind, status,
+    upstream, method, repo, digest instead of a manifest GET of library/alpine answered 200)."""
+    line = {"kind": "manifest", "status": 200, "upstream": "-", "method": "GET", "repo": "library/alpine",
+            "digest": DIGEST, **fields}
+    return (front_line(cache, str(line["kind"]), line["status"], str(line["upstream"]))
+            + f" method={line['method']} repo={line['repo']} digest={line['digest']}".encode())
+
+
+@pytest.mark.parametrize(("datagram", "use"), [
+    (used("HIT"), ("library/alpine", DIGEST)),
+    (used("STALE", repo="owner/app/tool"), ("owner/app/tool", DIGEST)),
+    (used("UPDATING"), ("library/alpine", DIGEST)),
+    # distribution answered: it notifies the pull itself.
+    (used("MISS", upstream=REGISTRY), None),
+    (used("EXPIRED", upstream=REGISTRY), None),
+    (used("BYPASS", upstream=REGISTRY), None),
+    # not a pull of a manifest the front served.
+    (used("HIT", method="HEAD"), None),
+    (used("HIT", status=304), None),
+    (used("-", kind="blob"), None),
+    (used("HIT", repo="-"), None),
+    (used("HIT", digest="-"), None),
+    (used("HIT", repo="../etc"), None),
+    (used("HIT", digest="sha256:short"), None),
+    (front_line("HIT", "manifest", 200), None),  # a front of an earlier release: no repository, no digest
+])
+def test_a_manifest_pulled_from_the_front_s_cache_is_a_use(datagram: bytes, use: tuple[str, str] | None) -> None:
+    assert registry_listener.front_use(datagram) == use
+    # The counters read the same line either way.
+    assert registry_listener.parse_front_line(datagram) is not None
+
+
+def test_the_front_s_log_records_uses_for_the_cache_s_eviction(tmp_path: Path) -> None:
+    """FrontLog with a Usage: each manifest the front served from its cache is recorded as pulled, nothing else."""
+    port = free_port()
+    usage = registry_listener.Usage(str(tmp_path / "usage.json"))
+    metrics = registry_listener.Metrics()
+    log = registry_listener.FrontLog(port, metrics, usage)
+    try:
+        before = time.time()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            for datagram in (used("MISS", upstream=REGISTRY, repo="library/miss"), used("HIT", method="HEAD"),
+                             used("STALE", repo="library/stale"), used("HIT")):
+                sock.sendto(datagram, ("127.0.0.1", port))
+        deadline = time.monotonic() + 10
+        while len(usage.snapshot()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)  # anything else sent would have been read by now
+        times = usage.snapshot()
+    finally:
+        log.close()
+    assert set(times) == {("library/stale", DIGEST), ("library/alpine", DIGEST)}, times
+    assert all(when >= before for when in times.values())
