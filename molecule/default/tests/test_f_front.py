@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import subprocess
+import threading
 import time
 
 import pytest
-from conftest import ADDRESS, GHCR_MIRROR, MIRROR, REPO, Client, amd64_only, reconverge, world
+from conftest import ADDRESS, GHCR_MIRROR, MIRROR, REPO, Client, amd64_only, reconverge, registry_pids, world
 from test_w_cert_rotation import CERTS, issue, now, starts, wait_for
 
 # The host fixture keeps the tests in file order (testinfra's parametrized `host` makes pytest group by it otherwise).
@@ -205,6 +206,29 @@ def test_stopping_the_registry_stops_the_front_and_the_port_refuses(vm, host):
     assert host.service("registry-front").is_running
 
 
+def test_a_wedged_registry_fails_no_cached_pull_and_is_replaced(vm, host):
+    """A registry that accepts and never answers (SIGSTOP): the front keeps serving the cached image (its cache and
+    distribution's storage), and the supervisor's health probe (over the unix socket) replaces the registry, saying
+    so in the journal. Pulls by a client that never retries, back to back, throughout."""
+    assert vm.pull(f"{MIRROR}/library/alpine:latest", "amd64", "/tmp/front-wedge").returncode == 0
+    wedged = registry_pids(host)["/etc/registry/config.yml"]
+    time.sleep(1.1)
+    since = now(host)
+    host.check_output(f"kill -STOP {wedged}")
+    replaced = ""
+    with PullLoop(vm) as loop:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and "did not answer" not in replaced:
+            time.sleep(1)
+            replaced = host.check_output(f"journalctl --no-pager -o cat -u registry --since '{since}'")
+    codes = loop.codes
+    assert f"the registry (pid {wedged}) did not answer" in replaced, replaced[-3000:]
+    assert codes and codes == [0] * len(codes), codes
+    print(f"pulls of the cached image while the registry was wedged and replaced: {len(codes)}, all succeeded")
+    assert registry_pids(host)["/etc/registry/config.yml"] != wedged
+    assert vm.pull(f"{MIRROR}/library/small2:latest", "amd64", "/tmp/front-unwedged").returncode == 0
+
+
 def test_front_metrics_count_cache_hits_and_blobs_sent_from_disk(vm, host):
     """The supervisor counts the front's per-request log (since its last start: the restarts above reset it)."""
     assert vm.pull(f"{MIRROR}/library/small3:latest", "amd64", "/tmp/front-metrics").returncode == 0
@@ -224,23 +248,35 @@ def test_the_ghcr_mirror_is_served_by_the_front_too(vm):
     assert answer == "200"
 
 
+class PullLoop:
+    """Within the block, skopeo (which never retries) pulls the cached alpine back to back: CODES, each pull's exit
+    status."""
+
+    def __init__(self, vm: Client) -> None:
+        self.vm = vm
+        self.codes: list[int] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.loop)
+
+    def loop(self) -> None:
+        while not self.done.is_set():
+            self.codes.append(self.vm.pull(f"{MIRROR}/library/alpine:latest", "amd64", "/tmp/front-loop").returncode)
+
+    def __enter__(self) -> PullLoop:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+
+
 def converge_under_pulls(converge, vm, *extra: str) -> list[int]:
-    """Converge with EXTRA while skopeo (which never retries) pulls the cached alpine back to back: each pull's exit
-    status, printed (the port changes hands between nginx and distribution: a short gap clients fall back across)."""
-    done = []
-    codes: list[int] = []
-
-    def loop() -> None:
-        while not done:
-            codes.append(vm.pull(f"{MIRROR}/library/alpine:latest", "amd64", "/tmp/front-switch").returncode)
-
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        pulling = pool.submit(loop)
-        try:
-            reconverge(converge, vm, *extra)
-        finally:
-            done.append(True)
-            pulling.result()
+    """Converge with EXTRA under a PullLoop: each pull's exit status, printed (the port changes hands between nginx
+    and distribution: a short gap clients fall back across)."""
+    with PullLoop(vm) as loop:
+        reconverge(converge, vm, *extra)
+    codes = loop.codes
     print(f"pulls during the converge with {extra or 'the defaults'}: {len(codes)}, failed: {sum(1 for c in codes if c)}")
     return codes
 
