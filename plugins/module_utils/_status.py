@@ -69,6 +69,22 @@ def _whole(value: float | None) -> int | None:
     return None if value is None else int(value)
 
 
+# The requests the caching front answered itself, which distribution never sees: from its cache (HIT, STALE,
+# UPDATING) and blobs sent from distribution's storage. Hits as the dashboard counts them: distribution's and these.
+FRONT_HITS = ("registry_mirror_front_cache_hits_total", "registry_mirror_front_cache_stale_total",
+              "registry_mirror_front_blobs_from_disk_total")
+
+
+def all_hits(samples: Samples) -> float | None:
+    """Requests served from the cache: distribution's hits (registry_proxy_hits_total), and the front's answers
+    (FRONT_HITS: none without the front); None when distribution exports no hits (registry_mirror_metrics_enabled
+    false), as its misses then."""
+    found = metric(samples, "registry_proxy_hits_total")
+    if found is None:
+        return None
+    return found + sum(metric(samples, name) or 0.0 for name in FRONT_HITS)
+
+
 def mirror_label(settings: t.Mapping[str, t.Any]) -> str:
     """The prefix of a mirror's lines in the journal, as the supervisor writes it: its name in group mode (the role
     names every mirror then), else none."""
@@ -124,7 +140,8 @@ def trouble_lines(entries: t.Sequence[t.Mapping[str, t.Any]], count: int) -> lis
 def mirror_state(samples: Samples | None, settings: t.Mapping[str, t.Any], tiers: t.Sequence[str]) -> dict:
     """What a mirror's metrics say (SAMPLES None: they did not answer): its mode, the upstream it pulls through (with
     its role: the settings' upstream, a tier of TIERS, a fallback), its cache and counters. Distribution's counters
-    (hits, misses, upstream pulls) are None unless registry_mirror_metrics_enabled adds them."""
+    (hits, misses, upstream pulls) are None unless registry_mirror_metrics_enabled adds them; hits include the caching
+    front's answers (all_hits())."""
     state: dict = {"mode": "unknown", "upstream": None, "upstream_role": None}
     if samples is None:
         return state
@@ -143,7 +160,7 @@ def mirror_state(samples: Samples | None, settings: t.Mapping[str, t.Any], tiers
         budget_bytes=_whole(metric(samples, "registry_mirror_cache_budget_bytes")),
         images=_whole(metric(samples, "registry_mirror_cache_images")),
         last_collection=metric(samples, "registry_mirror_cache_last_collection_timestamp_seconds") or None,
-        hits=_whole(metric(samples, "registry_proxy_hits_total")),
+        hits=_whole(all_hits(samples)),
         misses=_whole(metric(samples, "registry_proxy_misses_total")),
         upstream_pulls=_whole(metric(samples, "registry_proxy_misses_total", type="manifest")),
         # When the current mode began (registry-supervisor exports it; for an older one, the journal says it).

@@ -14,7 +14,8 @@ description:
     and changes nothing. Per mirror (Docker Hub's and each of C(registry_mirror_upstreams)) - the distribution version,
     the mode (pulling through which upstream, tier or fallback, or serving its cache read-only) and since when, the
     cache's size against its disk budget, its images, the last collection, and, with C(registry_mirror_metrics_enabled),
-    distribution's cache hits and misses and the manifests pulled from the upstream since the registry started.
+    distribution's cache hits (with the answers of the caching front, which distribution never sees) and misses and
+    the manifests pulled from the upstream since the registry started.
   - Per host - whether the C(registry) unit is active, the days left on actuated's certificate and on a tier's, and the
     last warning and error lines of the unit's journal.
   - RV(attention) lists, in words, why the host needs attention - the unit is not active; a certificate expires in
@@ -183,8 +184,10 @@ mirrors:
       returned: always
     hits:
       description:
-        - Requests served from the cache since the registry started (registry_proxy_hits_total, blobs and manifests);
-          null unless registry_mirror_metrics_enabled.
+        - Requests served from the cache since the registry started - distribution's (registry_proxy_hits_total,
+          blobs and manifests) and the caching front's own answers, which distribution never sees (manifests from its
+          cache, fresh or stale, and blobs it sent from the cache's storage - registry_mirror_front_cache_hits_total,
+          _cache_stale_total, _blobs_from_disk_total); null unless registry_mirror_metrics_enabled.
       type: int
       returned: always
     misses:

@@ -10,7 +10,10 @@ from __future__ import annotations
 import copy
 import importlib
 import json
+import os
 import re
+import shutil
+import subprocess
 import sys
 import types
 import typing as t
@@ -117,8 +120,9 @@ def declared_types(exposition: str) -> dict[str, str]:
 
 
 def supervisor_metrics() -> dict[str, str]:
-    """What the supervisor's /metrics declares, rendered by its own code (fallbacks set: every metric it has)."""
-    metrics = load_listener().Metrics(fallbacks=True)
+    """What the supervisor's /metrics declares, rendered by its own code (fallbacks set and the caching front's log
+    read: every metric it has)."""
+    metrics = load_listener().Metrics(fallbacks=True, front=True)
     return declared_types(metrics.text())
 
 
@@ -305,3 +309,107 @@ def test_the_dashboard_is_importable() -> None:
     for promised in ("hit ratio", "pulls made", "saved", "bytes served", "cache size against budget", "mode",
                      "evict", "per site"):
         assert promised in titles, promised
+
+
+# --- What the dashboard's counts add up to (promtool evaluates its expressions) ---------------------------------------
+
+# promtool as `make rules` finds it: on PATH, or the one `make deps` extracts.
+PROMTOOL = shutil.which("promtool") or str(Path(os.environ.get("WORLD_CACHE", "/var/cache/actuated-world"))
+                                           / "tools" / "promtool")
+# The Grafana variables, as the dashboard's defaults (All) and a 10-minute time range give them.
+GRAFANA_VALUES = {"site": ".*", "instance": ".*", "mirror": ".*", "__range": "10m", "__rate_interval": "10m",
+                  "__interval": "10m"}
+# Each counter's increase per minute for 10 minutes (multiples of 15: per-second rates exact in binary).
+# agent-1 (fra): distribution's metrics and the caching front; its front answered 90 requests a minute itself.
+FRONT_ON = {
+    "registry_proxy_requests_total": {"manifest": 45, "blob": 105},
+    "registry_proxy_hits_total": {"manifest": 30, "blob": 60},
+    "registry_proxy_misses_total": {"manifest": 15, "blob": 45},
+    "registry_http_response_size_bytes_sum": {"manifest": 750, "blob": 7500, "base": 135},
+    "registry_mirror_front_requests_total": 165, "registry_mirror_front_cache_hits_total": 45,
+    "registry_mirror_front_cache_stale_total": 15, "registry_mirror_front_blobs_from_disk_total": 30,
+    "registry_mirror_front_cache_misses_total": 75, "registry_mirror_front_bytes_served_total": 1500,
+}
+# agent-2 (fra): distribution's metrics, no front (registry_mirror_front: false).
+FRONT_OFF = {
+    "registry_proxy_requests_total": {"manifest": 15, "blob": 45},
+    "registry_proxy_hits_total": {"manifest": 15, "blob": 15},
+    "registry_proxy_misses_total": {"manifest": 0, "blob": 30},
+    "registry_http_response_size_bytes_sum": {"manifest": 300, "blob": 2700},
+}
+# agent-3 (ber): the front without distribution's metrics (registry_mirror_metrics_enabled false, the default): the
+# panels that need those leave it out, as they did before the front.
+FRONT_ONLY = {name: value for name, value in FRONT_ON.items() if name.startswith("registry_mirror_front_")}
+# agent-4 (ber): as agent-2, another hit ratio.
+FRONT_OFF_2 = {
+    "registry_proxy_requests_total": {"manifest": 15, "blob": 45},
+    "registry_proxy_hits_total": {"manifest": 15, "blob": 30},
+    "registry_http_response_size_bytes_sum": {"manifest": 150, "blob": 1350},
+}
+# (panel id, refId) of the hit ratio, upstream pulls saved and bytes served: what each gives over the 10 minutes.
+HOST_1, HOST_2, HOST_4 = ({"instance": f"agent-{n}", "mirror": "docker-hub"} for n in (1, 2, 4))
+COUNTED = {
+    # agent-1: (900 + 900 front) / (1500 + 900 front); agent-2: 300 / 600. fra and all: (1800 + 300) / (2400 + 600).
+    "with the front": ({"agent-1": ("fra", FRONT_ON), "agent-2": ("fra", FRONT_OFF), "agent-3": ("ber", FRONT_ONLY)}, {
+        (2, "A"): [({}, 0.7)], (8, "A"): [({"site": "fra"}, 0.7)],
+        (12, "A"): [(HOST_1, 0.75), (HOST_2, 0.5)],
+        # Manifests: 300 distribution's hits + 600 the front's (hits and stale) on agent-1, 150 on agent-2.
+        (3, "B"): [({}, 1050)], (9, "B"): [({"site": "fra"}, 1050)], (13, "B"): [(HOST_1, 900), (HOST_2, 150)],
+        # Bytes: 82500 distribution's + 15000 the front's on agent-1 (per second: / 600), 30000 on agent-2.
+        (4, "A"): [({}, 127500)], (10, "A"): [({"site": "fra"}, 127500)], (14, "A"): [(HOST_1, 162.5), (HOST_2, 50)],
+    }),
+    # Without the front anywhere: distribution's figures alone, as before the front.
+    "without the front": ({"agent-2": ("fra", FRONT_OFF), "agent-4": ("ber", FRONT_OFF_2)}, {
+        (2, "A"): [({}, 0.625)], (8, "A"): [({"site": "ber"}, 0.75), ({"site": "fra"}, 0.5)],
+        (12, "A"): [(HOST_2, 0.5), (HOST_4, 0.75)],
+        (3, "B"): [({}, 300)], (9, "B"): [({"site": "ber"}, 150), ({"site": "fra"}, 150)],
+        (13, "B"): [(HOST_2, 150), (HOST_4, 150)],
+        (4, "A"): [({}, 45000)], (10, "A"): [({"site": "ber"}, 15000), ({"site": "fra"}, 30000)],
+        (14, "A"): [(HOST_2, 50), (HOST_4, 25)],
+    }),
+}
+
+
+def grafana_free(expr: str) -> str:
+    """EXPR with the dashboard's variables replaced by their values (GRAFANA_VALUES)."""
+    return re.sub(r"\$(\w+)", lambda variable: GRAFANA_VALUES[variable.group(1)], expr)
+
+
+def input_series(hosts: dict[str, tuple[str, dict[str, t.Any]]]) -> list[dict[str, str]]:
+    """promtool's input series: each host's counters (HOSTS: name -> (site, {metric: per minute, or by type or
+    handler})), scraped every minute for 10 minutes."""
+    series = []
+    for host, (site, counters) in hosts.items():
+        labels = f'job="registry-mirror", instance="{host}", mirror="docker-hub", site="{site}"'
+        for name, steps in counters.items():
+            label = "handler" if name.startswith("registry_http_") else "type"
+            for extra, step in (steps.items() if isinstance(steps, dict) else [(None, steps)]):
+                selector = f'{name}{{{labels}, {label}="{extra}"}}' if extra else f"{name}{{{labels}}}"
+                series.append({"series": selector, "values": f"0+{step}x10"})
+    return series
+
+
+def label_text(labels: dict[str, str]) -> str:
+    return "{" + ", ".join(f'{key}="{value}"' for key, value in sorted(labels.items())) + "}"
+
+
+@pytest.mark.parametrize("case", sorted(COUNTED))
+def test_the_dashboard_counts_the_front_s_answers_once(case: str, tmp_path: Path) -> None:
+    """The hit ratio, the upstream pulls saved and the bytes served, overall, per site and per host, evaluated by
+    promtool on counters of known increase: with the front, its own answers are added host by host (a host without
+    distribution's metrics stays out, as before); without it, the figures are distribution's alone."""
+    if not os.access(PROMTOOL, os.X_OK):
+        if os.environ.get("CI"):
+            pytest.fail(f"no promtool ({PROMTOOL}): `make deps` extracts it")
+        pytest.skip(f"no promtool ({PROMTOOL}): `make deps` extracts it")
+    hosts, expected = COUNTED[case]
+    targets = {(panel["id"], target["refId"]): target["expr"]
+               for panel in load_dashboard()["panels"] for target in panel.get("targets", [])}
+    tests = [{"interval": "1m", "input_series": input_series(hosts), "promql_expr_test": [
+        {"expr": grafana_free(targets[key]), "eval_time": "10m",
+         "exp_samples": [{"labels": label_text(labels), "value": value} for labels, value in samples]}
+        for key, samples in expected.items()]}]
+    spec = tmp_path / "dashboard.test.yml"
+    spec.write_text(yaml.safe_dump({"rule_files": [], "evaluation_interval": "1m", "tests": tests}), encoding="utf-8")
+    proc = subprocess.run([PROMTOOL, "test", "rules", str(spec)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -240,6 +240,8 @@ def test_front_metrics_count_cache_hits_and_blobs_sent_from_disk(vm, host):
     # Each request once: a hit, or a stale answer (a tag cached more than registry_mirror_tag_cache_seconds ago).
     assert values["registry_mirror_front_cache_hits_total"] + values["registry_mirror_front_cache_stale_total"] >= 1, values
     assert values["registry_mirror_front_blobs_from_disk_total"] >= 1, values
+    # The bytes of those answers, which distribution never sent.
+    assert values["registry_mirror_front_bytes_served_total"] >= 1, values
     assert values["registry_mirror_front_requests_total"] >= values["registry_mirror_front_cache_hits_total"]
 
 

@@ -52,15 +52,17 @@ REPOSITORY_MAX = 255
 # The caching front's per-request log (front_log): nginx's syslog datagrams with nohostname, one per request,
 # "<PRI>Mmm dd hh:mm:ss registry_front: MESSAGE" with MESSAGE the front's log_format,
 # "cache=$upstream_cache_status kind=$kind status=$status upstream=$upstream_addr method=$request_method
-# repo=$repo digest=$sent_http_docker_content_digest" (nginx writes "-" for an empty variable; a front of an earlier
-# release sends no method, repo and digest). A datagram longer than FRONT_LOG_MAX is none of these. A hostname before
-# the tag is tolerated (a front configured without nohostname).
+# repo=$repo digest=$sent_http_docker_content_digest bytes=$body_bytes_sent" (nginx writes "-" for an empty variable;
+# a front of an earlier release sends no bytes, or no method, repo, digest and bytes). A datagram longer than
+# FRONT_LOG_MAX is none of these. A hostname before the tag is tolerated (a front configured without nohostname).
 FRONT_LOG_MAX = 2048
 FRONT_LOG_LINE = re.compile(r"<[0-9]{1,3}>[A-Z][a-z]{2} [ 0-9][0-9] [0-9]{2}:[0-9]{2}:[0-9]{2} (?:[^\s:]+ )?"
                             r"registry_front: cache=(\S*) kind=(\S+) status=([0-9]{3}) upstream=(\S.*?)"
-                            r"(?: method=([A-Z]+) repo=(\S+) digest=(\S+))?")
+                            r"(?: method=([A-Z]+) repo=(\S+) digest=(\S+)(?: bytes=([0-9]{1,20}))?)?")
 # The front's answers from its own cache, which distribution never sees (nor notifies as pulls): a manifest pulled so
-# counts as a use for the cache's eviction, as distribution's notification of a pull would.
+# counts as a use for the cache's eviction, as distribution's notification of a pull would. The front caches
+# manifests only (its blob locations have no proxy_cache: a blob comes from distribution's storage or from
+# distribution), so these are manifests; a cached answer of another kind would count the same, as a cache hit.
 FRONT_CACHED_ANSWERS = ("HIT", "STALE", "UPDATING")
 FRONT_CACHE_STATUSES = ("MISS", "BYPASS", "EXPIRED", "STALE", "UPDATING", "REVALIDATED", "HIT", "-")
 FRONT_KINDS = ("manifest", "blob", "other")
@@ -171,6 +173,10 @@ class Metrics:
                                                      "(BYPASS)."),
         "registry_mirror_front_blobs_from_disk_total": ("counter", "Blobs the front served from the registry's storage "
                                                         "itself, without the registry (200 or 206)."),
+        "registry_mirror_front_bytes_served_total": ("counter", "Body bytes the front sent without the registry: its "
+                                                     "cached answers (HIT, STALE, UPDATING) and blobs from the "
+                                                     "registry's storage. Add registry_http_response_size_bytes_sum "
+                                                     "for all bytes served."),
         "registry_mirror_front_errors_total": ("counter", "Front requests answered with a 5xx status."),
     }
 
@@ -382,36 +388,50 @@ def front_use(datagram: bytes) -> tuple[str, str] | None:
     match = front_match(datagram)
     if match is None:
         return None
-    cache, kind, status, _upstream, method, repository, digest = match.groups()
+    cache, kind, status, _upstream, method, repository, digest, _sent = match.groups()
     if (cache, kind, status, method) not in {(answer, "manifest", "200", "GET") for answer in FRONT_CACHED_ANSWERS}:
         return None
     return (repository, digest) if valid_event_target(repository, digest) else None
 
 
-def parse_front_line(datagram: bytes) -> tuple[str, str, int, str] | None:
-    """The cache status ("-": none), kind, HTTP status and upstream address ("-": none) of a request the front logged
-    (DATAGRAM: one nginx syslog message, FRONT_LOG_LINE); None for anything else."""
+def parse_front_line(datagram: bytes) -> tuple[str, str, int, str, int] | None:
+    """The cache status ("-": none), kind, HTTP status, upstream address ("-": none) and body bytes sent (0 when the
+    line does not say: a front of an earlier release) of a request the front logged (DATAGRAM: one nginx syslog
+    message, FRONT_LOG_LINE); None for anything else."""
     match = front_match(datagram)
     if match is None:
         return None
     cache, kind, status, upstream = match.groups()[:4]
+    sent = match.group(8)
     cache = cache or "-"
     if cache not in FRONT_CACHE_STATUSES or kind not in FRONT_KINDS:
         return None
-    return cache, kind, int(status), upstream.strip() or "-"
+    return cache, kind, int(status), upstream.strip() or "-", int(sent) if sent else 0
 
 
-def front_counters(cache: str, kind: str, status: int, upstream: str) -> list[str]:
-    """The counters a request the front logged adds 1 to (parse_front_line's answer). A blob the front served from
-    the registry's storage has no cache status and no upstream; one the registry served has its address."""
+def front_blob_from_disk(cache: str, kind: str, status: int, upstream: str) -> bool:
+    """Whether the front sent a blob from the registry's storage itself: no cache status and no upstream (one the
+    registry served has its address), 200 or 206."""
+    return kind == "blob" and cache == "-" and upstream == "-" and status in (200, 206)
+
+
+def front_counters(cache: str, kind: str, status: int, upstream: str, sent: int = 0) -> dict[str, int]:
+    """What a request the front logged (parse_front_line's answer) adds to which counter: 1 to the requests and to
+    the counters of its cache status, blob from disk or error; SENT to the bytes served when the front answered
+    without the registry (from its cache, or a blob from disk), so that the registry's response bytes and these never
+    count the same bytes."""
     names = ["registry_mirror_front_requests_total"]
     if cache in FRONT_CACHE_COUNTERS:
         names.append(FRONT_CACHE_COUNTERS[cache])
-    if kind == "blob" and cache == "-" and upstream == "-" and status in (200, 206):
+    from_disk = front_blob_from_disk(cache, kind, status, upstream)
+    if from_disk:
         names.append("registry_mirror_front_blobs_from_disk_total")
     if status >= 500:
         names.append("registry_mirror_front_errors_total")
-    return names
+    counts = dict.fromkeys(names, 1)
+    if sent > 0 and (from_disk or cache in FRONT_CACHED_ANSWERS):
+        counts["registry_mirror_front_bytes_served_total"] = sent
+    return counts
 
 
 class FrontLog:
@@ -448,7 +468,7 @@ class FrontLog:
                 loopback = isinstance(sender, tuple) and sender[0] == "127.0.0.1"
                 parsed = parse_front_line(datagram) if loopback else None
                 if parsed is not None:
-                    self.metrics.add(**dict.fromkeys(front_counters(*parsed), 1))
+                    self.metrics.add(**front_counters(*parsed))
                     used = front_use(datagram) if self.usage is not None else None
                     if used is not None and self.usage is not None:
                         self.usage.record(*used, time.time())

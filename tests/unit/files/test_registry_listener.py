@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from registry_fakes import FILES, free_port
-from test_registry_supervisor_front import REGISTRY, front_line
+from test_registry_supervisor_front import REGISTRY, front_line, sent
 
 if str(FILES) not in sys.path:
     sys.path.insert(0, str(FILES))
@@ -21,16 +21,24 @@ import registry_listener
 
 
 @pytest.mark.parametrize(("datagram", "parsed"), [
-    (front_line("HIT", "manifest", 200), ("HIT", "manifest", 200, "-")),
-    (front_line("MISS", "manifest", 200, REGISTRY), ("MISS", "manifest", 200, REGISTRY)),
-    (front_line("-", "blob", 206), ("-", "blob", 206, "-")),
-    (front_line("", "other", 404), ("-", "other", 404, "-")),
-    (front_line("REVALIDATED", "manifest", 304, REGISTRY) + b"\n", ("REVALIDATED", "manifest", 304, REGISTRY)),
-    (front_line("MISS", "blob", 502, f"{REGISTRY}, {REGISTRY}"), ("MISS", "blob", 502, f"{REGISTRY}, {REGISTRY}")),
+    (front_line("HIT", "manifest", 200), ("HIT", "manifest", 200, "-", 0)),
+    (front_line("MISS", "manifest", 200, REGISTRY), ("MISS", "manifest", 200, REGISTRY, 0)),
+    (front_line("-", "blob", 206), ("-", "blob", 206, "-", 0)),
+    (front_line("", "other", 404), ("-", "other", 404, "-", 0)),
+    (front_line("REVALIDATED", "manifest", 304, REGISTRY) + b"\n", ("REVALIDATED", "manifest", 304, REGISTRY, 0)),
+    (front_line("MISS", "blob", 502, f"{REGISTRY}, {REGISTRY}"),
+     ("MISS", "blob", 502, f"{REGISTRY}, {REGISTRY}", 0)),
     (front_line("STALE", "manifest", 200, header="<190>Dec 31 23:59:59 mirror-1 registry_front: "),
-     ("STALE", "manifest", 200, "-")),  # a front configured without nohostname
+     ("STALE", "manifest", 200, "-", 0)),  # a front configured without nohostname
+    # The current front: the body bytes it sent, last.
+    (front_line("HIT", "manifest", 200) + sent(1234), ("HIT", "manifest", 200, "-", 1234)),
+    (front_line("-", "blob", 206) + sent(0), ("-", "blob", 206, "-", 0)),
+    (front_line("MISS", "blob", 200, f"{REGISTRY}, {REGISTRY}") + sent(5 << 30),
+     ("MISS", "blob", 200, f"{REGISTRY}, {REGISTRY}", 5 << 30)),
+    # A front of the release before: method, repository and digest, no bytes.
+    (front_line("HIT", "manifest", 200) + sent(7).rsplit(b" bytes=", 1)[0], ("HIT", "manifest", 200, "-", 0)),
 ])
-def test_the_front_s_log_lines_are_parsed(datagram: bytes, parsed: tuple[str, str, int, str]) -> None:
+def test_the_front_s_log_lines_are_parsed(datagram: bytes, parsed: tuple[str, str, int, str, int]) -> None:
     assert registry_listener.parse_front_line(datagram) == parsed
 
 
@@ -71,9 +79,56 @@ def test_anything_else_is_not_a_front_log_line(datagram: bytes) -> None:
     (("-", "manifest", 499, "-"), []),
 ])
 def test_each_request_counts_where_it_belongs(request_: tuple[str, str, int, str], counters: list[str]) -> None:
-    names = registry_listener.front_counters(*request_)
-    assert names == ["registry_mirror_front_requests_total"] + [f"registry_mirror_front_{name}_total"
-                                                                for name in counters]
+    counts = registry_listener.front_counters(*request_)
+    assert counts == dict.fromkeys(["registry_mirror_front_requests_total"] + [f"registry_mirror_front_{name}_total"
+                                                                               for name in counters], 1)
+
+
+# (cache, kind, status, upstream): whether the front sent the body itself, without the registry (its bytes served).
+SENT_WITHOUT_THE_REGISTRY = [
+    (("HIT", "manifest", 200, "-"), True),
+    (("STALE", "manifest", 200, REGISTRY), True),  # the registry failed: the stale copy answered
+    (("UPDATING", "manifest", 200, "-"), True),
+    (("HIT", "blob", 200, "-"), True),  # counted as a cache hit: its bytes too (the front caches no blobs)
+    (("-", "blob", 200, "-"), True),
+    (("-", "blob", 206, "-"), True),
+    # The registry sent these: its own response bytes count them.
+    (("MISS", "manifest", 200, REGISTRY), False),
+    (("EXPIRED", "manifest", 200, REGISTRY), False),
+    (("REVALIDATED", "manifest", 200, REGISTRY), False),
+    (("BYPASS", "manifest", 200, REGISTRY), False),
+    (("-", "blob", 200, REGISTRY), False),
+    (("-", "manifest", 200, REGISTRY), False),  # a manifest by tag with registry_mirror_tag_cache_seconds 0
+    # /v2/ is the registry's too; the front's own "{}" while the registry restarts logs the failed attempt's address
+    # and is not counted either (2 bytes).
+    (("-", "other", 200, REGISTRY), False),
+    (("-", "blob", 404, "-"), False),  # not the blob
+]
+
+
+@pytest.mark.parametrize(("request_", "by_the_front"), SENT_WITHOUT_THE_REGISTRY)
+def test_the_bytes_the_front_served_without_the_registry_are_counted(request_: tuple[str, str, int, str],
+                                                                     by_the_front: bool) -> None:
+    counts = registry_listener.front_counters(*request_, 4321)
+    assert counts.get("registry_mirror_front_bytes_served_total", 0) == (4321 if by_the_front else 0)
+    # Nothing else changes with the bytes: every request counts once, whatever it sent.
+    assert {name: count for name, count in counts.items() if name != "registry_mirror_front_bytes_served_total"} \
+        == registry_listener.front_counters(*request_)
+    assert "registry_mirror_front_bytes_served_total" not in registry_listener.front_counters(*request_, 0)
+
+
+def test_the_registry_s_bytes_and_the_front_s_add_up_to_all_bytes_served_once() -> None:
+    """Each request's body is counted once: by the front's bytes served when the front sent it itself, else by the
+    registry's response bytes (registry_http_response_size_bytes_sum) when the registry's answer was sent: an
+    upstream address in the front's log, and no answer from the front's cache."""
+    served = [request_ for request_, _ in SENT_WITHOUT_THE_REGISTRY if request_[2] != 404]
+    body = {request_: (index + 1) * 1000 for index, request_ in enumerate(served)}
+    front = sum(registry_listener.front_counters(*request_, body[request_]).get(
+        "registry_mirror_front_bytes_served_total", 0) for request_ in served)
+    # What the registry answered: an upstream address in the log, and not an answer from the front's cache.
+    registry = sum(body[request_] for request_ in served
+                   if request_[3] != "-" and request_[0] not in registry_listener.FRONT_CACHED_ANSWERS)
+    assert front + registry == sum(body.values())
 
 
 @pytest.mark.parametrize(("repository", "digest", "valid"), [
@@ -136,6 +191,7 @@ def used(cache: str, **fields: str | int) -> bytes:
 
 @pytest.mark.parametrize(("datagram", "use"), [
     (used("HIT"), ("library/alpine", DIGEST)),
+    (used("HIT") + b" bytes=1532", ("library/alpine", DIGEST)),  # the current front: the bytes it sent, last
     (used("STALE", repo="owner/app/tool"), ("owner/app/tool", DIGEST)),
     (used("UPDATING"), ("library/alpine", DIGEST)),
     # distribution answered: it notifies the pull itself.

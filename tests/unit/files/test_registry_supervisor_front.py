@@ -45,7 +45,7 @@ SOCKET = "unix:/run/registry/dockerhub.sock"
 TCP_ACTIVATED = 'record("activated", addr="%s:%d" % listener.getsockname()[:2])'
 UNIX_ACTIVATED = 'record("activated", addr=str(listener.getsockname()))'
 FRONT_COUNTERS = ("requests", "cache_hits", "cache_misses", "cache_stale", "cache_revalidated", "cache_bypass",
-                  "blobs_from_disk", "errors")
+                  "blobs_from_disk", "bytes_served", "errors")
 
 
 @pytest.fixture(name="short")
@@ -359,9 +359,16 @@ def test_a_wedged_registry_on_a_unix_socket_is_found_by_the_probe_and_replaced(
 # --- The front's log --------------------------------------------------------------------------------------------------
 
 def front_line(cache: str, kind: str, status: int | str, upstream: str = "-", header: str = "") -> bytes:
-    """A datagram of the front's log as nginx sends it (syslog, nohostname, tag registry_front)."""
+    """A datagram of the front's log as nginx sends it (syslog, nohostname, tag registry_front), as its first release
+    did: front_line(...) + sent(N) as the current one does."""
     header = header or "<190>Mar  7 09:05:01 registry_front: "
     return f"{header}cache={cache} kind={kind} status={status} upstream={upstream}".encode()
+
+
+def sent(count: int) -> bytes:
+    """The fields the current front logs after its first release's: method, repository, digest and COUNT, the body
+    bytes sent."""
+    return f" method=GET repo=library/alpine digest=sha256:{'c' * 64} bytes={count}".encode()
 
 
 REGISTRY = "unix:/run/registry/dockerhub.sock"
@@ -408,16 +415,20 @@ def test_the_front_s_log_is_counted_into_the_metrics_and_junk_is_ignored(
          front_line("REVALIDATED", "manifest", 304, REGISTRY), front_line("BYPASS", "other", 502, REGISTRY),
          front_line("-", "blob", 200), front_line("-", "blob", 206), front_line("-", "blob", 404),
          front_line("-", "blob", 200, REGISTRY), front_line("", "other", 500),
-         front_line("MISS", "blob", 200, REGISTRY))
+         front_line("MISS", "blob", 200, REGISTRY),
+         # The bytes the front sent without the registry: from its cache, or a blob from disk; not what it passed on.
+         front_line("HIT", "manifest", 200) + sent(1000), front_line("MISS", "manifest", 200, REGISTRY) + sent(20000),
+         front_line("-", "blob", 200) + sent(300000), front_line("-", "blob", 200, REGISTRY) + sent(4000000))
 
     def all_counted() -> dict[str, float] | None:
         found = front_metrics(metrics(port) or "")
-        return found if found["requests"] >= 15 else None
+        return found if found["requests"] >= 19 else None
 
-    counted = wait_for("15 requests counted", all_counted, HANG_GUARD)
+    counted = wait_for("19 requests counted", all_counted, HANG_GUARD)
     # In order on loopback: everything sent before the last one was read by then.
-    assert counted == {"requests": 15, "cache_hits": 3, "cache_misses": 2, "cache_stale": 2, "cache_revalidated": 2,
-                       "cache_bypass": 1, "blobs_from_disk": 2, "errors": 2}, (counted, elsewhere)
+    expected = {"requests": 19, "cache_hits": 4, "cache_misses": 3, "cache_stale": 2, "cache_revalidated": 2,
+                "cache_bypass": 1, "blobs_from_disk": 3, "bytes_served": 301000, "errors": 2}
+    assert counted == expected, (counted, elsewhere)
     assert not supervisor.said("front's log"), supervisor.journal()
 
 

@@ -145,15 +145,16 @@ MetricsText = t.Callable[..., str]
 
 @pytest.fixture(scope="session")
 def supervisor_metrics() -> MetricsText:
-    """supervisor_metrics(fallbacks=True, **values): the /metrics text of registry-supervisor's own part with VALUES
-    set, rendered by its Metrics class (loaded as the host-program tests load it): a renamed metric shows."""
+    """supervisor_metrics(fallbacks=True, front=False, **values): the /metrics text of registry-supervisor's own part
+    with VALUES set, rendered by its Metrics class (loaded as the host-program tests load it; FRONT: with the caching
+    front's counters): a renamed metric shows."""
     files = str(Path(__file__).resolve().parents[1] / "files")
     if files not in sys.path:
         sys.path.insert(0, files)
     import registry_fakes  # pylint: disable=import-outside-toplevel,import-error
 
-    def render(fallbacks: bool = True, **values: float) -> str:
-        metrics = registry_fakes.load_supervisor().Metrics(fallbacks=fallbacks)
+    def render(fallbacks: bool = True, front: bool = False, **values: float) -> str:
+        metrics = registry_fakes.load_supervisor().Metrics(fallbacks=fallbacks, front=front)
         metrics.set(**values)
         return str(metrics.text())
 

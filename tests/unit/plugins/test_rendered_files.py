@@ -10,6 +10,7 @@ loops, for a Docker Hub mirror with a further upstream, an edge with tiers and a
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -216,6 +217,33 @@ def test_the_front_keys_its_cache_on_the_method_and_the_accepted_types_and_keeps
     assert ("the catalog is not served" in text) and "location = /v2/_catalog" in text  # registry_mirror_catalog false
     first_header_only = 'default "?";' in text
     assert first_header_only == (FRONT[host] == "1.22")
+
+
+# What nginx would put in the front's log line for a manifest pulled from its cache: each variable of log_format.
+LOGGED = {"$upstream_cache_status": "HIT", "$registry_front_kind": "manifest", "$status": "200", "$upstream_addr": "-",
+          "$request_method": "GET", "$registry_front_repo": "library/alpine",
+          "$sent_http_docker_content_digest": "sha256:" + "d" * 64, "$body_bytes_sent": "1532"}
+
+
+@pytest.mark.parametrize("host", sorted(FRONT))
+def test_the_fronts_log_format_is_what_its_supervisor_parses(rendered: dict, host: str) -> None:
+    """A line of the rendered log_format, as nginx sends it over syslog, is parsed by the supervisor: counted as a
+    cache hit with its bytes served, and as a use of the image."""
+    if str(ROLE / "files") not in sys.path:
+        sys.path.insert(0, str(ROLE / "files"))  # the supervisor's modules, which import each other
+    registry_listener = importlib.import_module("registry_listener")
+    text = front_conf(rendered, host).read_text()
+    found = re.search(r"^\s*log_format registry_front ((?:'[^']*'\s*)+);$", text, re.MULTILINE)
+    assert found, "no log_format registry_front"
+    log_format = "".join(re.findall(r"'([^']*)'", found.group(1)))
+    message = re.sub(r"\$\w+", lambda variable: LOGGED[variable.group(0)], log_format)
+    datagram = f"<190>Mar  7 09:05:01 registry_front: {message}".encode()
+    parsed = registry_listener.parse_front_line(datagram)
+    assert parsed == ("HIT", "manifest", 200, "-", 1532), message
+    assert registry_listener.front_counters(*parsed) == {
+        "registry_mirror_front_requests_total": 1, "registry_mirror_front_cache_hits_total": 1,
+        "registry_mirror_front_bytes_served_total": 1532}
+    assert registry_listener.front_use(datagram) == ("library/alpine", "sha256:" + "d" * 64)
 
 
 def test_a_tiers_front_checks_the_edges_accounts_before_serving_anything(rendered: dict) -> None:

@@ -41,6 +41,29 @@ def test_the_supervisors_metrics_give_every_field(supervisor_metrics: t.Callable
                      "hits": 52, "misses": 12, "upstream_pulls": 3, "mode_since": None}
 
 
+# The caching front's answers (registry_mirror_front_*, with the front on): from its cache and blobs from disk.
+FRONT = {"registry_mirror_front_requests_total": 160, "registry_mirror_front_cache_hits_total": 20,
+         "registry_mirror_front_cache_stale_total": 1, "registry_mirror_front_blobs_from_disk_total": 7,
+         "registry_mirror_front_cache_misses_total": 5, "registry_mirror_front_cache_revalidated_total": 2,
+         "registry_mirror_front_bytes_served_total": 9 * 2**20}
+
+
+def test_hits_include_the_answers_of_the_front(supervisor_metrics: t.Callable[..., str]) -> None:
+    """Hits: distribution's (52), and what the front answered itself, which distribution never sees: its cache hits,
+    its stale answers and the blobs it sent from disk (28). Its misses and revalidations reached distribution, whose
+    own hits or misses count them: not again."""
+    text = supervisor_metrics(front=True, registry_mirror_read_only=0, **FRONT)
+    state = status.mirror_state(status.parse_metrics(text + DISTRIBUTION), SETTINGS, TIERS)
+    assert (state["hits"], state["misses"], state["upstream_pulls"]) == (80, 12, 3)
+    # The front on and nothing answered by it yet: distribution's alone.
+    text = supervisor_metrics(front=True, registry_mirror_read_only=0)
+    state = status.mirror_state(status.parse_metrics(text + DISTRIBUTION), SETTINGS, TIERS)
+    assert (state["hits"], state["misses"]) == (52, 12)
+    # Without distribution's metrics (registry_mirror_metrics_enabled false): no hits, as no misses.
+    state = status.mirror_state(status.parse_metrics(supervisor_metrics(front=True, **FRONT)), SETTINGS, TIERS)
+    assert state["hits"] is state["misses"] is None
+
+
 def test_read_only_from_the_supervisors_metrics_without_distributions(supervisor_metrics: t.Callable[..., str]) -> None:
     text = supervisor_metrics(fallbacks=False, registry_mirror_read_only=1, registry_mirror_cache_images=3)
     state = status.mirror_state(status.parse_metrics(text), {"upstream": "https://registry-1.docker.io"}, [])

@@ -64,13 +64,18 @@ def script(path: Path, text: str) -> None:
 
 @pytest.fixture
 def host(tmp_path: Path, pki: t.Any, supervisor_metrics: t.Callable[..., str]) -> t.Iterator[Host]:
-    """An edge with a tier, pulling Docker Hub's images through it (20 GiB budget, 5 used), and a ghcr mirror read-only
-    for two hours and over its budget; the unit active, actuated's certificate valid for 30 days."""
+    """An edge with a tier, pulling Docker Hub's images through it (20 GiB budget, 5 used; its caching front answered
+    28 requests itself), and a ghcr mirror read-only for two hours and over its budget; the unit active, actuated's
+    certificate valid for 30 days."""
     now = time.time()
     hub = serve(supervisor_metrics(registry_mirror_read_only=0, registry_mirror_upstream_index=0,
                                    registry_mirror_cache_bytes=5 * GIB, registry_mirror_cache_budget_bytes=20 * GIB,
                                    registry_mirror_cache_images=42,
-                                   registry_mirror_cache_last_collection_timestamp_seconds=now - 600)
+                                   registry_mirror_cache_last_collection_timestamp_seconds=now - 600,
+                                   front=True, registry_mirror_front_requests_total=35,
+                                   registry_mirror_front_cache_hits_total=20, registry_mirror_front_cache_stale_total=1,
+                                   registry_mirror_front_blobs_from_disk_total=7,
+                                   registry_mirror_front_cache_misses_total=4)
                 + '# TYPE registry_proxy_hits_total counter\nregistry_proxy_hits_total{type="blob"} 40\n'
                   'registry_proxy_hits_total{type="manifest"} 12\nregistry_proxy_misses_total{type="blob"} 9\n'
                   'registry_proxy_misses_total{type="manifest"} 3\n')
@@ -130,7 +135,7 @@ def test_every_mirror_and_why_the_host_needs_attention(run: t.Callable[..., t.An
                                       "budget_bytes", "images", "hits", "misses", "upstream_pulls", "metrics_error")} == {
         "name": "docker-hub", "registry": "docker.io", "version": "3.1.1", "mode": "pull-through",
         "upstream": "https://10.1.0.10:5000", "upstream_role": "tier 1", "cache_bytes": 5 * GIB,
-        "budget_bytes": 20 * GIB, "images": 42, "hits": 52, "misses": 12, "upstream_pulls": 3, "metrics_error": None}
+        "budget_bytes": 20 * GIB, "images": 42, "hits": 80, "misses": 12, "upstream_pulls": 3, "metrics_error": None}
     assert round(result["checked_at"] - hub["mode_since"]) == 10 * HOUR  # since the unit started: it said nothing
     assert round(result["checked_at"] - hub["last_collection"]) == 600
     assert (ghcr["name"], ghcr["registry"], ghcr["mode"], ghcr["upstream"]) == ("ghcr", "ghcr.io", "read-only", None)
@@ -228,6 +233,7 @@ def test_the_playbook_prints_the_table_and_fails_naming_the_host(host: Host) -> 
     assert lines[0].split() == ["HOST", "MIRROR", "VERSION", "MODE", "SINCE", "UPSTREAM", "CACHE", "/", "BUDGET",
                                 "IMAGES", "COLLECTED", "HITS/MISSES", "PULLS", "CERT", "TIER", "CERT"]
     assert lines[1].split()[:6] == ["agent-1", "docker-hub", "3.1.1", "pull-through", "10", "h"]
+    assert lines[1].split()[18:20] == ["80/12", "3"]  # distribution's 52 hits and the front's 28 answers
     assert lines[2].split()[:5] == ["agent-1", "ghcr", "3.1.1", "read-only", "2"]
     assert lines[3:6] == ["  ! ghcr: read-only for 2 h", "  ! ghcr: cache over its budget (3.0 GiB of 2.0 GiB)",
                           "  | [ghcr] registry-supervisor: ERROR: upstream https://[secret]@ghcr.io refuses the account"]
