@@ -164,6 +164,11 @@ class Target:
         """How many times registry.service started since SINCE (journalctl --since)."""
         return sum(line.startswith("Started registry.service") for line in self.journal(since).splitlines())
 
+    def front_reloads(self, since: str) -> int:
+        """How many times the caching front (registry-front.service) was reloaded since SINCE."""
+        return sum(line.startswith("Reloaded registry-front.service")
+                   for line in self.journal(since, "registry-front").splitlines())
+
     def journal(self, since: str, unit: str = "registry") -> str:
         """Journal lines of UNIT since SINCE."""
         return self.out(f"journalctl --no-pager -o cat -u {unit} --since '{since}'")

@@ -16,7 +16,9 @@ from hostprint import fingerprint, invocation
 
 def test_auto_picked_the_cloud_hypervisor_bridge(host):
     assert ADDRESS == "192.168.129.1"
-    assert f'addr: "{ADDRESS}:5000"' in host.file("/etc/registry/config.yml").content_string
+    # The caching front listens there; distribution on its unix socket.
+    assert f"listen {ADDRESS}:5000 ssl;" in host.file("/etc/registry/front.conf").content_string
+    assert 'addr: "/run/registry/docker-hub.sock"' in host.file("/etc/registry/config.yml").content_string
     listeners = host.check_output("ss -Hltn | awk '{print $4}' | grep -v '^127.0.0.11:'").split()
     assert sorted(listeners) == sorted([f"{ADDRESS}:5000", "127.0.0.1:5002"])  # the supervisor's: loopback only
 
