@@ -92,6 +92,8 @@ def test_the_budget_evicts_the_least_recently_used_images_whole(host, vm, hub, b
     logged = wait_in_journal(host, start, COLLECTED)
     assert "above the budget of 32.0 MiB" in logged, logged[-2000:]
     assert "evicted 2 images: library/fill2@" in logged and "library/fill3@" in logged, logged[-2000:]
+    # The caching front forgets them too (else it would serve their manifests on, and nothing would keep their blobs).
+    assert "of their manifests dropped from the front's cache" in logged, logged[-2000:]
     text = host.check_output(METRICS)
     assert metric(text, "registry_mirror_cache_budget_bytes") == BUDGET
     assert 0 < metric(text, "registry_mirror_cache_bytes") <= LOW_WATER

@@ -74,7 +74,8 @@ distribution's own when registry_metrics_url names them. A connection to the por
 With front_log, the same port number over UDP receives the caching front's per-request log (nginx's syslog output, a
 datagram per request, from 127.0.0.1 only; see parse_front_line), counted into the registry_mirror_front_* metrics:
 cache hits and misses, blobs the front served from the registry's storage, the bytes it served without the
-registry, errors.
+registry, errors. With front_cache (the front's cache directory of the mirror), a collection also removes the front's
+copies of the manifests it evicted (registry_budget.purge_front).
 
 Health (with listen): every probe_interval the supervisor sends GET /v2/ to its own registry; after health_failures
 misses in a row (health_timeout each, confirm_after apart) it kills it and starts another in the same mode on the same

@@ -8,9 +8,11 @@ A module of registry-supervisor, installed beside it (Python 3.8+, standard libr
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import registry_cache
 from registry_journal import say
@@ -23,6 +25,49 @@ MARGIN_MIN_MB = 64
 MARGIN_DIVISOR = 10
 # How often the usage times are written down (and at stop).
 USAGE_SAVE_INTERVAL = 60.0
+
+
+# The caching front's cache files (nginx's proxy_cache_path, levels 1:2): named by the MD5 of their key, which their
+# header holds as a line "KEY: <key>" within its first FRONT_HEADER_MAX bytes. The front's key for a manifest:
+# "$request_method $uri <class of accepted types>" (front.conf.j2).
+FRONT_CACHE_FILE = re.compile(r"[0-9a-f]{32}")
+FRONT_HEADER_MAX = 4096
+FRONT_MANIFEST_KEY = re.compile(r"(?:GET|HEAD) /v2/(?P<repository>\S+)/manifests/(?P<reference>[^\s/]+) \S*")
+
+
+def front_cache_key(header: bytes) -> str:
+    """The key in the header of one of the front's cache files ("": none found)."""
+    start = header.find(b"\nKEY: ")
+    end = header.find(b"\n", start + 1) if start >= 0 else -1
+    return header[start + len(b"\nKEY: "):end].decode("ascii", "replace") if end > start >= 0 else ""
+
+
+def purge_front(cache_dir: str, evicted: Iterable[registry_cache.Image]) -> int:
+    """Remove from the caching front's cache (CACHE_DIR, "": no front) its copies of the manifests of the EVICTED
+    images, by tag and by digest: the front would otherwise go on serving them (by tag for
+    registry_mirror_tag_cache_seconds, by digest for a day) while the registry has them no more, and the blobs pulled
+    again meanwhile would be swept as referenced by nothing. nginx takes a missing cache file for a miss. The number
+    of files removed."""
+    wanted = {(image.repository, reference) for image in evicted for reference in (*image.tags, *image.manifests)}
+    if not cache_dir or not wanted:
+        return 0
+    removed = 0
+    for root, _dirs, files in os.walk(cache_dir):
+        for name in files:
+            if not FRONT_CACHE_FILE.fullmatch(name):  # nginx's temporary files end in .0000000001 and the like
+                continue
+            path = os.path.join(root, name)
+            try:
+                with open(path, "rb") as handle:
+                    key = front_cache_key(handle.read(FRONT_HEADER_MAX))
+            except OSError:  # gone meanwhile (nginx's cache manager), or unreadable: not ours to judge
+                continue
+            match = FRONT_MANIFEST_KEY.fullmatch(key)
+            if match and (match["repository"], match["reference"]) in wanted:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                    removed += 1
+    return removed
 
 
 def describe(image: registry_cache.Image) -> str:
@@ -144,6 +189,7 @@ class Collector:
         evicted = inventory.plan(budget * self.settings.low_water_percent // 100) if budget and before > budget else []
         steps.append(time.monotonic())
         registry_cache.evict(self.storage, evicted, inventory)
+        purged = purge_front(self.settings.front_cache, evicted)
         steps.append(time.monotonic())
         reclaimed, blobs = registry_cache.sweep(self.storage, time.time() - self.settings.collect_grace, stopping,
                                                 evicted)
@@ -164,4 +210,5 @@ class Collector:
         say(f"cache collection done in {seconds:.2f} s (scan {scan:.2f} s, eviction {eviction:.2f} s, sweep "
             f"{sweep:.2f} s): evicted {len(evicted)} images{': ' if names else ''}{names}"
             f"{more}; deleted {blobs} blobs, reclaimed {reclaimed / MIB:.1f} MiB; cache {before / MIB:.1f} -> "
-            f"{after / MIB:.1f} MiB, budget " + (f"{budget / MIB:.1f} MiB" if budget else "none"))
+            f"{after / MIB:.1f} MiB, budget " + (f"{budget / MIB:.1f} MiB" if budget else "none")
+            + (f"; {purged} of their manifests dropped from the front's cache" if purged else ""))

@@ -126,6 +126,9 @@ class Settings:
     # With port: read the caching front's per-request log (nginx's syslog datagrams) on UDP 127.0.0.1:port and export
     # its counts (the registry_mirror_front_* metrics). Without port, nothing.
     front_log: bool = False
+    # The caching front's cache directory of this mirror (nginx's proxy_cache_path; "": no front): a collection removes
+    # the front's copies of the manifests it evicts from the registry.
+    front_cache: str = ""
 
     @classmethod
     def load(cls, path: str) -> Settings:
@@ -189,6 +192,8 @@ def check_values(path: str, values: dict[str, Any]) -> None:
             raise SettingsError(f"{path}: ca_upstreams[{index}] {url} is neither the upstream nor a fallback's url")
     if values.get("ca_dir") and not values.get("ca_upstreams"):
         raise SettingsError(f"{path}: ca_dir needs ca_upstreams, the upstreams its CAs are trusted for")
+    if values.get("front_cache") and not os.path.isabs(values["front_cache"]):
+        raise SettingsError(f'{path}: front_cache must be an absolute path or "", not {values["front_cache"]!r}')
     if values.get("listener_timeout", 1) <= 0 or values.get("health_timeout", 1) <= 0:
         raise SettingsError(f"{path}: listener_timeout and health_timeout must be more than 0")
     check_listen(path, values)

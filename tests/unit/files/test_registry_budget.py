@@ -5,6 +5,7 @@ when a collection runs (Collector), on a filesystem whose figures the test sets.
 storages and with a running supervisor: test_registry_supervisor_cache.py and test_registry_supervisor_space.py."""
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from collections.abc import Callable
@@ -143,3 +144,71 @@ def test_without_usage_times_nothing_is_collected(tmp_path: Path, monkeypatch: p
     tending.collect_requested = True
     tending.tend(lambda: False, lambda: None)
     assert reasons == []
+
+
+# --- The caching front's copies of evicted manifests -------------------------------------------------------------
+
+def front_entry(cache: Path, key: str, body: bytes = b"{}") -> Path:
+    """A file of the front's cache as nginx writes it (levels 1:2: named by the MD5 of KEY, a binary header, then the
+    key's line, the upstream's headers and the body)."""
+    name = hashlib.md5(key.encode()).hexdigest()  # nginx's own naming, not a security hash
+    path = cache / name[-1] / name[-3:-1] / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x05\x00\x00\x00" + bytes(range(40)) + b"\nKEY: " + key.encode() + b"\nHTTP/1.1 200 OK\r\n"
+                     b"Docker-Content-Digest: sha256:" + b"0" * 64 + b"\r\n\r\n" + body)
+    return path
+
+
+def image(repository: str, digest: str, tags: tuple[str, ...], *children: str) -> registry_cache.Image:
+    """An evicted image of REPOSITORY: root DIGEST, its TAGS and child manifests."""
+    return registry_cache.Image(repository=repository, digest=digest, tags=tags,
+                                manifests=frozenset({digest, *children}), blobs=frozenset(), last_used=0.0)
+
+
+def test_an_eviction_drops_the_front_s_copies_of_the_evicted_manifests_only(tmp_path: Path) -> None:
+    cache = tmp_path / "docker-hub"
+    index, child, other = ("sha256:" + c * 64 for c in "abc")
+    gone = [front_entry(cache, f"GET /v2/library/fill2/manifests/latest {accept}") for accept in ("X", "LIDO", "O")]
+    gone += [front_entry(cache, "HEAD /v2/library/fill2/manifests/latest X"),
+             front_entry(cache, f"GET /v2/library/fill2/manifests/{index} X"),
+             front_entry(cache, f"GET /v2/library/fill2/manifests/{child} O")]
+    kept = [front_entry(cache, "GET /v2/library/fill2/manifests/3.20 X"),  # another image of the repository
+            front_entry(cache, f"GET /v2/library/fill2/manifests/{other} X"),
+            front_entry(cache, "GET /v2/library/fill3/manifests/latest X"),  # another repository
+            front_entry(cache, "GET /v2/library/fill22/manifests/latest X"),
+            front_entry(cache, "GET /v2/owner/library/fill2/manifests/latest X"),
+            front_entry(cache, f"GET /v2/library/fill2/blobs/{index} X")]  # not a manifest
+    temporary = gone[0].with_name(gone[0].name + ".0000000001")  # nginx's, being written: not a cache file yet
+    temporary.write_bytes(gone[0].read_bytes())
+    junk = cache / "f" / "ff" / ("f" * 32)
+    junk.parent.mkdir(parents=True, exist_ok=True)
+    junk.write_bytes(b"no key here")
+    evicted = [image("library/fill2", index, ("latest",), child)]
+    assert registry_budget.purge_front(str(cache), evicted) == len(gone)
+    assert [path for path in gone if path.exists()] == []
+    assert all(path.exists() for path in [*kept, temporary, junk])
+    assert registry_budget.purge_front(str(cache), evicted) == 0  # nothing left to drop
+    assert registry_budget.purge_front("", evicted) == 0  # no front (front_cache left out of the settings)
+    assert registry_budget.purge_front(str(tmp_path / "missing"), evicted) == 0
+
+
+@pytest.mark.parametrize(("header", "key"), [
+    (b"\x00\x01\nKEY: GET /v2/a/manifests/b X\nHTTP/1.1 200 OK\r\n", "GET /v2/a/manifests/b X"),
+    (b"\x00\x01\nKEY: GET /v2/a/manifests/b X", ""),  # cut before the end of the line
+    (b"KEY: GET /v2/a/manifests/b X\n", ""),  # not after the binary header
+    (b"", ""),
+])
+def test_the_key_of_a_front_cache_file(header: bytes, key: str) -> None:
+    assert registry_budget.front_cache_key(header) == key
+
+
+def test_front_cache_must_be_an_absolute_path(tmp_path: Path) -> None:
+    settings = tmp_path / "settings.json"
+    for value, ok in (("/var/cache/registry-front/cache/docker-hub", True), ("cache/docker-hub", False)):
+        settings.write_text('{"binary": "/bin/true", "config": "/etc/registry/config.yml", "upstream": "https://x",'
+                            f' "version": "3.1.1", "front_cache": "{value}"}}', encoding="utf-8")
+        if ok:
+            assert registry_settings.Settings.load(str(settings)).front_cache == value
+        else:
+            with pytest.raises(registry_settings.SettingsError, match="front_cache must be an absolute path"):
+                registry_settings.Settings.load(str(settings))
