@@ -331,9 +331,7 @@ def section_front(res: dict[str, Any]) -> str:
                  f"library/{outage['image']} took **{secs(outage['first_cached_s'])} s** right after it vanished, and "
                  f"**{secs(outage['after_tag_expiry_s'])} s** once the tag's cache entry had expired "
                  f"({outage['tag_cache_seconds']} s; the front answers with its stale copy and asks again in the "
-                 "background). Without the front a cached pull by tag waits for distribution's upstream timeout "
-                 "until the supervisor has switched to read-only (`cached_pull_right_after_outage_s` in "
-                 "`results/resilience-summary-amd64.json`).\n")
+                 "background).\n")
     return text
 
 
