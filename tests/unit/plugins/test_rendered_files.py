@@ -217,6 +217,9 @@ def test_the_front_keys_its_cache_on_the_method_and_the_accepted_types_and_keeps
     assert ("the catalog is not served" in text) and "location = /v2/_catalog" in text  # registry_mirror_catalog false
     first_header_only = 'default "?";' in text
     assert first_header_only == (FRONT[host] == "1.22")
+    # Before nginx 1.23 a tier takes the edges' registries (Go's default client, one Accept header per type) for
+    # clients that accept every type; no other front does (a Go program in a VM may accept fewer).
+    assert ('"~^Go-http-client/" 1;' in text) == (host == "tier"), host
 
 
 # What nginx would put in the front's log line for a manifest pulled from its cache: each variable of log_format.
