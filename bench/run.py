@@ -371,9 +371,9 @@ class Bench:  # pylint: disable=too-many-instance-attributes
         out: dict[str, Any] = {"image": name, "tag_cache_seconds": FRONT_TAG_CACHE_S}
         sh(["docker", "pause", SHAPER])
         try:
-            out["first_cached_s"] = [timed() for _ in range(3)]
+            out["first_cached_s"] = [timed() for _pull in range(3)]
             time.sleep(FRONT_TAG_CACHE_S + 2)
-            out["after_tag_expiry_s"] = [timed() for _ in range(3)]
+            out["after_tag_expiry_s"] = [timed() for _pull in range(3)]
         finally:
             sh(["docker", "unpause", SHAPER])
         log(f"   Docker Hub away: cached pulls of {name} {out['first_cached_s']} s at once, "

@@ -236,7 +236,7 @@ class Prometheus:
         """(labels, times, values) per series."""
         data = self.get("/api/v1/query_range", [("query", expr), ("start", f"{start:.3f}"), ("end", f"{end:.3f}"),
                                                 ("step", f"{step:g}")])
-        return [(item["metric"], [float(t) for t, _ in item["values"]], [float(v) for _, v in item["values"]])
+        return [(item["metric"], [float(t) for t, _v in item["values"]], [float(v) for _t, v in item["values"]])
                 for item in data["result"]]
 
     def query(self, expr: str, at: float) -> list[tuple[dict[str, str], list[float], list[float]]]:

@@ -397,8 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line."""
     parser = argparse.ArgumentParser(prog="python3 -m world.metrics_capture", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="the OpenMetrics file (.gz: compressed); its sidecar "
-                                                               "is NAME.json beside it")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="the OpenMetrics file (.gz: compressed); its sidecar is NAME.json beside it")
     parser.add_argument("--duration", type=float, default=1800, help="seconds (default 1800); Ctrl-C ends it early "
                                                                      "and keeps what was read")
     parser.add_argument("--interval", type=float, default=15, help="seconds between reads (default 15)")

@@ -1004,7 +1004,6 @@ def stop(child: subprocess.Popen[bytes]) -> None:
         child.send_signal(signal.SIGTERM)
 
 
-
 def main(argv: list[str]) -> int:
     """Read the settings named on the command line and supervise: one mirror, or a group of them."""
     paths = argv[1:]

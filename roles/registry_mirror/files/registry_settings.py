@@ -34,7 +34,6 @@ class SettingsError(Exception):
     """The settings file is missing, unreadable or invalid."""
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """What the role decides; durations in seconds. The defaults of the optional keys are the production timings."""

@@ -58,8 +58,8 @@ def test_below_the_floor_until_above_floor_plus_margin(tmp_path: Path, monkeypat
                      "read-only and storing nothing new until more than 564 MiB are free"] * 2
 
 
-def test_the_margin_is_a_tenth_of_a_large_floor_and_no_storage_means_no_floor(tmp_path: Path,
-                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_margin_is_a_tenth_of_a_large_floor_and_no_storage_means_no_floor(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     asked = fake_disk(monkeypatch, tmp_path, [0])
     assert registry_budget.FreeSpace(str(tmp_path), 2048, registry_listener.Metrics()).resume_mb == 2048 + 204
     unchecked = registry_budget.FreeSpace("", 2048, registry_listener.Metrics())
@@ -117,8 +117,8 @@ def recorded(monkeypatch: pytest.MonkeyPatch, tending: registry_budget.Collector
     return reasons
 
 
-def test_a_collection_runs_when_asked_when_scheduled_and_above_the_budget(tmp_path: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_collection_runs_when_asked_when_scheduled_and_above_the_budget(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tending = collector(tmp_path, {"budget_mb": 1, "collect_interval": 0, "cache_check_interval": 3600})
     reasons, checks = recorded(monkeypatch, tending), []
     tending.tend(lambda: False, lambda: checks.append(1))

@@ -75,8 +75,8 @@ def clocked_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     path = tmp_path / "supervisor.json"
     path.write_text(json.dumps({"binary": "/r", "config": "/c", "upstream": "https://u", "version": "3.1.1"}),
                     encoding="utf-8")
-    group = registry_group.Group([registry_group.Member(str(path), registry_settings.Settings.load(str(path)), {},
-                                                primary=False)], str(SUPERVISOR))
+    member = registry_group.Member(str(path), registry_settings.Settings.load(str(path)), {}, primary=False)
+    group = registry_group.Group([member], str(SUPERVISOR))
     clock = GroupClock(group, stop_at)
     starts: list[float] = []
 

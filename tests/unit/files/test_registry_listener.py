@@ -121,7 +121,7 @@ def test_the_registry_s_bytes_and_the_front_s_add_up_to_all_bytes_served_once() 
     """Each request's body is counted once: by the front's bytes served when the front sent it itself, else by the
     registry's response bytes (registry_http_response_size_bytes_sum) when the registry's answer was sent: an
     upstream address in the front's log, and no answer from the front's cache."""
-    served = [request_ for request_, _ in SENT_WITHOUT_THE_REGISTRY if request_[2] != 404]
+    served = [request_ for request_, _sent in SENT_WITHOUT_THE_REGISTRY if request_[2] != 404]
     body = {request_: (index + 1) * 1000 for index, request_ in enumerate(served)}
     front = sum(registry_listener.front_counters(*request_, body[request_]).get(
         "registry_mirror_front_bytes_served_total", 0) for request_ in served)

@@ -160,8 +160,9 @@ def test_public_suffixes() -> None:
 
 
 def test_parse_challenge() -> None:
-    assert registry_realm.parse_challenge('Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
-                              'scope="repository:library/alpine:pull"') == (
+    header = ('Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
+              'scope="repository:library/alpine:pull"')
+    assert registry_realm.parse_challenge(header) == (
         "bearer", {"realm": "https://auth.docker.io/token", "service": "registry.docker.io",
                    "scope": "repository:library/alpine:pull"})
     assert registry_realm.parse_challenge('Basic realm="a \\"b\\" c"') == ("basic", {"realm": 'a "b" c'})
@@ -184,8 +185,8 @@ def test_localhost_subdomains_are_local_for_the_prefetch_s_rule_only() -> None:
     ("https://registry:5000", "https://auth:5001/token", True, False),  # no registrable domain, or no parent
     ("https://docker.io", "https://auth.docker.io/token", True, False),  # the prefetch: under the parent, io
 ])
-def test_distribution_s_rule_and_the_prefetch_s_share_the_list_but_differ(upstream: str, realm: str,
-                                                                         distribution: bool, prefetch: bool) -> None:
+def test_distribution_s_rule_and_the_prefetch_s_share_the_list_but_differ(
+        upstream: str, realm: str, distribution: bool, prefetch: bool) -> None:
     psl = registry_realm.public_suffix_list()
     assert registry_realm.realm_allowed(upstream, realm, psl) is distribution
     assert registry_realm.credentials_allowed(upstream, realm, psl) is prefetch

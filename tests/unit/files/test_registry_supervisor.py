@@ -267,4 +267,3 @@ def test_without_offline_fallback_the_registry_runs_alone(tmp_path: Path, upstre
     assert supervisor.proc.wait(timeout=5) == 2  # distribution's panic: systemd restarts the unit
     assert "registry exited with status 2" in supervisor.journal()
     assert len(supervisor.starts()) == 1 and not upstream.probes()
-

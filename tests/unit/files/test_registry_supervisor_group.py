@@ -328,4 +328,3 @@ def test_one_settings_file_is_single_mode_whatever_credentials_says(
     assert set(SECRETS) <= set(environment(mirror, start))
     assert run.stop() == 0
     assert run.journal() == "", run.journal()
-

@@ -105,8 +105,8 @@ def test_units(value: float | None, unit: str, decimals: int | None, text: str) 
 def test_every_panel_type_of_the_dashboard_can_be_drawn() -> None:
     """Each type the shipped dashboard uses has a drawing; a type the picture cannot draw fails, naming the panel."""
     assert {p["type"] for p in all_panels(SHIPPED)} <= set(dash.SUPPORTED) == set(dash.drawers())
-    broken = {"panels": [*SHIPPED["panels"], {"type": "piechart", "title": "Pie", "id": 99,
-                                               "gridPos": {"x": 0, "y": 40, "w": 4, "h": 4}}]}
+    pie = {"type": "piechart", "title": "Pie", "id": 99, "gridPos": {"x": 0, "y": 40, "w": 4, "h": 4}}
+    broken = {"panels": [*SHIPPED["panels"], pie]}
     with pytest.raises(dash.DashboardError, match="'Pie' \\(piechart\\)"):
         dash.panels_of(broken)
 
