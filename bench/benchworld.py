@@ -420,11 +420,11 @@ class BenchWorld:  # pylint: disable=too-many-instance-attributes
 
     def mirror_clear(self, n: int = 1) -> None:
         """Empty the mirror's storage (and the caching front's, when it has one) and restart it: the next pull is
-        cold."""
+        cold. Stopping the registry stops its front too (PropagatesStopTo), starting it starts the front (Wants)."""
         dexec(target_name(n),
-              f"systemctl stop registry && find {STORAGE} -mindepth 1 -delete && "
-              f"if systemctl -q is-active {FRONT_UNIT}; then systemctl stop {FRONT_UNIT} && "
-              f"find {FRONT_CACHE} -mindepth 2 -delete && systemctl start {FRONT_UNIT}; fi && systemctl start registry")
+              f"systemctl stop registry && {{ systemctl stop {FRONT_UNIT} 2>/dev/null || true; }} && "
+              f"find {STORAGE} -mindepth 1 -delete && "
+              f"if [ -d {FRONT_CACHE} ]; then find {FRONT_CACHE} -mindepth 2 -delete; fi && systemctl start registry")
         self.wait_mirror(n)
 
     def mirrors_clear(self, edges: Sequence[int], tier: bool = False) -> None:

@@ -32,6 +32,8 @@ from typing import Any
 import world
 from bench.benchworld import MAX_TARGETS, TIER, BenchError, loadavg, log, median_counts, summary, target_ip, target_name
 
+# Every target with the caching front (registry_mirror_front), the role's default: tiers and edges as users run them.
+FRONT = True
 MODES = ("edge_hub_cold", "edge_tier_hub_cold", "edge_cold_tier_warm")
 LABELS = {"edge_hub_cold": "edge -> hub, cold", "edge_tier_hub_cold": "edge -> tier -> hub, cold",
           "edge_cold_tier_warm": "edge cold, tier warm"}
@@ -65,7 +67,7 @@ def converge(bench: Any, out: dict[str, Any], label: str, plain: list[int], tier
     hosts = {target_name(n): target_ip(n) for n in [*plain, *tiered]}
     tier = {target_name(TIER): target_ip(TIER)} if tiered else None
     result = bench.converge(hosts, label, bench.work / "release-cache-fleet-tiers", tier=tier,
-                            tiered={target_name(n) for n in tiered})
+                            tiered={target_name(n) for n in tiered}, front=FRONT)
     bench.plain = (bench.plain | set(plain)) - set(tiered)
     again = sorted(set(tiered) & set(up))
     log(f"   {label}: converge {result['seconds']:.1f}s: tier {'bench-t9' if tiered else '-'}, edges without tiers "
@@ -206,6 +208,14 @@ def checks(bench: Any, out: dict[str, Any]) -> None:
                             "as often as 1",
                             case["manifest_get"] == int(size) * one["manifest_get"],
                             f"manifest GETs {case['manifest_get']} vs {one['manifest_get']} for 1 edge")
+        if key == "with_tier" and FRONT:
+            for size in sizes[1:]:
+                case, alone = cases[size]["at_once"], cases[sizes[0]]["one_after_another"]
+                bench.check(f"fleet tiers: with a tier behind the front, {size} edges at once cost the hub what 1 "
+                            "edge does (one GET per manifest and per blob)",
+                            case["manifest_get"] == alone["manifest_get"] and case["blob_get"] == alone["blob_get"],
+                            f"manifest GETs {case['manifest_get']} vs {alone['manifest_get']}, blob GETs "
+                            f"{case['blob_get']} vs {alone['blob_get']}")
         if key == "with_tier":
             others = {f"{size} {pattern}": case["gets_not_by_the_account"] for size, patterns in cases.items()
                       for pattern, case in patterns.items() if case["gets_not_by_the_account"]}
@@ -228,7 +238,7 @@ def run(bench: Any) -> None:
     out: dict[str, Any] = {
         "sizes": list(plan.tier_fleet), "cost_image": f"library/{plan.tier_cost_image}:latest (linux/amd64)",
         "cost_image_bytes": bench.bw.image(plan.tier_cost_image)["size"], "images": list(plan.tier_images),
-        "runs": plan.tier_runs,
+        "runs": plan.tier_runs, "front": FRONT,
         "tier": target_name(TIER), "edges_without_tier": [target_name(n) for n in plain],
         "edges_with_tier": [target_name(n) for n in tiered],
         "design": ("one converge: tier, edges with it and edges without it side by side; pull modes interleaved"

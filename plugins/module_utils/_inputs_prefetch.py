@@ -18,6 +18,7 @@ from ansible_collections.actuated.registry.plugins.module_utils._inputs_entries 
 from ansible_collections.actuated.registry.plugins.module_utils._inputs_fleet import MODE
 
 PREFETCH = "registry_mirror_prefetch"
+FRONT = "registry_mirror_front"
 # The keys of an entry and their argument_specs types, in the order of a normalised entry (meta/argument_specs.yml
 # lists the same keys as the option's suboptions, with the same defaults: a test compares them).
 PREFETCH_OPTIONS = {"repository": "str", "tags": "list", "platforms": "list"}
@@ -209,6 +210,9 @@ def prefetch_conflicts(values: t.Mapping[str, t.Any]) -> list:
     if mode == "edge" and values.get(TIERS):
         return [(f"{PREFETCH} is set while {TIERS} names the site's tiers: set {PREFETCH} on the site's tiers "
                  f"({MODE}: tier): an edge pulls through them")]
-    if mode == "tier" and values.get(TIER_USERS):
-        return [f"{PREFETCH} is not supported yet on a tier whose registry asks for accounts ({TIER_USERS})"]
+    if mode == "tier" and values.get(TIER_USERS) and not values.get(FRONT, True):
+        # Without the front the tier's registry itself asks the edges' accounts, of the prefetch too; behind it, the
+        # front asks them and the prefetch pulls through the registry's root-only socket.
+        return [f"{PREFETCH} on a tier whose registry asks for accounts ({TIER_USERS}) needs the caching front "
+                f"({FRONT}: true): without it the prefetch would need one of the edges' accounts"]
     return []

@@ -97,19 +97,16 @@ they are: its supervisor hands them to its registry while it pulls through that 
 
 This program keeps the mirror's lifecycle (start, probes, switches, the socket's hand-over, health, draining); the
 rest lives in modules beside it, imported from its own directory: registry_settings (the settings file),
-registry_realm (where credentials go; shared with registry-prefetch), registry_listener (the loopback port and the
-front's log), registry_budget (free-space floor, disk budget), registry_group (group mode, --check-env),
+registry_upstream (its requests to the upstreams: probes, the token service and credential checks, SIGTERM during a
+request), registry_realm (where credentials go; shared with registry-prefetch), registry_listener (the loopback port
+and the front's log), registry_budget (free-space floor, disk budget), registry_group (group mode, --check-env),
 registry_journal (the journal's lines) and registry_cache (the cache's storage).
 """
 from __future__ import annotations
 
-import base64
 import contextlib
 import ctypes
-import dataclasses
 import errno
-import http.client
-import json
 import os
 import secrets
 import signal
@@ -122,9 +119,6 @@ import threading
 import time
 import types
 import typing
-import urllib.error
-import urllib.parse
-import urllib.request
 from stat import S_ISSOCK
 
 import registry_cache
@@ -132,8 +126,8 @@ from registry_budget import Collector, FreeSpace
 from registry_group import Group, check_env_file, load_group
 from registry_journal import PROG, relay_line, say
 from registry_listener import NOTIFICATION_ENDPOINTS, NOTIFICATIONS_ENV, FrontLog, Listener, Metrics, Usage
-from registry_realm import OriginRedirects, parse_challenge, sends_credentials
-from registry_settings import CREDENTIAL_ENV, MIRROR_CREDENTIAL_ENV, Settings, SettingsError, same_url, unix_path
+from registry_settings import CREDENTIAL_ENV, MIRROR_CREDENTIAL_ENV, Settings, SettingsError, unix_path
+from registry_upstream import Stopping, Term, Upstreams
 
 PROGRAM = os.path.abspath(__file__)  # what group mode runs for each mirror
 # Read-only mode: the same config without the proxy section, storage read-only, no upstream credentials.
@@ -141,10 +135,6 @@ LOCAL_ENV = {
     "REGISTRY_PROXY_REMOTEURL": "",
     "REGISTRY_STORAGE_MAINTENANCE": "{readonly: {enabled: true}}",
 }
-# The name the role gives the Docker Hub mirror in group mode (validate_inputs keeps it from registry_mirror_upstreams).
-PRIMARY_NAME = "docker-hub"
-# The token scope asked for when checking the token service: any public repository does.
-CHECK_SCOPE = "repository:library/alpine:pull"
 # distribution's override of its storage directory, honoured by the free-space check too (systemd drop-ins set it).
 STORAGE_ENV = "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY"
 # Starts the registry with the listening socket (file descriptor $1) as descriptor 3 and the socket-activation
@@ -167,35 +157,18 @@ STEER_TO_NEWEST = struct.pack("=HBBI", 0x06, 0, 0, 1)
 REDACTED = "[secret]"
 
 
-class Stopping(Exception):
-    """systemd stopped the unit during an upstream request."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Candidate:
-    """An upstream the registry may pull through: the settings' upstream (credentials None: the environment's
-    REGISTRY_PROXY_USERNAME / _PASSWORD, as the registry reads them), or a fallback (credentials: its prefix, "" for
-    anonymous)."""
-
-    url: str
-    credentials: str | None
-
-
 class Supervisor:
     """Runs the registry in the mode the upstreams allow until systemd stops the unit."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.term = Term()  # systemd's SIGTERM: whether it came, and whether it interrupts a request now
         # The upstream first, then the fallbacks: the registry pulls through the first that answers.
-        self.candidates = [Candidate(settings.upstream, None),
-                           *(Candidate(fallback.url, fallback.credentials) for fallback in settings.fallbacks)]
+        self.upstreams = Upstreams(settings, self.term)
+        self.candidates = self.upstreams.candidates
         self.active = 0  # the candidate pulled through when not self.local
         # Whether the upstreams are probed: to serve read-only while none answers, or to choose among several.
         self.probing = settings.offline_fallback or len(self.candidates) > 1
-        self.stopping = False
-        self.interruptible = False
-        self.tls_contexts: dict[bool, ssl.SSLContext] = {}  # with ca_file's CAs (True) or without
-        self.openers: dict[bool, urllib.request.OpenerDirector] = {}
         self.child: subprocess.Popen[bytes] | None = None
         # Replaced registries that still drain, each with when it is killed (stop_timeout after its SIGTERM).
         self.draining: dict[subprocess.Popen[bytes], float] = {}
@@ -227,191 +200,9 @@ class Supervisor:
         self.unix_file: tuple[int, int] | None = None
         self.collector = Collector(settings, self.storage, self.usage, self.metrics)
 
-    def tls(self, with_ca: bool) -> ssl.SSLContext:
-        """The system trust store, and the CAs of ca_file WITH_CA; each loaded once: loading the store costs most of a
-        second on a slow (emulated) CPU."""
-        if with_ca not in self.tls_contexts:
-            context = ssl.create_default_context()
-            if with_ca and self.settings.ca_file:
-                try:
-                    context.load_verify_locations(cafile=self.settings.ca_file)
-                except (OSError, ValueError) as exc:
-                    say(f"cannot load the CAs of {self.settings.ca_file} ({exc}): trusting the system store only")
-            self.tls_contexts[with_ca] = context
-        return self.tls_contexts[with_ca]
-
-    def fleet_ca(self, url: str) -> bool:
-        """Whether the CAs of ca_file and ca_dir vouch for the upstream URL: one of ca_upstreams (a fleet's tiers);
-        without ca_upstreams, ca_file's vouch for every upstream and ca_dir's for none."""
-        if not self.settings.ca_upstreams:
-            return False
-        return any(same_url(url, tier) for tier in self.settings.ca_upstreams)
-
-    def trusts_ca_file(self, url: str) -> bool:
-        """Whether the supervisor's own requests to the upstream URL trust ca_file."""
-        return bool(self.settings.ca_file) and (not self.settings.ca_upstreams or self.fleet_ca(url))
-
     def on_usr1(self, _signum: int, _frame: types.FrameType | None) -> None:
         """An operator (or a test) asks for a collection now."""
         self.collector.collect_requested = True
-
-    def on_term(self, _signum: int, _frame: types.FrameType | None) -> None:
-        """systemd stops the unit."""
-        self.stopping = True
-        if self.interruptible:
-            raise Stopping  # do not keep serving (and systemd waiting) until a request to a dead upstream times out
-
-    def fetch(self, request: str | urllib.request.Request, timeout: float, read: bool = False,
-              upstream: str = "") -> bytes:
-        """A request for the UPSTREAM (a URL: whether ca_file is trusted) (its body if READ) that SIGTERM interrupts
-        (Stopping); HTTPError for an HTTP error status, OSError or ValueError when it gets no valid answer within
-        TIMEOUT seconds."""
-        self.interruptible = True
-        try:
-            if self.stopping:
-                raise Stopping
-            with_ca = self.trusts_ca_file(upstream)
-            if with_ca not in self.openers:  # the system's proxies as urlopen's, redirects as OriginRedirects does
-                self.openers[with_ca] = urllib.request.build_opener(
-                    urllib.request.HTTPSHandler(context=self.tls(with_ca)), OriginRedirects(say))
-            with self.openers[with_ca].open(request, timeout=timeout) as response:
-                body: bytes = response.read() if read else b""
-                return body
-        except http.client.HTTPException as exc:  # a garbled answer: as good as none
-            raise ValueError(f"invalid HTTP answer: {exc!r}") from exc
-        finally:
-            self.interruptible = False
-
-    def upstream_answers(self, timeout: float | None = None, index: int | None = None) -> tuple[bool, str]:
-        """Whether the /v2/ of candidate INDEX (the active one if None) gives any HTTP answer (Docker Hub answers 401)
-        within TIMEOUT seconds."""
-        url = self.candidates[self.active if index is None else index].url
-        try:
-            self.fetch(url + "/v2/", self.settings.probe_timeout if timeout is None else timeout, upstream=url)
-            return True, "200"
-        except urllib.error.HTTPError as exc:
-            return True, str(exc.code)
-        except (OSError, ValueError) as exc:
-            return False, str(getattr(exc, "reason", exc))
-        except Stopping:
-            return False, "stopping"
-
-    def account(self, candidate: Candidate) -> tuple[str, str]:
-        """CANDIDATE's user name and password ("" and "": anonymous): the upstream's from the environment's
-        REGISTRY_PROXY_USERNAME / _PASSWORD, a fallback's from its PREFIX_USERNAME / PREFIX_PASSWORD (both set, or
-        none is used)."""
-        if candidate.credentials is None:
-            user, password = (os.environ.get(name, "") for name in CREDENTIAL_ENV)
-            return user, password
-        if not candidate.credentials:
-            return "", ""
-        user, password = (os.environ.get(f"{candidate.credentials}_{part}", "") for part in ("USERNAME", "PASSWORD"))
-        return (user, password) if user and password else ("", "")
-
-    def variables(self, candidate: Candidate) -> str:
-        """Where CANDIDATE's credentials are set, for the journal."""
-        if candidate.credentials is None:
-            return self.credential_variables()
-        if not candidate.credentials:
-            return "credentials in its fallbacks entry (a prefix REGISTRY_MIRROR_...)"
-        return f"{candidate.credentials}_USERNAME / {candidate.credentials}_PASSWORD"
-
-    def check_token_service(self) -> None:
-        """Ask the active upstream's token service for a pull token the way the proxy will (or, for a Basic
-        challenge that distribution answers, the upstream itself), and say so in the journal when that cannot work:
-        distribution itself reports it to clients only as "manifest unknown"."""
-        candidate = self.candidates[self.active]
-        upstream = candidate.url
-        user, password = self.account(candidate)
-        # Named by the variables that hold it, never by a value: the role treats the user name as a secret too.
-        who = f"the account in {self.variables(candidate)}" if user else "anonymous pulls"
-        try:
-            self.fetch(upstream + "/v2/", self.settings.challenge_timeout, upstream=upstream)
-            return
-        except urllib.error.HTTPError as exc:
-            challenges = [parse_challenge(value) for value in exc.headers.get_all("WWW-Authenticate") or []]
-        except (OSError, ValueError, Stopping):
-            return
-        version = self.settings.version
-        bearer = [params for scheme, params in challenges if scheme == "bearer"]
-        basic = [params for scheme, params in challenges if scheme == "basic"]
-        if basic and self.basic_challenge(candidate, who, basic[0], bearer):
-            return
-        if not bearer:
-            return
-        realm = bearer[0].get("realm", "")
-        if not sends_credentials(version, "bearer", upstream, realm, say=say):
-            refused = f"send the credentials of {who} to" if user else "ask for anonymous tokens at"
-            say(f"ERROR: distribution {version} will not {refused} the token realm {realm} that upstream "
-                f"{upstream} names (the realm must be on the upstream's host and port, or both must be DNS names "
-                "of one registrable domain): pulls of images that are not cached will fail")
-            return
-        query = urllib.parse.urlencode({"service": bearer[0].get("service", ""), "scope": CHECK_SCOPE})
-        request = urllib.request.Request(f"{realm}{'&' if '?' in realm else '?'}{query}")
-        if user:
-            request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
-        try:
-            json.loads(self.fetch(request, self.settings.token_timeout, read=True, upstream=upstream))
-            say(f"upstream token service accepts {who}")
-        except urllib.error.HTTPError as exc:
-            say(f"ERROR: upstream token service {realm} refuses {who} (HTTP {exc.code}): pulls of images that are not "
-                f"cached will fail (clients see 'manifest unknown'); check {self.variables(candidate)}")
-        except (OSError, ValueError) as exc:
-            say(f"upstream token service {realm} did not answer ({exc})")
-        except Stopping:
-            return
-
-    def basic_challenge(self, candidate: Candidate, who: str, params: dict[str, str],
-                        bearer: list[dict[str, str]]) -> bool:
-        """CANDIDATE asks for Basic authentication (PARAMS; BEARER: its token challenges, if any): whether that was
-        said to fail (distribution before 3.1 answers none with the credentials of WHO) or was checked (3.1+, without
-        a token challenge)."""
-        version, realm = self.settings.version, params.get("realm", "")
-        user, password = self.account(candidate)
-        if not sends_credentials(version, "basic", candidate.url, ""):
-            if not user:
-                return False
-            say(f"ERROR: upstream {candidate.url} asks for Basic authentication (realm {realm!r}) and distribution "
-                f"{version} answers only token challenges: it will not send the credentials of {who}, and pulls of "
-                "images that are not cached will fail")
-            return True
-        if bearer:
-            return False
-        self.check_basic(candidate, user, password, realm)
-        return True
-
-    def check_basic(self, candidate: Candidate, user: str, password: str, realm: str) -> None:
-        """distribution 3.1+ answers a Basic challenge of CANDIDATE (a fleet's tier mirror, say) with the credentials
-        USER and PASSWORD: try them on /v2/ and say in the journal when they cannot work (no value, only where they
-        are set)."""
-        upstream, variables = candidate.url, self.variables(candidate)
-        if not user:
-            say(f"ERROR: upstream {upstream} requires credentials (Basic authentication, realm {realm!r}) and the "
-                f"mirror pulls from it anonymously: pulls of images that are not cached will fail; set {variables}")
-            return
-        request = urllib.request.Request(upstream + "/v2/")
-        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
-        try:
-            self.fetch(request, self.settings.challenge_timeout, upstream=upstream)
-            say(f"upstream {upstream} accepts the account in {variables} (Basic authentication)")
-        except urllib.error.HTTPError as exc:
-            say(f"ERROR: upstream {upstream} refuses the account in {variables} (HTTP {exc.code} to Basic "
-                "authentication): pulls of images that are not cached will fail (clients see 'manifest unknown')")
-        except (OSError, ValueError) as exc:
-            say(f"upstream {upstream} did not answer the check of the account in {variables} ({exc})")
-        except Stopping:
-            return
-
-    def credential_variables(self) -> str:
-        """The role's variables that hold this upstream's credentials."""
-        name, prefix = self.settings.name, self.settings.credentials
-        if prefix and not name:  # a further upstream's settings without a name: its environment's variables
-            return f"{prefix}_USERNAME / {prefix}_PASSWORD"
-        if prefix or (name and name != PRIMARY_NAME):  # a further upstream, not Docker Hub
-            return f"registry_mirror_upstreams[{name}].username/password"
-        if self.settings.fallbacks:  # an edge of a fleet: its upstream is its site's first tier
-            return "registry_mirror_tiers[0].username/password"
-        return "registry_mirror_dockerhub_username/token"
 
     def start(self, local: bool, debug: bool = True) -> subprocess.Popen[bytes]:
         """The registry, in pull-through mode or read-only without the proxy; without its debug (metrics) listener
@@ -449,7 +240,7 @@ class Supervisor:
         if self.settings.port:
             env[NOTIFICATIONS_ENV] = NOTIFICATION_ENDPOINTS.format(port=self.settings.port, secret=self.secret)
         # The fleet's CA only while pulling through a tier: never for Docker Hub, another upstream or read-only.
-        tier = not local and self.fleet_ca(self.candidates[self.active].url)
+        tier = not local and self.upstreams.fleet_ca(self.candidates[self.active].url)
         dirs = cert_dirs(env.get("SSL_CERT_DIR", ""), self.settings.ca_dir, tier)
         if dirs:
             env["SSL_CERT_DIR"] = dirs
@@ -464,7 +255,7 @@ class Supervisor:
             for name in CREDENTIAL_ENV:
                 env.pop(name, None)
             env["REGISTRY_PROXY_REMOTEURL"] = candidate.url
-            user, password = self.account(candidate)
+            user, password = candidate.account()
             if user:
                 env.update(zip(CREDENTIAL_ENV, (user, password)))
         return env
@@ -599,7 +390,7 @@ class Supervisor:
             host = "::1" if host == "::" else "127.0.0.1"
         timeout = self.settings.health_timeout
         deadline = time.monotonic() + timeout
-        self.interruptible = True
+        self.term.interruptible = True
         try:
             with self.connect_registry(host, port, timeout) as raw:
                 conn: socket.socket = raw
@@ -620,7 +411,7 @@ class Supervisor:
         except (OSError, ValueError) as exc:
             return False, str(exc) or type(exc).__name__
         finally:
-            self.interruptible = False
+            self.term.interruptible = False
 
     def connect_registry(self, host: str, port: str, timeout: float) -> socket.socket:
         """A connection to the mirror's address (HOST and PORT), or to its unix socket, within TIMEOUT seconds."""
@@ -645,7 +436,7 @@ class Supervisor:
             return
         self.next_health = time.monotonic() + settings.probe_interval
         answered, why = self.registry_answers()
-        if self.stopping or child.poll() is not None:  # an exit is after_exit's
+        if self.term.stopping or child.poll() is not None:  # an exit is after_exit's
             return
         if answered:
             self.child_answered, self.health_misses = True, 0
@@ -669,15 +460,15 @@ class Supervisor:
 
     def run(self) -> int:
         """Supervise until systemd stops the unit; the exit status for systemd."""
-        signal.signal(signal.SIGTERM, self.on_term)
-        signal.signal(signal.SIGINT, self.on_term)
+        signal.signal(signal.SIGTERM, self.term.on_term)
+        signal.signal(signal.SIGINT, self.term.on_term)
         signal.signal(signal.SIGUSR1, self.on_usr1)
         try:
             if not self.open_socket():
                 return 1
             self.listen()
             self.begin()
-            while not self.stopping:
+            while not self.term.stopping:
                 time.sleep(self.settings.poll_interval)
                 self.reap_draining()
                 if self.child is not None and self.child.poll() is not None:
@@ -686,10 +477,10 @@ class Supervisor:
                         return status
                 elif (self.probing or self.space.floor_mb) and time.monotonic() >= self.next_probe:
                     self.probe()
-                if not self.stopping:
+                if not self.term.stopping:
                     self.check_health()
-                if not self.stopping:
-                    self.collector.tend(lambda: self.stopping, self.listen)
+                if not self.term.stopping:
+                    self.collector.tend(lambda: self.term.stopping, self.listen)
             return 0
         except Stopping:  # SIGTERM right at the end of an upstream request
             return 0
@@ -765,19 +556,19 @@ class Supervisor:
             self.child = self.start(local=False)
             if self.probing:
                 self.start_probe(self.child)
-        if not self.local and not self.stopping:
-            self.check_token_service()
+        if not self.local and not self.term.stopping:
+            self.upstreams.check_token_service(self.active)
         self.next_probe = time.monotonic() + self.settings.probe_interval
 
     def start_probe(self, child: subprocess.Popen[bytes]) -> None:
         """Probe the upstream while CHILD, the registry pulling through it, starts; when it does not answer, replace
         CHILD with one pulling through the first fallback that does, else with a read-only one."""
         timeout = self.settings.start_probe_timeout
-        reachable, why = self.upstream_answers(timeout)
-        if reachable or self.stopping:
+        reachable, why = self.upstreams.answers(self.active, timeout)
+        if reachable or self.term.stopping:
             return
         index, _answer, failed = self.first_answering(range(1, len(self.candidates)), timeout)
-        if self.stopping:
+        if self.term.stopping:
             return
         failed = [(self.candidates[0].url, why), *failed]
         if index is not None:
@@ -798,8 +589,8 @@ class Supervisor:
         the URL and error of each that did not before it."""
         failed: list[tuple[str, str]] = []
         for index in indices:
-            reachable, why = self.upstream_answers(timeout, index)
-            if self.stopping:
+            reachable, why = self.upstreams.answers(index, timeout)
+            if self.term.stopping:
                 break
             if reachable:
                 return index, why, failed
@@ -811,13 +602,13 @@ class Supervisor:
         if the upstream is why; else the supervisor's exit status (systemd restarts the unit); None when it goes
         on."""
         if self.probing and not self.local:
-            reachable, why = self.upstream_answers()
-            if self.stopping:
+            reachable, why = self.upstreams.answers(self.active)
+            if self.term.stopping:
                 return 0
             if not reachable:
                 others = [index for index in range(len(self.candidates)) if index != self.active]
                 index, _answer, failed = self.first_answering(others)
-                if self.stopping:
+                if self.term.stopping:
                     return 0
                 away = f"registry exited and upstream {self.candidates[self.active].url} is unreachable ({why})" \
                     + "".join(f", {url} unreachable ({reason})" for url, reason in failed)
@@ -825,7 +616,8 @@ class Supervisor:
                     say(f"{away}: pulling through {self.candidates[index].url}")
                     self.active, self.failures = index, 0
                     self.child = self.start(self.local, debug=not self.draining)
-                    self.check_token_service()  # nothing serves until the new registry does: start it first
+                    # Nothing serves until the new registry does: start it first.
+                    self.upstreams.check_token_service(self.active)
                     return None
                 if self.settings.offline_fallback:
                     say(f"{away}: serving the cache read-only")
@@ -849,16 +641,16 @@ class Supervisor:
             return
         if self.local:
             found = self.first_answering(range(len(self.candidates))) if self.probing else (0, "", [])
-            if not self.stopping and self.may_leave_read_only(*found, space_back=was_low and not self.space.low):
+            if not self.term.stopping and self.may_leave_read_only(*found, space_back=was_low and not self.space.low):
                 assert found[0] is not None
                 self.take(found[0])
-        elif self.probing and not self.back_to_preferred() and not self.stopping:
+        elif self.probing and not self.back_to_preferred() and not self.term.stopping:
             self.probe_active()
 
     def back_to_preferred(self) -> bool:
         """Whether an upstream before the one pulled through answers (taken, and said)."""
         index, why, _failed = self.first_answering(range(self.active))
-        if index is None or self.stopping:
+        if index is None or self.term.stopping:
             return False
         say(f"upstream {self.candidates[index].url} answers again ({why}): pulling through it instead of "
             f"{self.candidates[self.active].url}")
@@ -870,8 +662,8 @@ class Supervisor:
         serve read-only."""
         settings = self.settings
         leaving = self.candidates[self.active].url
-        reachable, why = self.upstream_answers()
-        if self.stopping:
+        reachable, why = self.upstreams.answers(self.active)
+        if self.term.stopping:
             return
         self.failures = 0 if reachable else self.failures + 1
         if self.failures:
@@ -879,7 +671,7 @@ class Supervisor:
         if self.failures < settings.failures_before_fallback:
             return
         index, _answer, failed = self.first_answering(range(self.active + 1, len(self.candidates)))
-        if self.stopping:
+        if self.term.stopping:
             return
         failed = [(leaving, why), *failed]
         if index is not None:
@@ -894,7 +686,7 @@ class Supervisor:
     def take(self, index: int) -> None:
         """Pull through candidate INDEX instead of the active one (its token service checked first)."""
         self.active = index
-        self.check_token_service()
+        self.upstreams.check_token_service(self.active)
         self.switch(local=False)
 
     def switch(self, local: bool) -> None:

@@ -421,7 +421,8 @@ def front_counters(cache: str, kind: str, status: int, upstream: str, sent: int 
     without the registry (from its cache, or a blob from disk), so that the registry's response bytes and these never
     count the same bytes."""
     names = ["registry_mirror_front_requests_total"]
-    if cache in FRONT_CACHE_COUNTERS:
+    # The front stores no blob: the MISS of one it passed on to the registry is its lock's (front.conf), not a miss.
+    if cache in FRONT_CACHE_COUNTERS and not (kind == "blob" and cache == "MISS"):
         names.append(FRONT_CACHE_COUNTERS[cache])
     from_disk = front_blob_from_disk(cache, kind, status, upstream)
     if from_disk:

@@ -73,6 +73,7 @@ def test_anything_else_is_not_a_front_log_line(datagram: bytes) -> None:
     (("-", "blob", 206, "-"), ["blobs_from_disk"]),
     (("-", "blob", 404, "-"), []),
     (("-", "blob", 200, REGISTRY), []),  # the registry served it
+    (("MISS", "blob", 200, REGISTRY), []),  # the same, through the front's blob lock (it stores no blob)
     (("HIT", "blob", 200, "-"), ["cache_hits"]),  # from the front's cache, not from the storage
     (("-", "other", 500, "-"), ["errors"]),
     (("MISS", "manifest", 503, REGISTRY), ["cache_misses", "errors"]),

@@ -88,7 +88,7 @@ def test_the_start_probe_waits_start_probe_timeout_then_replaces_the_starting_re
         replaced.append((child, local, grace, serving))
         return "the read-only registry"
 
-    monkeypatch.setattr(supervisor, "fetch", fetch)
+    monkeypatch.setattr(supervisor.upstreams, "fetch", fetch)
     monkeypatch.setattr(supervisor, "replace", replace)
     supervisor.start_probe("the starting registry")
     # One request, with the start probe's own timeout; the registry, still starting, gets start_grace to exit, and its
@@ -116,7 +116,7 @@ def test_a_failed_probe_is_confirmed_confirm_after_later_and_only_a_confirmed_fa
     def switch(local: bool) -> None:
         switched.append(local)
 
-    monkeypatch.setattr(supervisor, "fetch", fetch)
+    monkeypatch.setattr(supervisor.upstreams, "fetch", fetch)
     monkeypatch.setattr(supervisor, "switch", switch)
     supervisor.next_probe = 1015.0
     supervisor.probe_active()  # a failure: the next probe comes confirm_after later, not a probe interval later

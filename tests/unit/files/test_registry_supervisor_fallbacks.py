@@ -4,13 +4,13 @@
 (the setting upstream, HTTPS with Basic authentication), another tier, or Docker Hub anonymously, one at a time, the
 first that answers, and back through a preferred one as soon as it answers again; read-only only while none does.
 Run as the program it is with fake registries and upstreams (registry_fakes) on the FAST timings, except the checks of
-settings, TLS trust, metrics and group-mode environments, which need no process."""
+settings, metrics and group-mode environments, which need no process (the TLS trust of the supervisor's own requests:
+test_registry_upstream.py)."""
 from __future__ import annotations
 
 import json
 import os
 import signal
-import ssl
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -416,23 +416,3 @@ def test_valid_fallbacks_and_ca_file_as_the_role_writes_them(tmp_path: Path) -> 
         supervisor = module.Supervisor(settings)
         assert len(supervisor.candidates) == 1
         assert "registry_mirror_upstream_index" not in supervisor.metrics.text()
-
-
-def test_ca_file_is_trusted_by_the_supervisor_s_own_requests(tmp_path: Path) -> None:
-    module = load_supervisor()
-    ca, cert, key = certificates(tmp_path)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    tier = FakeUpstream(challenge=BASIC, tls=context)
-    try:
-        assert tier.url.startswith("https://")
-        answers = {}
-        for ca_file in ("", str(ca)):
-            path = tmp_path / "supervisor.json"
-            path.write_text(json.dumps({**VALID, "upstream": tier.url, "ca_file": ca_file}), encoding="utf-8")
-            supervisor = module.Supervisor(module.Settings.load(str(path)))
-            answers[ca_file] = supervisor.upstream_answers(STARTUP)
-        assert answers[str(ca)] == (True, "401")  # a 401 answers
-        assert not answers[""][0] and "CERTIFICATE_VERIFY_FAILED" in answers[""][1], answers
-    finally:
-        tier.close()

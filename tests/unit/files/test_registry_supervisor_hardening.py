@@ -22,7 +22,6 @@ from registry_fakes import (
     SupervisorRun,
     events_secret,
     gone,
-    load_supervisor,
     pull_through,
     read_only,
     wait_for,
@@ -234,20 +233,6 @@ def test_without_another_directory_a_registry_pulling_elsewhere_has_no_ssl_cert_
     runs.append(supervisor)
     hub = supervisor.serving(count=2)
     assert hub["env"]["REGISTRY_PROXY_REMOTEURL"] == other.url and "SSL_CERT_DIR" not in hub["env"]
-
-
-def test_the_supervisor_s_own_requests_trust_ca_file_for_the_tiers_only(tmp_path: Path) -> None:
-    module = load_supervisor()
-    path = tmp_path / "supervisor.json"
-    ca_file = tmp_path / "ca.pem"
-    ca_file.write_text("", encoding="utf-8")  # not loaded here: which context a request gets is what is checked
-    path.write_text(json.dumps({"binary": "/r", "config": "/c", "upstream": "https://tier-a.example:5000",
-                                "version": "3.1.1", "fallbacks": [{"url": "https://registry-1.docker.io"}],
-                                "ca_upstreams": ["https://tier-a.example:5000"]}), encoding="utf-8")
-    supervisor = module.Supervisor(module.Settings.load(str(path)))
-    supervisor.settings = module.dataclasses.replace(supervisor.settings, ca_file=str(ca_file))
-    assert supervisor.trusts_ca_file("https://tier-a.example:5000")
-    assert not supervisor.trusts_ca_file("https://registry-1.docker.io")
 
 
 def test_a_wedged_registry_is_killed_and_replaced_in_the_same_mode_naming_the_mirror(

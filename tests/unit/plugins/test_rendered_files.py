@@ -212,7 +212,12 @@ def test_the_front_keys_its_cache_on_the_method_and_the_accepted_types_and_keeps
     text = front_conf(rendered, host).read_text()
     assert "proxy_cache_convert_head off;" in text
     keys = re.findall(r"proxy_cache_key (.+);", text)
-    assert keys and all(key == '"$request_method $uri $registry_front_accept"' for key in keys), keys
+    stored = [key for key in keys if key != '"blob $uri"']
+    assert stored and all(key == '"$request_method $uri $registry_front_accept"' for key in stored), keys
+    # Blobs: a key for the lock only, in each mirror's location that passes them on, where nothing is stored.
+    blob_locations = re.findall(r"location @registry_front_\w+_blob \{([^}]*)\}", text)
+    assert len(blob_locations) == len(keys) - len(stored) == text.count("    server {"), keys
+    assert all('proxy_cache_key "blob $uri";' in body and "proxy_no_cache 1;" in body for body in blob_locations)
     assert "proxy_cache_lock on;" in text and "proxy_cache_background_update on;" in text
     assert ("the catalog is not served" in text) and "location = /v2/_catalog" in text  # registry_mirror_catalog false
     first_header_only = 'default "?";' in text

@@ -287,7 +287,9 @@ def test_the_interval_is_an_integer() -> None:
 
 EDGE_WITH_TIERS = (f"{P} is set while registry_mirror_tiers names the site's tiers: set {P} on the site's tiers "
                    "(registry_mirror_mode: tier): an edge pulls through them")
-TIER_WITH_USERS = f"{P} is not supported yet on a tier whose registry asks for accounts (registry_mirror_tier_users)"
+TIER_WITH_USERS = (f"{P} on a tier whose registry asks for accounts (registry_mirror_tier_users) needs the caching "
+                   "front (registry_mirror_front: true): without it the prefetch would need one of the edges' accounts")
+NO_FRONT = {"registry_mirror_front": False}
 
 
 def test_an_edge_with_tiers_refuses_prefetch() -> None:
@@ -300,18 +302,23 @@ def test_an_edge_with_tiers_refuses_prefetch() -> None:
     assert run({P: [{"repository": "alpine"}], "registry_mirror_tiers": []}).errors == []
 
 
-def test_a_tier_prefetches_without_accounts_only() -> None:
+def test_a_tier_with_accounts_prefetches_behind_the_front_only() -> None:
+    """Behind the front (the default) the prefetch pulls through the registry's root-only socket, where no account is
+    asked; without it the registry asks the edges' accounts of every client."""
     report = run({P: [{"repository": "alpine"}], **TIER_MODE})
     assert report.errors == [] and report.prefetch == [{"repository": "library/alpine", "tags": ["latest"], "platforms": []}]
     users = [{"username": "edge", "password": TU_PASSWORD}]
-    errors = errors_of({"repository": "alpine"}, registry_mirror_tier_users=users, **TIER_MODE)
+    assert run({P: [{"repository": "alpine"}], "registry_mirror_tier_users": users, **TIER_MODE}).errors == []
+    errors = errors_of({"repository": "alpine"}, registry_mirror_tier_users=users, **TIER_MODE, **NO_FRONT)
     assert errors == [TIER_WITH_USERS] and TU_PASSWORD not in "\n".join(errors)
-    assert run({P: [], "registry_mirror_tier_users": users, **TIER_MODE}).errors == []
+    assert run({P: [], "registry_mirror_tier_users": users, **TIER_MODE, **NO_FRONT}).errors == []
+    assert run({P: [{"repository": "alpine"}], **TIER_MODE, **NO_FRONT}).errors == []
 
 
 def test_a_tier_with_an_invalid_account_is_refused_prefetch_too() -> None:
     """A set list counts, whatever is wrong inside it."""
-    errors = errors_of({"repository": "alpine"}, registry_mirror_tier_users=[{"username": "edge", "password": ""}], **TIER_MODE)
+    errors = errors_of({"repository": "alpine"}, registry_mirror_tier_users=[{"username": "edge", "password": ""}],
+                       **TIER_MODE, **NO_FRONT)
     assert errors[-1] == TIER_WITH_USERS
 
 

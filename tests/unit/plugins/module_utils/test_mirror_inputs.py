@@ -692,9 +692,9 @@ PREFETCH_BAD_INPUT: dict[str, tuple[dict[str, t.Any], str, str]] = {
     "prefetch on an edge with tiers": ({P: [{"repository": "alpine"}], T: [TIER]}, P,
                                        "set registry_mirror_prefetch on the site's tiers (registry_mirror_mode: tier): an edge "
                                        "pulls through them"),
-    "prefetch on a tier with accounts": ({P: [{"repository": "alpine"}], **tier_users(EDGE_USER)}, P,
-                                         "is not supported yet on a tier whose registry asks for accounts "
-                                         "(registry_mirror_tier_users)"),
+    "prefetch on a tier with accounts without the front": (
+        {P: [{"repository": "alpine"}], **tier_users(EDGE_USER), "registry_mirror_front": False}, P,
+        "needs the caching front (registry_mirror_front: true)"),
     "prefetch interval below 5 minutes": ({"registry_mirror_prefetch_interval": 4}, "registry_mirror_prefetch_interval",
                                           "is 4: it must be between 5 and 1440 minutes"),
     "prefetch interval over a day": ({"registry_mirror_prefetch_interval": 1441}, "registry_mirror_prefetch_interval",
