@@ -317,7 +317,9 @@ def section(res: dict[str, Any]) -> str:
             "hub with the "
             "token) / with the tier (edges pull from it with its account, it pulls the hub with the token). Converged "
             "by the "
-            f"role: {ft['design']}.\n\n")
+            f"role: {ft['design']}"
+            + ("; every mirror with the caching front (registry_mirror_front, the role's default)" if ft.get("front")
+               else "; without the caching front") + ".\n\n")
     text += _table(["edges", "pulls", "hub manifest GETs (Docker Hub pulls)", "hub blob GETs", "bytes the hub sent",
                     "bytes down the link (WAN)", "wall time"], rows)
     largest = str(max(ft["sizes"]))
@@ -335,9 +337,11 @@ def section(res: dict[str, Any]) -> str:
                  f"{_mb(seq_a['link_down_bytes'])}"
                  + (f". All at once, the tier passed {par_b['manifest_get']} manifest GETs and {par_b['blob_get']} "
                     "blob GETs to the hub: "
-                    "distribution's pull-through cache lets concurrent first requests for an uncached image each reach "
-                    "the upstream "
-                    "before the first has stored it" if par_b else "")
+                    + ("what one edge costs: its caching front holds concurrent first requests for a manifest or a "
+                       "blob until the first has been answered"
+                       if (par_b["manifest_get"], par_b["blob_get"]) == (one_b["manifest_get"], one_b["blob_get"])
+                       else "distribution's pull-through cache lets concurrent first requests for an uncached image "
+                            "each reach the upstream before the first has stored it") if par_b else "")
                  + ". Link bytes include TLS, tokens and the mirrors' upstream probes.\n")
         one_a = without.get(str(min(ft["sizes"])), {}).get("one_after_another")
         if one_a and one_b["blob_get"] > one_a["blob_get"]:

@@ -155,28 +155,35 @@ def test_a_renewal_reaches_clients_by_a_reload_and_fails_no_pull(vm, host):
     assert "Reloaded registry-front.service" in host.check_output(f"journalctl --no-pager -o cat -u registry-front --since '{since}'")
 
 
-def test_a_real_docker_pulling_across_registry_restarts_fails_nothing_and_never_falls_back(vm, host, hub):
-    """Docker (world-docker-vm's daemon) pointed at the mirror by the collection's client script: across two restarts
-    of the registry every pull succeeds, and none went to Docker Hub directly (Docker's own fallback: anonymous)."""
+@pytest.fixture(name="dvm", scope="module")
+def fixture_dvm() -> Client:
+    """world-docker-vm's Docker daemon pointed at the mirror by the collection's client script, as a job's first step
+    would."""
     dvm = Client(world.DOCKER_VM_CONTAINER)
     script = "/usr/local/bin/registry-mirror-client"
     subprocess.run(["docker", "cp", str(REPO / "clients" / "registry-mirror-client.py"), f"{dvm.name}:{script}"], check=True)
     dvm.sh(f"python3 {script} --registry docker.io")
+    return dvm
+
+
+def test_a_real_docker_pulling_across_registry_restarts_fails_nothing_and_never_falls_back(dvm, host, hub):
+    """Across two restarts of the registry every pull succeeds, and none went to Docker Hub directly (Docker's own
+    fallback: anonymous)."""
     try:
         assert dvm.sh("docker pull -q alpine", check=False).returncode == 0
         before = hub.pulls().get("anonymous", 0)
-        # Each pull's seconds (printed, not asserted), then how many succeeded.
-        loop = ("ok=0; for i in $(seq 10); do docker rmi -f alpine >/dev/null 2>&1; s=$(date +%s.%N); "
-                "docker pull -q alpine >/dev/null 2>&1 && ok=$((ok + 1)); "
-                "awk \"BEGIN { printf \\\"%.2f \\\", $(date +%s.%N) - $s }\"; done; echo; echo $ok")
+        # Back to back for 16 s, the registry restarted after 3 s and again 6 s later: how many succeeded, of how many.
+        loop = ("ok=0; n=0; end=$(( $(date +%s) + 16 )); while [ $(date +%s) -lt $end ]; do n=$((n + 1)); "
+                "docker rmi -f alpine >/dev/null 2>&1; docker pull -q alpine >/dev/null 2>&1 && ok=$((ok + 1)); "
+                "done; echo $ok $n")
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             pulled = pool.submit(dvm.sh, loop)
-            for _restart in range(2):
-                time.sleep(2)
+            for delay in (3, 6):
+                time.sleep(delay)
                 host.check_output("systemctl restart registry")
-            seconds, succeeded = pulled.result().stdout.strip().splitlines()
-            print(f"docker pulls across two restarts, seconds each: {seconds}")
-            assert succeeded == "10"
+            succeeded, count = (int(n) for n in pulled.result().stdout.split())
+        print(f"docker pulls back to back across two registry restarts: {succeeded} of {count} succeeded")
+        assert count >= 10 and succeeded == count, f"{count - succeeded} of {count} pulls failed"
         assert hub.pulls().get("anonymous", 0) == before
     finally:
         dvm.sh("docker rmi -f alpine >/dev/null 2>&1; true")
