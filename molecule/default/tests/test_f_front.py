@@ -290,8 +290,7 @@ class PullLoop:
 
 
 def converge_under_pulls(converge, vm, *extra: str) -> list[int]:
-    """Converge with EXTRA under a PullLoop: each pull's exit status, printed (the port changes hands between nginx
-    and distribution: a short gap clients fall back across)."""
+    """Converge with EXTRA under a PullLoop: each pull's exit status, printed."""
     with PullLoop(vm) as loop:
         reconverge(converge, vm, *extra)
     codes = loop.codes
@@ -299,10 +298,12 @@ def converge_under_pulls(converge, vm, *extra: str) -> list[int]:
     return codes
 
 
-def test_front_goes_and_distribution_takes_the_port_back_with_its_cache(converge, vm, host, hub):
+def test_front_goes_and_distribution_takes_the_port_back_with_its_cache_failing_no_pull(converge, vm, host, hub):
+    """The registry restarts first, its supervisor listening beside the front (SO_REUSEPORT, the same user), and the
+    front stops after it: the port never closes, and no pull fails."""
     assert vm.pull(f"{MIRROR}/library/alpine:latest", "amd64", "/tmp/front-before").returncode == 0
     codes = converge_under_pulls(converge, vm, "registry_mirror_front=false")
-    assert codes and codes[-1] == 0, codes
+    assert len(codes) >= 10 and not any(codes), f"{sum(1 for c in codes if c)} of {len(codes)} pulls failed"
     assert not host.file("/etc/systemd/system/registry-front.service").exists
     listening = host.check_output("ss -Hltnp")
     assert '"nginx"' not in listening and f"{ADDRESS}:5000 " in listening
@@ -324,6 +325,9 @@ def test_without_the_front_a_renewal_restarts_the_registry_once(vm, host):
 
 
 def test_front_comes_back_with_the_default_and_the_cache_is_kept(converge, vm, host, hub):
+    """Turning the front on still costs a gap of about a second (printed, not asserted): the front starts on the
+    mirror's port beside the registry that stops, while the next registry, the front's backend on its unix socket, is
+    not started yet (one unit), and the front has nothing cached: a manifest then fails (502) and Docker falls back."""
     codes = converge_under_pulls(converge, vm)
     assert codes and codes[-1] == 0, codes
     assert host.service("registry-front").is_running

@@ -143,6 +143,8 @@ LAUNCHER = ('fd=$1; shift; [ "$fd" = 3 ] || { eval "exec 3<&$fd $fd<&-"; }; '
             'LISTEN_PID=$$ LISTEN_FDS=1; export LISTEN_PID LISTEN_FDS; exec "$@"')
 # The listening socket's queue: connections that arrive while one registry replaces another wait there.
 LISTEN_BACKLOG = 1024
+# While another process holds the mirror's address at start (settings.bind_wait), the supervisor tries again this often.
+BIND_RETRY = 0.02
 # A unix socket's mode: the front (nginx, the same user) connects, nobody else.
 UNIX_SOCKET_MODE = 0o660
 # A switch hands the port over (Supervisor.hand_over): the next registry gets a new socket in the SO_REUSEPORT group
@@ -286,15 +288,33 @@ class Supervisor:
         return sock
 
     def open_socket(self) -> bool:
-        """Listen on the mirror's address for the registries (settings.listen); False (said) when that fails."""
+        """Listen on the mirror's address for the registries (settings.listen); False (said) when that fails. An
+        address in use is tried again for settings.bind_wait seconds: the caching front that is being turned off
+        holds it until this registry has started (SIGTERM meanwhile: Stopping)."""
         if not self.settings.listen:
             return True
-        try:
-            self.socket = self.bind()
-        except (OSError, ValueError) as exc:
-            say(f"ERROR: cannot listen on {self.settings.listen} ({exc})")
-            return False
-        return True
+        deadline = time.monotonic() + self.settings.bind_wait
+        waiting = False
+        while True:
+            try:
+                self.socket = self.bind()
+            except (OSError, ValueError) as exc:
+                if (isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE and not self.unix_path
+                        and time.monotonic() < deadline):
+                    if not waiting:
+                        waiting = True
+                        say(f"{self.settings.listen} is in use (the caching front, when it is being turned off, "
+                            f"lets go of it once this registry has started): waiting up to "
+                            f"{self.settings.bind_wait:g} s")
+                    if self.term.stopping:
+                        raise Stopping() from exc
+                    time.sleep(BIND_RETRY)
+                    continue
+                say(f"ERROR: cannot listen on {self.settings.listen} ({exc})")
+                return False
+            if waiting:
+                say(f"listening on {self.settings.listen}")
+            return True
 
     def hand_over(self) -> socket.socket | None:
         """A new socket on the mirror's address that every new connection goes to from now on (they wait in its queue
@@ -488,14 +508,19 @@ class Supervisor:
             self.shut_down()
 
     def shut_down(self) -> None:
-        """At the end: stop the registries, close the ports, remove the unix socket, save the usage times."""
+        """At the end: let go of the mirror's address, stop the registries, close the other ports, remove the unix
+        socket, save the usage times. The address first: a registry closes its listener at its SIGTERM, and what
+        arrives after that would wait in the supervisor's queue, unanswered, until the registry has drained; refused
+        at once, a client falls back (a caching front, its 502 answered from its cache; and a front being turned on
+        binds the port sooner)."""
+        if self.socket is not None:
+            self.socket.close()
+            self.socket = None
         self.stop_all()
         if self.listener is not None:
             self.listener.shutdown()
         if self.front_log is not None:
             self.front_log.close()
-        if self.socket is not None:
-            self.socket.close()
         if self.unix_file is not None:  # the registries are gone: nothing listens there any more
             remove_unix_socket(self.unix_path, self.unix_file)
         if self.usage is not None:

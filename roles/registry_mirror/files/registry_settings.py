@@ -69,6 +69,10 @@ class Settings:
     start_grace: float = 2.0
     # At stop, how long each registry may drain before it is killed (systemd's TimeoutStopSec is longer).
     stop_timeout: float = 70.0
+    # At start, how long the supervisor waits for the mirror's address (listen) while another process holds it: the
+    # caching front lets go of it only after this registry has started, when registry_mirror_front is turned off (so
+    # that the port never closes). After that it fails (systemd starts it again).
+    bind_wait: float = 30.0
     poll_interval: float = 0.2
     challenge_timeout: float = 5.0
     token_timeout: float = 10.0

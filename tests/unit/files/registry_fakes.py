@@ -42,6 +42,7 @@ FAST = {
     "switch_drain": 0.3,
     "start_grace": 1.0,
     "stop_timeout": 5,
+    "bind_wait": 0.5,
     "poll_interval": 0.03,
     "challenge_timeout": 1,
     "token_timeout": 1,

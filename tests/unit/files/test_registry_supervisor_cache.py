@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sys
 import threading
@@ -403,4 +404,53 @@ def test_the_address_taken_stops_the_supervisor_with_the_reason(
         runs.append(supervisor)
         assert supervisor.proc.wait(timeout=10) == 1
     assert "ERROR: cannot listen on 127.0.0.1:" in supervisor.journal()
+    assert "waiting up to 0.5 s" in supervisor.journal()  # tried again for settings.bind_wait first
     assert not supervisor.starts()
+
+
+def test_an_address_held_by_the_front_being_turned_off_is_taken_once_it_lets_go(
+        tmp_path: Path, upstream: FakeUpstream, runs: list[SupervisorRun]) -> None:
+    """registry_mirror_front turned off: the registry starts while nginx still holds the port, and nginx stops
+    after it: the supervisor binds as soon as the port is free, and the registry serves there."""
+    taken = socket.socket()
+    taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    supervisor = SupervisorRun(tmp_path, upstream, listen=f"127.0.0.1:{port}", bind_wait=STARTUP)
+    runs.append(supervisor)
+    try:
+        wait_for("the wait for the address", lambda: supervisor.said(f"127.0.0.1:{port} is in use"), STARTUP)
+        assert not supervisor.starts() and supervisor.proc.poll() is None
+    finally:
+        taken.close()
+    start = supervisor.serving()
+    assert supervisor.said(f"listening on 127.0.0.1:{port}") is not None
+    assert pull_through(start) and "cannot listen" not in supervisor.journal()
+
+
+def test_at_stop_the_address_refuses_at_once_while_the_registry_drains(
+        tmp_path: Path, upstream: FakeUpstream, runs: list[SupervisorRun]) -> None:
+    """A connection that arrives after the stop is refused (the client falls back, a caching front being turned on can
+    bind the port) instead of waiting, unanswered, in the supervisor's queue until the registry has drained."""
+    port = free_port()
+    supervisor = SupervisorRun(tmp_path, upstream, listen=f"127.0.0.1:{port}", drain=3.0)
+    runs.append(supervisor)
+    start = supervisor.serving()
+    supervisor.proc.send_signal(signal.SIGTERM)
+    wait_for("the registry's SIGTERM", lambda: supervisor.first("signal", start["pid"]), STARTUP)
+    refused = wait_for("the address to refuse", lambda: not connects(port), 2)
+    assert refused and supervisor.first("exit", start["pid"]) is None  # the registry still drains
+    with socket.socket() as again:  # and the address is free for the front
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("127.0.0.1", port))
+    assert supervisor.proc.wait(timeout=STARTUP) == 0
+
+
+def connects(port: int) -> bool:
+    """Whether something accepts a connection on loopback PORT."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False

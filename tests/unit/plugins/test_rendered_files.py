@@ -187,9 +187,9 @@ def test_the_fronts_configuration_passes_nginx_t(rendered: dict, host: str, pki:
     for sub in ("tmp", "cache"):
         (front / sub).mkdir(parents=True, exist_ok=True)
     # nginx -t binds the listening sockets: the mirrors' addresses are not this machine's, free loopback ports are.
-    ports = iter(free_ports(text.count(" ssl;")))
+    ports = iter(free_ports(text.count(" ssl reuseport;")))
     checked = conf.with_name("front-loopback.conf")
-    checked.write_text(re.sub(r"listen \S+ ssl;", lambda _m: f"listen 127.0.0.1:{next(ports)} ssl;", text))
+    checked.write_text(re.sub(r"listen \S+ ssl reuseport;", lambda _m: f"listen 127.0.0.1:{next(ports)} ssl reuseport;", text))
     proc = subprocess.run([str(NGINX), "-t", "-q", "-e", "stderr", "-p", str(front), "-c", str(checked)],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
@@ -264,6 +264,6 @@ def test_a_tiers_front_checks_the_edges_accounts_before_serving_anything(rendere
 
 def test_each_mirror_has_a_server_on_its_port_with_its_socket(rendered: dict) -> None:
     text = front_conf(rendered, "hub").read_text()
-    assert re.findall(r"listen (\S+) ssl;", text) == ["192.168.128.1:5000", "192.168.128.1:5010", "192.168.128.1:5020"]
+    assert re.findall(r"listen (\S+) ssl reuseport;", text) == ["192.168.128.1:5000", "192.168.128.1:5010", "192.168.128.1:5020"]
     assert re.findall(r"server unix:(\S+) ", text) == [
         "/run/registry/docker-hub.sock", "/run/registry/ghcr.sock", "/run/registry/quay.sock"]
