@@ -357,12 +357,25 @@ def section(res: dict[str, Any]) -> str:
             sec = d["seconds"]
             prow.append([f"library/{image}", _mb(d["bytes"]), *(_fmt(sec.get(mode)) for mode in MODES),
                          d.get("tier_cold_vs_edge_alone", "-"), d.get("tier_warm_vs_edge_alone", "-")])
+        # The hub's manifest requests (a tag check is a HEAD) and tokens per warm pull; a mirror's /v2/ probe is not
+        # the pull's.
+        warm_hub = {}
+        for image, d in pulls.items():
+            counts = (d.get("upstream_per_pull") or {}).get("edge_cold_tier_warm") or {}
+            warm_hub[image] = sum(counts.get(key) or 0 for key in ("manifest_head", "manifest_get", "tokens"))
+        if all(n == 0 for n in warm_hub.values()):
+            warm_check = ("its caching front answers the tag from its cache: no manifest or token request reached the "
+                          "hub, upstream_per_pull in results.json")
+            warm_cost = "and the tag check"
+        else:
+            warm_check = ("the tier checks the tag at the hub: "
+                          + ", ".join(f"{image} {n}" for image, n in warm_hub.items())
+                          + " manifest and token request(s) per pull over the link")
+            warm_cost = "but not the tier's tag check"
         text += ("\n### Cold pull through edge -> tier -> hub vs edge -> hub\n\n"
                  f"Medians of {ft['runs']} run(s) (min-max), the client pulling through one edge: an empty edge "
                  "without tiers; an empty "
-                 "edge and an empty tier; an empty edge behind a tier that has the image (the tier still checks the "
-                 "tag at the hub: "
-                 "a token and a manifest HEAD over the link).\n\n")
+                 f"edge and an empty tier; an empty edge behind a tier that has the image ({warm_check}).\n\n")
         text += _table(["image", "size (amd64)", *(LABELS[m] for m in MODES), "tier cold / edge alone",
                         "tier warm / edge alone"], prow)
         ratios = "; ".join(f"{image} {d.get('tier_cold_vs_edge_alone', '-')} cold, "
@@ -372,7 +385,7 @@ def section(res: dict[str, Any]) -> str:
                  "crosses the "
                  "link, plus the tier's hop on the site network and any blob the tier fetches twice (the hub's blob "
                  "GETs per pull are "
-                 "in results.json); warm, the edge skips the link's bandwidth but not the tier's tag check.\n")
+                 f"in results.json); warm, the edge skips the link's bandwidth {warm_cost}.\n")
     converges = ft.get("converges") or {}
     if converges:
         text += ("\nConverges of this measurement (playbooks/site.yml, tier play then edge play): "

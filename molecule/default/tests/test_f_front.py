@@ -42,15 +42,19 @@ def gets(hub, name: str = "actuated-ci") -> int:
 
 
 def test_front_holds_the_mirror_ports_and_distribution_only_unix_sockets(host, vm):
-    listening = host.check_output("ss -Hltn")
+    listening = host.check_output("ss -Hltnp")
     for port in (5000, 5010):
         assert f"{ADDRESS}:{port} " in listening, listening
         server = vm.sh(f"curl -s -o /dev/null -D - https://{ADDRESS}:{port}/v2/ | tr -d '\\r' | grep -i '^server:'",
                        check=False).stdout
         assert "nginx" in server, server  # distribution sends no Server header
     # Only the supervisors' loopback ports besides the front's: no registry on the bridge.
-    assert sorted(line.split()[3] for line in listening.splitlines() if not line.split()[3].startswith("127.0.0.11:")) == sorted(
+    # A set: the front listens with reuseport, a socket per nginx worker.
+    assert sorted({line.split()[3] for line in listening.splitlines() if not line.split()[3].startswith("127.0.0.11:")}) == sorted(
         [f"{ADDRESS}:5000", f"{ADDRESS}:5010", "127.0.0.1:5002", "127.0.0.1:5012"]), listening
+    # Every socket on the bridge is nginx's (a registry could listen beside it: SO_REUSEPORT, the same user).
+    bridge = [line for line in listening.splitlines() if line.split()[3].startswith(f"{ADDRESS}:")]
+    assert bridge and all('"nginx"' in line for line in bridge), listening
     for name in ("docker-hub", "ghcr"):
         sock = host.file(f"/run/registry/{name}.sock")
         assert sock.is_socket and sock.user == "registry" and sock.mode == 0o660
