@@ -434,7 +434,7 @@ def test_at_stop_the_address_refuses_at_once_while_the_registry_drains(
     """A connection that arrives after the stop is refused (the client falls back, a caching front being turned on can
     bind the port) instead of waiting, unanswered, in the supervisor's queue until the registry has drained."""
     port = free_port()
-    supervisor = SupervisorRun(tmp_path, upstream, listen=f"127.0.0.1:{port}", drain=3.0)
+    supervisor = SupervisorRun(tmp_path, upstream, listen=f"127.0.0.1:{port}", drain=6.0)  # outlasts the checks
     runs.append(supervisor)
     start = supervisor.serving()
     supervisor.proc.send_signal(signal.SIGTERM)
