@@ -6,6 +6,9 @@ Usage: registry-supervisor SETTINGS.json [SETTINGS.json ...]
        registry-supervisor --check-settings SETTINGS.json    (the role's validate step: load it as at start, exit 2 if
                                                               invalid, saying why)
        registry-supervisor --check-env ENVIRONMENT_FILE      (the same for a credentials file, proxy.env: never a value)
+       registry-supervisor --bridge SETTINGS.json [...]      (while a caching front is being turned on: each mirror's
+                                                              unix socket served read-only until the registry, restarted
+                                                              into them, takes the sockets over; registry_bridge)
 
 distribution in pull-through mode contacts its upstream while starting and exits when it cannot, so a mirror
 (re)started during an upstream outage (a reboot, a certificate renewal, an upgrade) would serve nothing, although its
@@ -100,11 +103,11 @@ rest lives in modules beside it, imported from its own directory: registry_setti
 registry_upstream (its requests to the upstreams: probes, the token service and credential checks, SIGTERM during a
 request), registry_realm (where credentials go; shared with registry-prefetch), registry_listener (the loopback port
 and the front's log), registry_budget (free-space floor, disk budget), registry_group (group mode, --check-env),
-registry_journal (the journal's lines) and registry_cache (the cache's storage).
+registry_journal (the journal's lines), registry_cache (the cache's storage) and registry_bridge (the unix
+sockets, and the bridge that serves them while a caching front is being turned on).
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import os
@@ -119,9 +122,9 @@ import threading
 import time
 import types
 import typing
-from stat import S_ISSOCK
 
 import registry_cache
+from registry_bridge import LAUNCHER, LISTEN_BACKLOG, LOCAL_ENV, Bridge, bind_unix, remove_unix_socket
 from registry_budget import Collector, FreeSpace
 from registry_group import Group, check_env_file, load_group
 from registry_journal import PROG, relay_line, say
@@ -130,23 +133,10 @@ from registry_settings import CREDENTIAL_ENV, MIRROR_CREDENTIAL_ENV, Settings, S
 from registry_upstream import Stopping, Term, Upstreams
 
 PROGRAM = os.path.abspath(__file__)  # what group mode runs for each mirror
-# Read-only mode: the same config without the proxy section, storage read-only, no upstream credentials.
-LOCAL_ENV = {
-    "REGISTRY_PROXY_REMOTEURL": "",
-    "REGISTRY_STORAGE_MAINTENANCE": "{readonly: {enabled: true}}",
-}
 # distribution's override of its storage directory, honoured by the free-space check too (systemd drop-ins set it).
 STORAGE_ENV = "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY"
-# Starts the registry with the listening socket (file descriptor $1) as descriptor 3 and the socket-activation
-# variables naming the registry's own process ($$: the shell's process, which exec turns into the registry).
-LAUNCHER = ('fd=$1; shift; [ "$fd" = 3 ] || { eval "exec 3<&$fd $fd<&-"; }; '
-            'LISTEN_PID=$$ LISTEN_FDS=1; export LISTEN_PID LISTEN_FDS; exec "$@"')
-# The listening socket's queue: connections that arrive while one registry replaces another wait there.
-LISTEN_BACKLOG = 1024
 # While another process holds the mirror's address at start (settings.bind_wait), the supervisor tries again this often.
 BIND_RETRY = 0.02
-# A unix socket's mode: the front (nginx, the same user) connects, nobody else.
-UNIX_SOCKET_MODE = 0o660
 # A switch hands the port over (Supervisor.hand_over): the next registry gets a new socket in the SO_REUSEPORT group
 # of the mirror's address, and this classic BPF program, attached to the group (socket(7),
 # SO_ATTACH_REUSEPORT_CBPF), sends every new connection to the group's second socket: the newest, while the old one
@@ -776,38 +766,6 @@ def cert_dirs(current: str, ca_dir: str, tier: bool) -> str:
     return ":".join(([ca_dir] if tier and ca_dir else []) + dirs)
 
 
-def bind_unix(path: str) -> socket.socket:
-    """A unix stream socket listening at PATH, mode UNIX_SOCKET_MODE. A socket already there (a stale one: a
-    supervisor that was killed leaves its own) is replaced; anything else there (a file, a directory, a symbolic link,
-    never followed) is left as it is: OSError, as distribution does."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        pass
-    else:
-        if not S_ISSOCK(mode):
-            raise FileExistsError(errno.EEXIST, "exists and is not a socket (left as it is)", path)
-        os.unlink(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(path)
-        # Before listen: until then a connection is refused whatever the mode (bind's follows the umask).
-        os.chmod(path, UNIX_SOCKET_MODE)
-        sock.listen(LISTEN_BACKLOG)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def remove_unix_socket(path: str, bound: tuple[int, int]) -> None:
-    """Remove the socket file at PATH if it is still the one the supervisor bound (device and inode BOUND)."""
-    with contextlib.suppress(OSError):  # gone already, or its directory
-        info = os.lstat(path)
-        if S_ISSOCK(info.st_mode) and (info.st_dev, info.st_ino) == bound:
-            os.unlink(path)
-
-
 def relay_redacted(stream: typing.IO[bytes], secret: str) -> None:
     """Copy STREAM (a registry's output) to the journal line by line, with SECRET blanked."""
     with stream:
@@ -821,22 +779,39 @@ def stop(child: subprocess.Popen[bytes]) -> None:
         child.send_signal(signal.SIGTERM)
 
 
+def check(option: str, path: str) -> int:
+    """--check-settings / --check-env (OPTION): load PATH as at start; 2, saying why, when it is invalid."""
+    try:
+        if option == "--check-settings":
+            Settings.load(path)
+        else:
+            check_env_file(path)
+    except SettingsError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def bridge(paths: list[str]) -> int:
+    """--bridge: serve the unix sockets of the mirrors of PATHS (settings files) read-only until the registry takes
+    them over (registry_bridge)."""
+    try:
+        return Bridge([Settings.load(path) for path in paths]).run()
+    except SettingsError as exc:
+        say(f"ERROR: {exc}")
+        return 2
+
+
 def main(argv: list[str]) -> int:
     """Read the settings named on the command line and supervise: one mirror, or a group of them."""
     paths = argv[1:]
     if len(paths) == 2 and paths[0] in ("--check-settings", "--check-env"):
-        try:
-            if paths[0] == "--check-settings":
-                Settings.load(paths[1])
-            else:
-                check_env_file(paths[1])
-        except SettingsError as exc:
-            print(f"{PROG}: {exc}", file=sys.stderr)
-            return 2
-        return 0
-    if not paths:
-        print(f"usage: {PROG} SETTINGS.json [SETTINGS.json ...] | --check-settings SETTINGS.json | --check-env FILE",
-              file=sys.stderr)
+        return check(paths[0], paths[1])
+    if paths[:1] == ["--bridge"] and len(paths) > 1:
+        return bridge(paths[1:])
+    if not paths or paths[0].startswith("--"):
+        print(f"usage: {PROG} SETTINGS.json [SETTINGS.json ...] | --bridge SETTINGS.json [SETTINGS.json ...] | "
+              "--check-settings SETTINGS.json | --check-env FILE", file=sys.stderr)
         return 2
     if len(paths) > 1:
         members = load_group(paths, os.environ)
