@@ -420,7 +420,7 @@ class BenchWorld:  # pylint: disable=too-many-instance-attributes
 
     def mirror_clear(self, n: int = 1) -> None:
         """Empty the mirror's storage (and the caching front's, when it has one) and restart it: the next pull is
-        cold. Stopping the registry stops its front too (PropagatesStopTo), starting it starts the front (Wants)."""
+        cold. Stopping the registry stops its front too (its ExecStopPost), starting it starts the front (Wants)."""
         dexec(target_name(n),
               f"systemctl stop registry && {{ systemctl stop {FRONT_UNIT} 2>/dev/null || true; }} && "
               f"find {STORAGE} -mindepth 1 -delete && "

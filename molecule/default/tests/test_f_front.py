@@ -258,6 +258,23 @@ def test_a_wedged_registry_fails_no_cached_pull_and_is_replaced(vm, host):
     assert vm.pull(f"{MIRROR}/library/small2:latest", "amd64", "/tmp/front-unwedged").returncode == 0
 
 
+def test_a_crashed_supervisor_leaves_the_front_serving_the_cache(vm, host):
+    """The supervisor killed (SIGKILL): systemd restarts the registry unit after RestartSec, and the front, which only
+    an operator's stop job stops, goes on serving the cached image meanwhile to a client that never retries."""
+    front = host.check_output("systemctl show registry-front -p MainPID --value")
+    restarts = int(host.check_output("systemctl show registry -p NRestarts --value"))
+    with PullLoop(vm) as loop:
+        time.sleep(1)
+        host.check_output("kill -KILL $(systemctl show registry -p MainPID --value)")
+        host.check_output("for i in $(seq 150); do [ \"$(systemctl show registry -p NRestarts --value)\" -gt "
+                          f"{restarts} ] && systemctl -q is-active registry && exit 0; sleep 0.2; done; exit 1")
+        time.sleep(1)
+    codes = loop.codes
+    assert codes and codes == [0] * len(codes), codes
+    assert host.check_output("systemctl show registry-front -p MainPID --value") == front  # never stopped
+    print(f"pulls of the cached image across a crash of the supervisor: {len(codes)}, all succeeded")
+
+
 def test_front_metrics_count_cache_hits_and_blobs_sent_from_disk(vm, host):
     """The supervisor counts the front's per-request log (since its last start: the restarts above reset it)."""
     assert vm.pull(f"{MIRROR}/library/small3:latest", "amd64", "/tmp/front-metrics").returncode == 0
